@@ -1,0 +1,248 @@
+"""Typed dataclass configs: an optional YAML recipe plus `key=value` overrides with dotted keys.
+
+Unknown keys and wrong types fail with a one-line `AhaError` naming the file, line and key and
+suggesting the closest valid key. The resolved config is saved with every run (`save_config`).
+Fields are documented where they are declared (a string right under each field).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from aha.errors import AhaError, closest
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic machinery: YAML + overrides -> dataclass, with located errors.
+# ---------------------------------------------------------------------------------------------
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Dotted key path -> 1-based line in the YAML text, for error messages."""
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = f"{prefix}{k.value}"
+                lines[key] = k.start_mark.line + 1
+                walk(v, key + ".")
+
+    try:
+        walk(yaml.compose(text), "")
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+class _Source:
+    """Where a value came from: a recipe file (with line numbers) or the command line."""
+
+    def __init__(self, path: str | None = None, lines: dict[str, int] | None = None):
+        self.path, self.lines, self.cli_keys = path, lines or {}, set()
+
+    def where(self, key: str) -> str:
+        if key in self.cli_keys or self.path is None:
+            return "command line"
+        line = self.lines.get(key)
+        return f"{self.path}:{line}" if line else self.path
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise AhaError(f"command line: '{item}' is not key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise AhaError(f"command line: '{item}' has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # Comma lists on the command line: rewards=accuracy,format
+    if isinstance(value, str) and "," in value and not raw.strip().startswith(("'", '"')):
+        value = [yaml.safe_load(v) if v.strip() else "" for v in value.split(",")]
+    return key, value
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str, src: _Source) -> Any:
+    """Check (and gently convert) `value` against the annotation `tp`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def bad(expected: str) -> AhaError:
+        return AhaError(f"{src.where(key)}: {key}: expected {expected}, got {value!r}")
+
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, src)
+            except AhaError as e:
+                errors.append(e)
+        raise bad(" or ".join(_type_name(a) for a in args))
+    if origin is Literal:
+        if value in args:
+            return value
+        raise AhaError(f"{src.where(key)}: {key}: expected one of {list(args)}, got {value!r}{closest(value, args)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        return _build(tp, value, key + ".", src)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad("an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad("a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad("a string")
+    if origin in (list, tuple):
+        if value is None:
+            value = []
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, key, src) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, vt, f"{key}.{k}", src) for k, v in value.items()}
+    return value
+
+
+def _build(cls, data: dict, prefix: str, src: _Source):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in fields:
+            valid = [f"{prefix}{n}" for n in fields]
+            raise AhaError(f"{src.where(key)}: {key}: unknown key{closest(key, valid)}")
+        kwargs[k] = _coerce(v, hints[k], key, src)
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise AhaError(f"{src.where(prefix.rstrip('.') or 'config')}: {e}") from None
+    return obj
+
+
+def load_config(cls, recipe: str | os.PathLike | None = None, overrides: list[str] | None = None):
+    """Build `cls` from an optional YAML recipe and `key=value` overrides (dotted keys)."""
+    tree: dict = {}
+    src = _Source()
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise AhaError(f"{recipe}: recipe file not found")
+        text = path.read_text()
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise AhaError(f"{recipe}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise AhaError(f"{recipe}:1: a recipe must be a mapping of keys to values")
+        tree = loaded or {}
+        src = _Source(str(recipe), _key_lines(text))
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        src.cli_keys.add(key)
+        _set_dotted(tree, key, value)
+    return _build(cls, tree, "", src)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from aha.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Field name -> the docstring written under it (used by `aha <cmd> --help`)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    body = tree.body[0].body if tree.body else []
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                if isinstance(nxt.value.value, str):
+                    docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, doc) for every leaf field: the reference printed by `--help`."""
+    rows = []
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe(tp, f"{prefix}{f.name}.")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        rows.append((f"{prefix}{f.name}", repr(default), docs.get(f.name, "")))
+    return rows

@@ -1,0 +1,205 @@
+"""Tasks: reasoning-gym datasets by name, JSONL files recognised from their fields, and the
+`datasets` library. Every loader yields `Example` records.
+
+Train and eval splits of a generated task are drawn from disjoint seeds, and any train problem
+whose prompt also appears in the eval split is dropped, so held-out numbers are really held out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aha.data.example import Example
+from aha.errors import AhaError, closest
+from aha.io import read_jsonl
+
+# reasoning-gym's gsm_symbolic is templated from GSM8K *test* questions: training on it leaks the test set.
+FORBIDDEN = {"gsm_symbolic": "it is templated from GSM8K test questions (training on it leaks the test set)"}
+EVAL_SEED_OFFSET = 1_000_003
+"""Eval problems are generated with seed + this offset, train with seed itself."""
+
+
+@dataclass
+class TaskConfig:
+    size: int = 2000
+    """Problems generated for a reasoning-gym task's train split (JSONL files use every row)."""
+    eval_size: int = 100
+    """Held-out problems (a disjoint seed for generated tasks; the last rows of a JSONL file)."""
+    seed: int = 0
+    """Generation seed of the train split; the eval split uses seed + 1,000,003."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Difficulty settings passed to the reasoning-gym dataset config (e.g. max_terms: 2, max_digits: 2)."""
+    eval_file: str = ""
+    """Optional JSONL used as the held-out split instead of a slice of the task."""
+
+
+def reasoning_gym_names() -> list[str]:
+    try:
+        from reasoning_gym.factory import DATASETS
+    except ImportError:  # pragma: no cover - dependency missing
+        return []
+    return sorted(DATASETS)
+
+
+def _rg_examples(name: str, size: int, seed: int, args: dict) -> list[Example]:
+    import reasoning_gym
+
+    if name in FORBIDDEN:
+        raise AhaError(f"task: '{name}' is refused: {FORBIDDEN[name]}")
+    if size <= 0:
+        return []
+    try:
+        ds = reasoning_gym.create_dataset(name, size=size, seed=seed, **args)
+    except TypeError as e:
+        raise AhaError(f"task.args: {name}: {e}") from None
+    except (ValueError, AssertionError) as e:
+        raise AhaError(f"task.args: {name}: invalid settings: {e}") from None
+    out = []
+    for i in range(size):
+        entry = ds[i]
+        meta = {k: v for k, v in entry.get("metadata", {}).items()}
+        if name == "countdown":
+            # Scored by our own AST verifier: reasoning-gym's countdown scorer executes the text.
+            ex = Example(prompt=entry["question"], answer=str(entry["answer"]), task="countdown",
+                         metadata={"numbers": list(meta["numbers"]), "target": int(meta["target"])},
+                         id=f"{name}:{seed}:{i}")
+        else:
+            ex = Example(prompt=entry["question"], answer=str(entry["answer"]), task=f"rg:{name}",
+                         metadata={"dataset": name, "entry": _jsonable(entry)}, id=f"{name}:{seed}:{i}")
+        out.append(ex)
+    return out
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+_GSM8K_FINAL = re.compile(r"####\s*(.+?)\s*$", re.S)
+
+
+def example_from_row(row: dict, where: str) -> Example:
+    """Recognise a JSONL row's schema from its fields: GSM8K, MATH, AIME, countdown, code or generic."""
+    kind = str(row.get("kind", "reasoning"))
+    rid = str(row.get("id", where))
+    if "question" in row and "answer" in row and isinstance(row["answer"], str) and "####" in row["answer"]:
+        m = _GSM8K_FINAL.search(row["answer"])
+        gold = m.group(1).replace(",", "").strip() if m else ""
+        if not gold:
+            raise AhaError(f"{where}: field 'answer' has no final '#### N'")
+        return Example(prompt=row["question"], answer=gold, task="number", kind=kind,
+                       metadata={"solution": row["answer"]}, id=rid)
+    if "numbers" in row and "target" in row:
+        prompt = row.get("prompt") or (f"Using the numbers {row['numbers']}, create an equation that equals "
+                                       f"{row['target']}. Use each number exactly once with + - * / and parentheses.")
+        try:
+            meta = {"numbers": [int(n) for n in row["numbers"]], "target": int(row["target"])}
+        except (TypeError, ValueError):
+            raise AhaError(f"{where}: fields 'numbers'/'target' must be integers") from None
+        return Example(prompt=prompt, answer=str(row.get("answer", row["target"])), task="countdown", kind=kind,
+                       metadata=meta, id=rid)
+    if "tests" in row and "entry_point" in row:
+        if "prompt" not in row:
+            raise AhaError(f"{where}: missing field 'prompt'")
+        return Example(prompt=row["prompt"], answer=str(row.get("canonical_solution", "")), task="code", kind=kind,
+                       metadata={"tests": row["tests"], "entry_point": row["entry_point"]}, id=rid)
+    prompt = row.get("problem", row.get("prompt", row.get("question")))
+    if prompt is None:
+        raise AhaError(f"{where}: missing field 'prompt' (or 'problem'/'question')")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise AhaError(f"{where}: field 'prompt' is empty")
+    task = str(row.get("task", "math"))
+    answer = row.get("answer", row.get("solution"))
+    if answer is None and kind == "reasoning":
+        raise AhaError(f"{where}: missing field 'answer'")
+    answer = "" if answer is None else answer
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(answer)
+    elif isinstance(answer, str) and re.fullmatch(r"0\d+", answer.strip()):
+        answer = str(int(answer))  # AIME golds are zero-padded integers ("033")
+    if not isinstance(answer, str):
+        raise AhaError(f"{where}: field 'answer' must be a string or number")
+    meta = {k: v for k, v in row.items() if k not in ("problem", "prompt", "question", "answer", "id", "kind")}
+    return Example(prompt=prompt, answer=answer, task=task, kind=kind, metadata=meta, id=rid)
+
+
+def load_jsonl_task(path: str) -> list[Example]:
+    out = [example_from_row(row, f"{path}:{lineno}") for lineno, row in read_jsonl(path)]
+    if not out:
+        raise AhaError(f"{path}: empty dataset (no rows)")
+    return out
+
+
+def _hf_examples(spec: str) -> list[Example]:
+    """`hf:NAME[:CONFIG][@SPLIT]`: a hub dataset (where a hub is reachable) or a local data file."""
+    try:
+        import datasets
+    except ImportError:
+        raise AhaError("task: hf: tasks need the datasets library: run `pip install 'aha[data]'`") from None
+    body = spec[3:]
+    split = "train"
+    if "@" in body:
+        body, split = body.rsplit("@", 1)
+    name, _, config = body.partition(":")
+    try:
+        if Path(name).suffix in (".json", ".jsonl", ".csv", ".parquet"):
+            kind = {".jsonl": "json"}.get(Path(name).suffix, Path(name).suffix[1:])
+            ds = datasets.load_dataset(kind, data_files=name, split=split)
+        else:
+            ds = datasets.load_dataset(name, config or None, split=split)
+    except Exception as e:  # noqa: BLE001 - the datasets library raises many kinds
+        raise AhaError(f"task: cannot load '{spec}': {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return [example_from_row(dict(row), f"{spec}:{i + 1}") for i, row in enumerate(ds)]
+
+
+def _load_all(task: str, cfg: TaskConfig, split: str) -> list[Example]:
+    if task.endswith(".jsonl") or task.endswith(".json"):
+        rows = load_jsonl_task(task)
+        if cfg.eval_file:
+            return rows
+        n_eval = min(cfg.eval_size, len(rows) // 2) if len(rows) > 1 else 0
+        return rows[len(rows) - n_eval:] if split == "eval" else rows[: len(rows) - n_eval]
+    if task.startswith("hf:"):
+        rows = _hf_examples(task)
+        n_eval = min(cfg.eval_size, len(rows) // 2)
+        return rows[len(rows) - n_eval:] if split == "eval" else rows[: len(rows) - n_eval]
+    names = reasoning_gym_names()
+    if task in names or task in FORBIDDEN:
+        if split == "eval":
+            return _rg_examples(task, cfg.eval_size, cfg.seed + EVAL_SEED_OFFSET, cfg.args)
+        train = _rg_examples(task, cfg.size, cfg.seed, cfg.args)
+        held = {e.prompt for e in _rg_examples(task, cfg.eval_size, cfg.seed + EVAL_SEED_OFFSET, cfg.args)}
+        return [e for e in train if e.prompt not in held]
+    if Path(task).suffix:
+        raise AhaError(f"task: {task}: file not found or not a .jsonl file")
+    raise AhaError(f"task: unknown task '{task}'{closest(task, names)}; see `aha tasks`")
+
+
+def load_task(task: str, cfg: TaskConfig | None = None, split: str = "train") -> list[Example]:
+    """Examples of `task` (a reasoning-gym name, a JSONL path or `hf:NAME`) for split `train` or `eval`."""
+    cfg = cfg or TaskConfig()
+    if split == "eval" and cfg.eval_file:
+        examples = load_jsonl_task(cfg.eval_file)
+    else:
+        examples = _load_all(task, cfg, split)
+    if not examples and not (split == "eval" and cfg.eval_size == 0):
+        raise AhaError(f"task: '{task}' gave an empty {split} split")
+    return examples
+
+
+def list_tasks() -> list[tuple[str, str]]:
+    rows = [("<file>.jsonl", "GSM8K {question, answer '#### N'}, MATH {problem, answer}, AIME {problem, answer}, "
+             "countdown {numbers, target}, code {prompt, tests, entry_point}, generic {prompt, answer}"),
+            ("hf:NAME[:CONFIG][@SPLIT]", "a datasets-library dataset (hub name where reachable, or a local file)")]
+    for name in reasoning_gym_names():
+        note = f"refused: {FORBIDDEN[name]}" if name in FORBIDDEN else "reasoning-gym"
+        rows.append((name, note))
+    return rows

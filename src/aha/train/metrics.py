@@ -1,0 +1,59 @@
+"""Run logging: metrics.jsonl (one row per step), TensorBoard event files, rollout dumps, and the
+reflection-word counter behind the aha-moment curve."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from aha.io import append_jsonl, atomic_write_jsonl
+
+REFLECTION_WORDS = ("wait", "re-check", "recheck", "let me verify", "let me check", "however", "but wait",
+                    "double-check", "double check", "re-evaluate", "reconsider", "hmm")
+"""Phrases counted as reflection (R1 §2.2.4: "wait, let me re-check" grows during R1-Zero training)."""
+_REFLECTION = re.compile(r"\b(" + "|".join(re.escape(w) for w in REFLECTION_WORDS) + r")\b", re.IGNORECASE)
+
+
+def reflection_count(text: str) -> int:
+    return len(_REFLECTION.findall(text))
+
+
+class MetricsLogger:
+    """Appends one JSON row per step and mirrors scalars to TensorBoard (when installed)."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, truncate_after_step: int | None = None):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if truncate_after_step is not None and self.path.exists():
+            # On resume: drop rows past the checkpoint so the resumed file equals an uninterrupted one.
+            rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            atomic_write_jsonl(self.path, [r for r in rows if r.get("step", 0) <= truncate_after_step])
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
+            except ImportError:
+                self.tb = None
+
+    def log(self, step: int, row: dict) -> None:
+        row = {"step": step, **row}
+        append_jsonl(self.path, row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
