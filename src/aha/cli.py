@@ -1,0 +1,177 @@
+"""`aha <command> [RECIPE] [key=value ...]`: parse, load the config, call one function.
+
+Bad input (a config typo, a malformed file, an unknown task or model) prints one line
+`aha: <what and where>` and exits 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aha.errors import AhaError, closest
+
+USAGE = """usage: aha <command> [RECIPE.yaml] [key=value ...] [--debug]
+
+Train a reasoning model the DeepSeek-R1 way.
+
+commands:
+  train     GRPO with rule rewards (R1-Zero on SmolLM2-135M-Instruct on CPU by default)
+  eval      pass@1 over k samples, cons@k, pass@k, lengths (the R1 paper's protocol)
+  score     score a JSONL of completions offline; selftest=true checks the verifier on gold answers
+  plot      draw a run's R1-Zero figures (accuracy, response length, reflection words) as PNG
+  models    list the model registry and what is cached
+  tasks     list the available tasks
+
+`aha <command> --help` lists every key with its default and meaning.
+"""
+
+
+@dataclass
+class Command:
+    config_cls: Callable | None
+    run: Callable
+    help: str
+
+
+def _train(cfg):
+    from aha.train.grpo_loop import train
+
+    run_dir = train(cfg)
+    print(f"run folder: {run_dir}  (plot it: aha plot {run_dir})")
+
+
+def _eval(cfg):
+    from aha.stages.evaluate import evaluate
+
+    evaluate(cfg)
+
+
+def _score(cfg):
+    from aha.rewards.score_cli import run_score_config
+
+    run_score_config(cfg)
+
+
+def _plot(cfg):
+    from aha.train.plot import plot_run
+
+    for path in plot_run(cfg.run, cfg.out):
+        print(path)
+
+
+def _models(_cfg):
+    from aha.models import aha_home, list_models
+
+    print(f"{'name':28} {'kind':13} {'installed':9} {'cached':6}  install")
+    for r in list_models():
+        print(f"{r['name']:28} {r['kind']:13} {str(r['installed']):9} {str(r['cached']):6}  {r['install']}")
+    print(f"cache: {aha_home()} (set AHA_HOME to move it)")
+
+
+def _tasks(_cfg):
+    from aha.data.tasks import list_tasks
+
+    for name, note in list_tasks():
+        print(f"{name:32} {note}")
+
+
+def _commands() -> dict[str, Command]:
+    from aha.train.config import TrainConfig
+    from aha.train.plot import PlotConfig
+
+    cmds = {
+        "train": Command(TrainConfig, _train, "GRPO with rule rewards"),
+        "plot": Command(PlotConfig, _plot, "R1-Zero figures of a run"),
+        "models": Command(None, _models, "model registry"),
+        "tasks": Command(None, _tasks, "available tasks"),
+    }
+    try:
+        from aha.stages.evaluate import EvalConfig
+
+        cmds["eval"] = Command(EvalConfig, _eval, "evaluation by the R1 protocol")
+    except ImportError:
+        pass
+    try:
+        from aha.rewards.score_cli import ScoreConfig
+
+        cmds["score"] = Command(ScoreConfig, _score, "offline scoring and verifier self-test")
+    except ImportError:
+        pass
+    return cmds
+
+
+def _print_help(name: str, cmd: Command) -> None:
+    from aha.config import describe
+
+    print(f"usage: aha {name} [RECIPE.yaml] [key=value ...]\n\n{cmd.help}\n")
+    if cmd.config_cls is None:
+        return
+    for key, default, doc in describe(cmd.config_cls):
+        print(f"  {key} = {default}")
+        if doc:
+            print(f"      {doc}")
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
+    """(recipe, overrides, debug) from the words after the command."""
+    debug = "--debug" in argv
+    words = [a for a in argv if a != "--debug"]
+    recipe = None
+    if words and "=" not in words[0]:
+        recipe = words.pop(0)
+    for w in words:
+        if "=" not in w:
+            raise AhaError(f"command line: '{w}' is not key=value (a recipe comes first)")
+    return recipe, words, debug
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if argv[0] == "--version":
+        from aha import __version__
+
+        print(f"aha {__version__}")
+        return 0
+    try:
+        cmds = _commands()
+        name = argv.pop(0)
+        if name not in cmds:
+            raise AhaError(f"unknown command '{name}'{closest(name, cmds)}; see `aha --help`")
+        cmd = cmds[name]
+        if "-h" in argv or "--help" in argv:
+            _print_help(name, cmd)
+            return 0
+        recipe, overrides, debug = parse_args(argv)
+        cfg = None
+        if cmd.config_cls is not None:
+            from aha.config import load_config
+
+            if name == "plot" and recipe and not recipe.endswith((".yaml", ".yml")):
+                overrides.insert(0, f"run={recipe}")  # `aha plot RUN_DIR`
+                recipe = None
+            if name == "train" and recipe and not recipe.endswith((".yaml", ".yml")):
+                from pathlib import Path
+
+                if (Path(recipe) / "config.yaml").exists():  # `aha train RUN_DIR resume=true`
+                    recipe = str(Path(recipe) / "config.yaml")
+            cfg = load_config(cmd.config_cls, recipe, overrides)
+        cmd.run(cfg)
+        return 0
+    except AhaError as e:
+        if debug:
+            raise
+        print(f"aha: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aha: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

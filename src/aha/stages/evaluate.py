@@ -1,0 +1,262 @@
+"""`aha eval`: the R1 paper's protocol. k samples per problem at T=0.6, top-p 0.95; pass@1 as the mean
+correctness over the k samples (with its standard error), cons@k by majority vote, pass@k' by the
+unbiased estimator (Chen et al. 2021), response lengths, format and reflection rates.
+
+Correctness comes from the same accuracy reward that training uses (one place decides what
+"correct" means), and the majority vote groups answers with that same equivalence, so `1/2` and
+`0.5` vote together. Tie rule: among equally large groups, the one whose first answer came first wins.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aha.data.example import Example
+from aha.data.tasks import TaskConfig, load_task
+from aha.data.templates import render_prompt
+from aha.errors import AhaError
+from aha.io import atomic_write_jsonl, atomic_write_text
+from aha.rollout.base import Completion, SamplingConfig
+
+
+@dataclass
+class EvalConfig:
+    model: list[str] = field(default_factory=lambda: ["smollm2-135m-instruct"])
+    """One or more models (comma-separated): registry names, .gguf files, HF folders or run folders
+    (a run folder expands to the run's base model and each of its checkpoints)."""
+    task: str = "chain_sum"
+    """reasoning-gym name, JSONL path or hf:NAME."""
+    data: TaskConfig = field(default_factory=lambda: TaskConfig(args={"min_terms": 2, "max_terms": 2, "max_digits": 2}))
+    """Task settings; the eval split is used (for reasoning-gym: seed + 1,000,003)."""
+    split: str = "eval"
+    """Which split to evaluate: eval (held out) or train."""
+    samples: int = 4
+    """k: completions per problem."""
+    temperature: float = 0.6
+    """The paper's sampling temperature; 0 with samples=1 is greedy decoding."""
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    limit: int = 0
+    """Evaluate only the first N problems (0: all)."""
+    seed: int = 0
+    out_dir: str = "runs/eval"
+    dtype: str = "bfloat16"
+    """float32 or bfloat16 (weights and compute)."""
+    device: str = "auto"
+    template: str = "auto"
+    system_prompt: str = ""
+    pass_k: list[int] = field(default_factory=list)
+    """k' values for pass@k' (default: 1, 2, 4, ... up to samples)."""
+    batch_size: int = 64
+    """Sequences decoded at once."""
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------------------- estimators
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):  # C(n-c,k)/C(n,k) = prod_{i=n-c+1}^{n} (1 - k/i)
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def mean_and_se(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return 0.0, 0.0
+    m = sum(values) / len(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return m, se
+
+
+def majority_vote(answers: list[str | None], equivalent) -> int | None:
+    """Index of the first answer of the largest group of equivalent answers (None answers never vote).
+    Ties go to the group whose first member came first."""
+    groups: list[list[int]] = []
+    for i, a in enumerate(answers):
+        if a is None:
+            continue
+        for g in groups:
+            if equivalent(answers[g[0]], a):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    if not groups:
+        return None
+    best = max(groups, key=lambda g: (len(g), -g[0]))
+    return best[0]
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.strip().strip(".").lower().split())
+
+
+def make_equivalence(example: Example, reward_set):
+    """a ~ b when the accuracy verifier, given a as the gold, accepts b (math, number); else normalised text."""
+    if example.task not in ("math", "number"):
+        return lambda a, b: _norm(a) == _norm(b)
+
+    def eq(a: str, b: str) -> bool:
+        if _norm(a) == _norm(b):
+            return True
+        probe = Example(prompt=example.prompt, answer=a, task=example.task)
+        return reward_set.accuracy(Completion(text=f"<answer>{b}</answer>"), probe) >= 1.0
+
+    return eq
+
+
+# ----------------------------------------------------------------------------------------- the stage
+
+
+def expand_models(models: list[str]) -> list[str]:
+    out = []
+    for m in models:
+        p = Path(m)
+        if p.is_dir() and (p / "checkpoints").is_dir():
+            import yaml
+
+            cfg_path = p / "config.yaml"
+            if cfg_path.exists():
+                base = (yaml.safe_load(cfg_path.read_text()) or {}).get("model")
+                if base and base not in out:
+                    out.append(base)
+            from aha.train.checkpoint import list_checkpoints
+
+            ckpts = [str(d) for _, d in list_checkpoints(p)]
+            if not ckpts:
+                raise AhaError(f"{m}: run folder has no checkpoints")
+            out += ckpts
+        else:
+            out.append(m)
+    return out
+
+
+def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, reward_set) -> tuple[dict, list[dict]]:
+    import torch
+
+    from aha.models import load_model
+    from aha.rewards.extract import extract_answer
+    from aha.rollout.hf import HFEngine
+    from aha.train.grpo_loop import pick_device
+    from aha.train.metrics import reflection_count
+
+    device = pick_device(cfg.device)
+    model, tok = load_model(model_name, dtype=cfg.dtype, device=device)
+    engine = HFEngine(model, tok, max_batch=cfg.batch_size)
+    k = cfg.samples
+    greedy = cfg.temperature <= 0
+    if greedy and k > 1:
+        raise AhaError("samples: greedy decoding (temperature=0) gives identical samples; use samples=1")
+    sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+    torch.manual_seed(cfg.seed)
+    prompts = [tok(render_prompt(e.prompt, tok, cfg.template, cfg.system_prompt), add_special_tokens=False)["input_ids"]
+               for e in examples]
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(examples), desc=f"eval {Path(model_name).name}", dynamic_ncols=True)
+    per_call = max(1, cfg.batch_size // k)
+    records, t0 = [], time.perf_counter()
+    ks = sorted({kk for kk in (cfg.pass_k or [2**i for i in range(0, 12)]) if kk <= k} | {1})
+    for start in range(0, len(examples), per_call):
+        chunk = examples[start:start + per_call]
+        groups = engine.generate(prompts[start:start + per_call], k, sampling)
+        for ex, group in zip(chunk, groups):
+            _, parts = reward_set.score(group, [ex] * k)
+            verdicts = [float(v) for v in parts["accuracy"]]
+            answers = [extract_answer(c.text) for c in group]
+            winner = majority_vote(answers, make_equivalence(ex, reward_set))
+            records.append({
+                "id": ex.id, "prompt": ex.prompt, "answer": ex.answer,
+                "completions": [c.text for c in group], "extracted": answers, "correct": verdicts,
+                "format": [float(v) for v in parts.get("format", [0.0] * k)],
+                "lengths": [len(c.completion_ids) for c in group],
+                "finished": [c.finished for c in group],
+                "reflections": [reflection_count(c.text) for c in group],
+                "cons_answer": answers[winner] if winner is not None else None,
+                "cons_correct": verdicts[winner] if winner is not None else 0.0,
+                "pass_at": {str(kk): pass_at_k(k, int(sum(v >= 1.0 for v in verdicts)), kk) for kk in ks},
+            })
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    p1, se = mean_and_se([sum(r["correct"]) / k for r in records])
+    lengths = [n for r in records for n in r["lengths"]]
+    ntok = sum(lengths)
+    summary = {
+        "model": model_name, "task": cfg.task, "problems": len(records), "samples": k,
+        "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
+        "pass@1": p1, "pass@1_se": se,
+        f"cons@{k}": sum(r["cons_correct"] for r in records) / max(len(records), 1),
+        **{f"pass@{kk}": sum(r["pass_at"][str(kk)] for r in records) / max(len(records), 1) for kk in ks if kk > 1},
+        "format_rate": sum(f >= 1.0 for r in records for f in r["format"]) / max(len(lengths), 1),
+        "length_mean": ntok / max(len(lengths), 1), "length_max": max(lengths, default=0),
+        "truncated": sum(not f for r in records for f in r["finished"]) / max(len(lengths), 1),
+        "reflection_per_1k_tokens": 1000.0 * sum(sum(r["reflections"]) for r in records) / max(ntok, 1),
+        "seconds": seconds, "tokens_per_s": ntok / max(seconds, 1e-9),
+    }
+    del model, engine
+    return summary, records
+
+
+def markdown_table(summaries: list[dict]) -> str:
+    if not summaries:
+        return ""
+    k = summaries[0]["samples"]
+    cols = ["pass@1", f"cons@{k}"] + [c for c in summaries[0] if c.startswith("pass@") and c not in ("pass@1", "pass@1_se")]
+    cols += ["format_rate", "length_mean", "truncated", "reflection_per_1k_tokens", "seconds"]
+    head = "| model | " + " | ".join(cols) + " |"
+    sep = "|---|" + "---|" * len(cols)
+    lines = [head, sep]
+    for s in summaries:
+        cells = []
+        for c in cols:
+            v = s.get(c, float("nan"))
+            if c == "pass@1":
+                cells.append(f"{v:.3f} ± {s['pass@1_se']:.3f}")
+            elif c in ("length_mean", "seconds", "reflection_per_1k_tokens"):
+                cells.append(f"{v:.1f}")
+            else:
+                cells.append(f"{v:.3f}")
+        lines.append(f"| {s['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def evaluate(cfg: EvalConfig) -> list[dict]:
+    from aha.rewards import RewardSet
+    from aha.rewards.config import RewardsConfig
+
+    if cfg.samples < 1:
+        raise AhaError("samples: must be at least 1")
+    examples = load_task(cfg.task, cfg.data, cfg.split)
+    if cfg.limit:
+        examples = examples[: cfg.limit]
+    reward_set = RewardSet(RewardsConfig(weights={"accuracy": 1.0, "format": 0.0}))
+    out = Path(cfg.out_dir)
+    summaries = []
+    for i, name in enumerate(expand_models(cfg.model)):
+        summary, records = evaluate_model(name, examples, cfg, reward_set)
+        summaries.append(summary)
+        sub = out / (f"model_{i}" if len(cfg.model) > 1 or Path(name).is_dir() else "")
+        atomic_write_jsonl(sub / "samples.jsonl", records)
+        atomic_write_text(sub / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summaries, indent=2))
+    table = markdown_table(summaries)
+    atomic_write_text(out / "summary.md", table + "\n")
+    print(table)
+    return summaries

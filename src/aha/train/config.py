@@ -1,0 +1,118 @@
+"""The `aha train` config: GRPO, rollout, optimiser and logging settings, with the defaults of the
+README's main job (R1-Zero-style RL of SmolLM2-135M-Instruct on two-term chain_sum, on a CPU)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aha.data.tasks import TaskConfig
+from aha.rewards.config import RewardsConfig
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8
+    """Completions sampled per prompt (G). The one name for this everywhere."""
+    prompts_per_step: int = 8
+    """Prompts per optimisation step (B); a step trains on B*G completions."""
+    kl_coef: float = 0.0
+    """beta: weight of the k3 KL to a frozen reference; 0 skips loading the reference model."""
+    eps_low: float = 0.2
+    """Lower clip of the ratio (1 - eps_low)."""
+    eps_high: float = 0.2
+    """Upper clip of the ratio (1 + eps_high); DAPO's clip-higher uses 0.28."""
+    scale_by_std: bool = True
+    """Divide advantages by the group std (GRPO); false for Dr.GRPO."""
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
+    """Loss aggregation: GRPO seq_mean_token_mean, DAPO token_mean, Dr.GRPO seq_mean_token_sum_norm."""
+    mu: int = 1
+    """Inner optimisation iterations over the same rollouts (old log-probs are stored when mu > 1)."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and draw more prompts until the batch is full."""
+    max_resample_rounds: int = 3
+    """Cap on extra prompt draws per step for dynamic sampling."""
+    mask_truncated: bool = False
+    """Exclude completions cut off at max_new_tokens from the loss (DAPO's overlong filtering)."""
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["hf", "vllm"] = "hf"
+    """Rollout engine: hf (transformers, CPU or GPU) or vllm (GPU)."""
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts."""
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 128
+    """Completion budget in tokens; longer completions are truncated (finished=false)."""
+    stop: list[str] = field(default_factory=lambda: ["</answer>"])
+    """Completions also end when their text contains one of these."""
+    max_batch: int = 64
+    """Most sequences decoded at once."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    """Peak AdamW learning rate."""
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    warmup_steps: int = 3
+    """Linear warm-up (optimizer steps)."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """LR after warm-up."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (0 disables)."""
+    micro_batch_size: int = 16
+    """Sequences per forward/backward; gradients accumulate over the step's B*G sequences."""
+
+
+@dataclass
+class LogConfig:
+    rollouts_every: int = 5
+    """Dump rollouts/step_N.jsonl every N steps (0: never)."""
+    checkpoint_every: int = 25
+    """Save a checkpoint every N steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """Keep the newest K checkpoints."""
+    eval_every: int = 0
+    """Held-out greedy accuracy every N steps (0: only before and after training when eval_size > 0)."""
+    tensorboard: bool = True
+    progress: bool = True
+    """Show a progress bar (step, reward, accuracy, length, ETA)."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = "smollm2-135m-instruct"
+    """Registry name, .gguf file or HF folder."""
+    task: str = "chain_sum"
+    """reasoning-gym name, JSONL path or hf:NAME (see `aha tasks`)."""
+    data: TaskConfig = field(default_factory=lambda: TaskConfig(args={"min_terms": 2, "max_terms": 2, "max_digits": 2}))
+    """Task size, seeds and difficulty."""
+    template: Literal["auto", "r1_zero", "chat", "r1", "plain"] = "auto"
+    """Prompt template: r1_zero for base models, chat (+ R1 system prompt) for instruct models; auto picks."""
+    system_prompt: str = ""
+    """Overrides the R1 system prompt of the chat template."""
+    out_dir: str = "runs/r1_zero"
+    """Run folder: config, metrics, rollouts, checkpoints, TensorBoard events."""
+    steps: int = 60
+    """Optimisation steps (each on prompts_per_step * group_size completions)."""
+    seed: int = 0
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    """Compute dtype. bfloat16: fp32 master weights with bf16 autocast for training and a bf16 copy for rollouts."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+    threads: int = 0
+    """torch intra-op threads (0: torch's default)."""
+    resume: bool = False
+    """Continue from the newest checkpoint in out_dir."""
+    selftest: bool = True
+    """Run the verifier self-test on the task's gold answers before step 1."""
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    log: LogConfig = field(default_factory=LogConfig)

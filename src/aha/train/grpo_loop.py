@@ -1,0 +1,398 @@
+"""`aha train`: GRPO with rule rewards on a causal LM (R1-Zero when started from a base model).
+
+One step, top to bottom (`GRPOTrainer.step`): sample G completions per prompt (rollout/hf.py),
+score them with the reward registry (rewards/), normalise rewards within each group into advantages
+and minimise the clipped surrogate + k3 KL (grpo.py) over micro-batches, then one AdamW update per
+inner iteration. Departures from the paper, all settings: Dr.GRPO and DAPO variants; dynamic
+sampling; masking of truncated completions; bf16 autocast with fp32 master weights on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from aha.config import save_config
+from aha.data.example import Example
+from aha.data.tasks import load_task
+from aha.data.templates import render_prompt
+from aha.errors import AhaError
+from aha.grpo import group_advantages, grpo_loss
+from aha.io import atomic_write_jsonl
+from aha.rewards import RewardSet
+from aha.rollout import make_engine
+from aha.rollout.base import Completion, SamplingConfig
+from aha.train import checkpoint as ckpt
+from aha.train.batch import collate, completion_logprobs
+from aha.train.config import TrainConfig
+from aha.train.metrics import MetricsLogger, reflection_count
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AhaError(f"device: '{name}' asked for but no CUDA device is available")
+    return name
+
+
+class PromptSampler:
+    """Shuffled passes over the examples; its state (epoch, position) is saved in checkpoints."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        order = list(range(self.n))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.pos >= self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._shuffle()
+            out.append(self._order[self.pos])
+            self.pos += 1
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._shuffle()
+
+
+@dataclass
+class Rollouts:
+    examples: list[Example]  # (B*G,) each example repeated G times
+    completions: list[Completion]  # (B*G,)
+    rewards: torch.Tensor  # (B*G,)
+    parts: dict[str, list[float]]
+    advantages: torch.Tensor  # (B*G,)
+
+
+def lr_lambda(cfg: TrainConfig):
+    total = max(1, cfg.steps * cfg.grpo.mu)
+    warm = cfg.optim.warmup_steps
+
+    def f(i: int) -> float:
+        if warm and i < warm:
+            return (i + 1) / warm
+        if cfg.optim.schedule == "cosine":
+            progress = (i - warm) / max(1, total - warm)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return f
+
+
+class GRPOTrainer:
+    def __init__(self, cfg: TrainConfig, model=None, tokenizer=None, engine=None):
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.run_dir = Path(cfg.out_dir)
+        if model is None:
+            from aha.models import load_model
+
+            model, tokenizer = load_model(cfg.model, dtype="float32", device=self.device)
+        self.policy, self.tok = model, tokenizer
+        self.policy.train()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.autocast = cfg.dtype == "bfloat16"
+        self.ref = None
+        if cfg.grpo.kl_coef > 0:  # the reference model exists only when the KL term does
+            self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
+            if self.autocast:
+                self.ref.to(torch.bfloat16)
+        if engine is None:
+            self.rollout_model = self.policy
+            if self.autocast:  # rollouts from a bf16 copy, re-synced after every update
+                self.rollout_model = copy.deepcopy(self.policy).to(torch.bfloat16).eval().requires_grad_(False)
+            engine = make_engine(cfg.rollout.engine, self.rollout_model, tokenizer, max_batch=cfg.rollout.max_batch)
+        self.engine = engine
+        self.sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                       top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
+                                       stop=tuple(cfg.rollout.stop))
+        self.examples = load_task(cfg.task, cfg.data, "train")
+        self.eval_examples = load_task(cfg.task, cfg.data, "eval") if cfg.data.eval_size > 0 else []
+        self.prompt_ids = {}
+        self.rewards = RewardSet(cfg.rewards)
+        self.sampler = PromptSampler(len(self.examples), cfg.seed)
+        o = cfg.optim
+        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
+                                     weight_decay=o.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        self.step_no = 0
+
+    # ----------------------------------------------------------------------------------------- data
+    def encode(self, ex: Example) -> list[int]:
+        if ex.id not in self.prompt_ids or not ex.id:
+            text = render_prompt(ex.prompt, self.tok, self.cfg.template, self.cfg.system_prompt)
+            ids = self.tok(text, add_special_tokens=False)["input_ids"]
+            if not ex.id:
+                return ids
+            self.prompt_ids[ex.id] = ids
+        return self.prompt_ids[ex.id]
+
+    def rollout(self, examples: list[Example]) -> Rollouts:
+        G = self.cfg.grpo.group_size
+        groups = self.engine.generate([self.encode(e) for e in examples], G, self.sampling)
+        completions = [c for g in groups for c in g]  # (B*G,)
+        repeated = [e for e in examples for _ in range(G)]
+        totals, parts = self.rewards.score(completions, repeated, step=self.step_no)
+        rewards = torch.tensor(totals, dtype=torch.float32)
+        adv = group_advantages(rewards, G, scale_by_std=self.cfg.grpo.scale_by_std)
+        return Rollouts(repeated, completions, rewards, parts, adv)
+
+    def collect(self) -> tuple[Rollouts, dict]:
+        """B groups of G; with dynamic sampling, zero-variance groups are replaced by fresh prompts (capped)."""
+        B, G = self.cfg.grpo.prompts_per_step, self.cfg.grpo.group_size
+        ro = self.rollout([self.examples[i] for i in self.sampler.take(B)])
+        info = {"groups_sampled": B}
+        if not self.cfg.grpo.dynamic_sampling:
+            return ro, info
+        keep = [ro]
+        rounds = 0
+        while rounds < self.cfg.grpo.max_resample_rounds:
+            kept = sum(int((r.rewards.view(-1, G).std(1) > 0).sum()) for r in keep)
+            if kept >= B:
+                break
+            rounds += 1
+            keep.append(self.rollout([self.examples[i] for i in self.sampler.take(B)]))
+            info["groups_sampled"] += B
+        merged = self._merge_informative(keep, B)
+        info["resample_rounds"] = rounds
+        return merged, info
+
+    def _merge_informative(self, parts: list[Rollouts], B: int) -> Rollouts:
+        G = self.cfg.grpo.group_size
+        sel = []  # (rollouts, group index), informative groups first
+        for r in parts:
+            std = r.rewards.view(-1, G).std(1)
+            sel += [(r, g) for g in range(len(std)) if std[g] > 0]
+        if not sel:  # nothing informative at all: train on the first batch (zero advantages, no update)
+            return parts[0]
+        sel = sel[:B]
+        idx = lambda g: range(g * G, (g + 1) * G)  # noqa: E731
+        ex = [r.examples[i] for r, g in sel for i in idx(g)]
+        comp = [r.completions[i] for r, g in sel for i in idx(g)]
+        rew = torch.cat([r.rewards[g * G:(g + 1) * G] for r, g in sel])
+        adv = torch.cat([r.advantages[g * G:(g + 1) * G] for r, g in sel])
+        names = parts[0].parts.keys()
+        pts = {k: [r.parts[k][i] for r, g in sel for i in idx(g)] for k in names}
+        return Rollouts(ex, comp, rew, pts, adv)
+
+    # ----------------------------------------------------------------------------------------- step
+    def forward_logprobs(self, model, batch, with_entropy=False):
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
+            return completion_logprobs(model, batch, with_entropy)
+
+    def step(self) -> dict:
+        """One GRPO step: rollouts -> rewards -> advantages -> mu x (micro-batched loss, AdamW update)."""
+        cfg, g = self.cfg, self.cfg.grpo
+        t0 = time.perf_counter()
+        ro, info = self.collect()
+        t_gen = time.perf_counter() - t0  # includes scoring; scoring time is measured below
+        n = len(ro.completions)
+        mbs = cfg.optim.micro_batch_size
+        mask_keep = [0.0 if (g.mask_truncated and not c.finished) else 1.0 for c in ro.completions]
+        batches = []
+        for i in range(0, n, mbs):
+            b = collate(ro.completions[i:i + mbs], self.pad_id).to(self.device)
+            b.completion_mask *= torch.tensor(mask_keep[i:i + mbs], device=self.device).unsqueeze(-1)
+            batches.append((i, b))
+        num_tokens = float(sum(b.completion_mask.sum().item() for _, b in batches))
+        old, ref = {}, {}
+        with torch.no_grad():
+            for i, b in batches:
+                if g.mu > 1:  # with mu=1 the ratio is 1 by construction: no extra forward
+                    old[i] = self.forward_logprobs(self.policy, b)[0]
+                if self.ref is not None:
+                    ref[i] = self.forward_logprobs(self.ref, b)[0]
+        stats = defaultdict(float)
+        t1 = time.perf_counter()
+        for _ in range(g.mu):
+            self.opt.zero_grad(set_to_none=True)
+            for i, b in batches:
+                adv = ro.advantages[i:i + mbs].to(self.device)
+                logp, ent = self.forward_logprobs(self.policy, b, with_entropy=True)
+                terms = grpo_loss(logp, old.get(i), adv, b.completion_mask, ref.get(i), g.kl_coef, g.eps_low,
+                                  g.eps_high, g.loss_agg, num_sequences=n, num_tokens=num_tokens,
+                                  max_tokens=cfg.rollout.max_new_tokens)
+                if not torch.isfinite(terms.loss):
+                    raise FloatingPointError(f"step {self.step_no + 1}: loss is {terms.loss.item()}")
+                terms.loss.backward()
+                w = b.completion_mask.sum().item() / max(num_tokens, 1.0)
+                stats["loss"] += terms.loss.item() / g.mu
+                stats["kl"] += terms.kl * w / g.mu
+                stats["clip_low"] += terms.clip_low * w / g.mu
+                stats["clip_high"] += terms.clip_high * w / g.mu
+                stats["entropy"] += float((ent * b.completion_mask).sum() / max(num_tokens, 1.0)) / g.mu
+            gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.optim.max_grad_norm or float("inf"))
+            if not torch.isfinite(gn):
+                raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
+            stats["grad_norm"] += float(gn) / g.mu
+            stats["lr"] = self.sched.get_last_lr()[0]
+            self.opt.step()
+            self.sched.step()
+        if self.rollout_model is not self.policy:
+            with torch.no_grad():
+                for dst, src in zip(self.rollout_model.parameters(), self.policy.parameters()):
+                    dst.copy_(src)
+        self.engine.sync_weights(self.rollout_model)
+        t_train = time.perf_counter() - t1
+        self.step_no += 1
+        return self._step_metrics(ro, info, stats, t_gen, t_train)
+
+    def _step_metrics(self, ro: Rollouts, info: dict, stats: dict, t_gen: float, t_train: float) -> dict:
+        lengths = [len(c.completion_ids) for c in ro.completions]
+        ntok = sum(lengths)
+        m = {f"reward/{k}": sum(v) / len(v) for k, v in ro.parts.items()}
+        m["reward"] = float(ro.rewards.mean())
+        m["reward_std"] = float(ro.rewards.std()) if len(ro.rewards) > 1 else 0.0
+        m["accuracy"] = m.get("reward/accuracy", 0.0)
+        fmt = ro.parts.get("format") or ro.parts.get("format_partial")
+        m["format_rate"] = sum(1.0 for v in fmt if v >= 1.0) / len(fmt) if fmt else 0.0
+        m["length_mean"] = ntok / len(lengths)
+        m["length_max"] = max(lengths)
+        m["truncated"] = sum(not c.finished for c in ro.completions) / len(ro.completions)
+        m["reflection_per_1k_tokens"] = 1000.0 * sum(reflection_count(c.text) for c in ro.completions) / max(ntok, 1)
+        m.update({k: float(v) for k, v in stats.items()})
+        m.update(info)
+        score_s = self.rewards.last_seconds if hasattr(self.rewards, "last_seconds") else 0.0
+        m["time/generate_s"] = t_gen - score_s
+        m["time/score_s"] = score_s
+        m["time/train_s"] = t_train
+        m["tokens_per_s"] = ntok / max(t_gen + t_train, 1e-9)
+        self._last_rollouts = ro
+        return m
+
+    # ----------------------------------------------------------------------------------------- run
+    def dump_rollouts(self, step: int) -> None:
+        ro = self._last_rollouts
+        rows = [{"step": step, "prompt": e.prompt, "answer": e.answer, "completion": c.text,
+                 "reward": float(ro.rewards[i]), **{k: v[i] for k, v in ro.parts.items()},
+                 "advantage": float(ro.advantages[i]), "finished": c.finished, "tokens": len(c.completion_ids)}
+                for i, (e, c) in enumerate(zip(ro.examples, ro.completions))]
+        atomic_write_jsonl(self.run_dir / "rollouts" / f"step_{step:06d}.jsonl", rows)
+
+    def state(self) -> dict:
+        return {"step": self.step_no, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "rng": ckpt.rng_state(), "sampler": self.sampler.state()}
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(self.run_dir, self.step_no, self.policy, self.tok, self.state(),
+                                    keep=self.cfg.log.keep_checkpoints)
+
+    def restore(self) -> bool:
+        found = ckpt.latest_checkpoint(self.run_dir)
+        if found is None:
+            return False
+        _, path = found
+        from safetensors.torch import load_file
+
+        weights = {}
+        for f in sorted(path.glob("*.safetensors")):
+            weights.update(load_file(str(f)))
+        missing, unexpected = self.policy.load_state_dict(weights, strict=False)
+        if unexpected:
+            raise AhaError(f"{path}: checkpoint does not match the model (unexpected {unexpected[:3]})")
+        self.policy.tie_weights()
+        state = ckpt.load_state(path)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        self.sampler.load(state["sampler"])
+        self.step_no = state["step"]
+        if self.rollout_model is not self.policy:
+            with torch.no_grad():
+                for dst, src in zip(self.rollout_model.parameters(), self.policy.parameters()):
+                    dst.copy_(src)
+        return True
+
+    def evaluate(self) -> dict:
+        """Held-out greedy accuracy and format rate (the R1-Zero accuracy curve)."""
+        if not self.eval_examples:
+            return {}
+        greedy = SamplingConfig(temperature=0.0, max_new_tokens=self.sampling.max_new_tokens, stop=self.sampling.stop)
+        groups = self.engine.generate([self.encode(e) for e in self.eval_examples], 1, greedy)
+        comps = [g[0] for g in groups]
+        _, parts = self.rewards.score(comps, self.eval_examples, step=self.step_no)
+        acc = parts.get("accuracy", [0.0])
+        lengths = [len(c.completion_ids) for c in comps]
+        return {"eval/accuracy": sum(acc) / len(acc), "eval/length_mean": sum(lengths) / len(lengths)}
+
+    def run(self) -> Path:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = cfg.resume and self.restore()
+        if not resumed and cfg.selftest:
+            from aha.rewards.score_cli import selftest
+
+            selftest(self.examples[:200], self.rewards)
+        save_config(cfg, self.run_dir / "config.yaml")
+        logger = MetricsLogger(self.run_dir, cfg.log.tensorboard, truncate_after_step=self.step_no if resumed else None)
+        bar = None
+        if cfg.log.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step_no, desc="aha train", dynamic_ncols=True)
+        interrupted = False
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            if self.step_no == 0 and self.eval_examples:
+                logger.log(0, self.evaluate())
+            while self.step_no < cfg.steps:
+                try:
+                    metrics = self.step()
+                except FloatingPointError as e:
+                    last = ckpt.latest_checkpoint(self.run_dir)
+                    where = f"; last good checkpoint: {last[1]}" if last else "; no checkpoint was saved yet"
+                    raise AhaError(f"{e}: training stopped{where}") from None
+                s = self.step_no
+                if cfg.log.eval_every and s % cfg.log.eval_every == 0 and s < cfg.steps:
+                    metrics.update(self.evaluate())
+                if s == cfg.steps and self.eval_examples:
+                    metrics.update(self.evaluate())
+                logger.log(s, metrics)
+                if cfg.log.rollouts_every and (s % cfg.log.rollouts_every == 0 or s == 1):
+                    self.dump_rollouts(s)
+                if s % cfg.log.checkpoint_every == 0 or s == cfg.steps:
+                    self.save()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{metrics['reward']:.3f}", acc=f"{metrics['accuracy']:.2f}",
+                                    len=f"{metrics['length_mean']:.0f}", refresh=False)
+        except KeyboardInterrupt:
+            interrupted = True
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the save
+            self.save()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if bar is not None:
+                bar.close()
+            logger.close()
+        if interrupted:
+            raise AhaError(f"interrupted at step {self.step_no}: checkpoint saved; continue with "
+                           f"`aha train {self.run_dir}/config.yaml resume=true`")
+        return self.run_dir
+
+
+def train(cfg: TrainConfig) -> Path:
+    return GRPOTrainer(cfg).run()

@@ -1,0 +1,85 @@
+"""Config parsing: YAML recipes, dotted overrides, located one-line errors."""
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from aha.config import describe, load_config, save_config
+from aha.errors import AhaError
+
+
+@dataclass
+class Inner:
+    group_size: int = 8
+    """G."""
+    kl_coef: float = 0.0
+    names: list[str] = field(default_factory=lambda: ["a"])
+
+
+@dataclass
+class Outer:
+    model: str = "m"
+    steps: int = 10
+    flag: bool = False
+    grpo: Inner = field(default_factory=Inner)
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+def test_defaults_recipe_and_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: x\ngrpo:\n  group_size: 4\n")
+    cfg = load_config(Outer, recipe, ["grpo.kl_coef=0.04", "steps=3", "flag=true", "grpo.names=a,b",
+                                      "weights.accuracy=1"])
+    assert (cfg.model, cfg.steps, cfg.flag) == ("x", 3, True)
+    assert cfg.grpo.group_size == 4 and cfg.grpo.kl_coef == 0.04 and cfg.grpo.names == ["a", "b"]
+    assert cfg.weights == {"accuracy": 1.0}
+
+
+def test_unknown_key_in_recipe_names_file_line_and_suggestion(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: x\ngrpo:\n  group_sise: 4\n")
+    with pytest.raises(AhaError) as e:
+        load_config(Outer, recipe)
+    msg = str(e.value)
+    assert f"{recipe}:3" in msg and "grpo.group_sise" in msg and "grpo.group_size" in msg
+    assert "\n" not in msg
+
+
+def test_wrong_type_on_command_line():
+    with pytest.raises(AhaError, match=r"command line: grpo.group_size: expected an integer"):
+        load_config(Outer, None, ["grpo.group_size=four"])
+    with pytest.raises(AhaError, match="unknown key.*did you mean 'steps'"):
+        load_config(Outer, None, ["stesp=3"])
+    with pytest.raises(AhaError, match="not key=value"):
+        load_config(Outer, None, ["steps"])
+
+
+def test_invalid_yaml_and_missing_recipe(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(AhaError, match="bad.yaml:.*invalid YAML"):
+        load_config(Outer, bad)
+    with pytest.raises(AhaError, match="recipe file not found"):
+        load_config(Outer, tmp_path / "nope.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(Outer, None, ["steps=5"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(Outer, tmp_path / "config.yaml") == cfg
+
+
+def test_describe_lists_docs():
+    rows = {k: doc for k, _, doc in describe(Outer)}
+    assert rows["grpo.group_size"] == "G."
+
+
+def test_train_config_keys_users_type():
+    from aha.train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, None, ["model=x", "task=chain_sum", "out_dir=o", "steps=2", "seed=1",
+                                          "grpo.group_size=4", "grpo.prompts_per_step=2", "grpo.kl_coef=0.04",
+                                          "rollout.max_new_tokens=32", "rollout.temperature=0.7", "dtype=float32"])
+    assert cfg.grpo.group_size == 4 and cfg.rollout.max_new_tokens == 32
+    with pytest.raises(AhaError, match="expected one of"):
+        load_config(TrainConfig, None, ["dtype=float8"])

@@ -1,0 +1,100 @@
+"""The GRPO math against numbers computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from aha.grpo import aggregate, clipped_surrogate, group_advantages, grpo_loss, k3_kl, token_logprobs
+
+
+def test_group_advantages_grpo_by_hand():
+    # group [1, 0, 0, 1]: mean 0.5, sample std sqrt(1/3) = 0.57735
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4, scale_by_std=True, eps=0.0)
+    s = math.sqrt(1 / 3)
+    assert torch.allclose(adv, torch.tensor([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s]))
+
+
+def test_group_advantages_dr_grpo_no_std():
+    adv = group_advantages(torch.tensor([3.0, 1.0, 2.0, 2.0]), 2, scale_by_std=False)
+    assert torch.allclose(adv, torch.tensor([1.0, -1.0, 0.0, 0.0]))
+
+
+def test_equal_rewards_give_zero_never_nan():
+    for scale in (True, False):
+        adv = group_advantages(torch.tensor([0.7, 0.7, 0.7, 0.0, 0.0, 0.0]), 3, scale_by_std=scale)
+        assert torch.equal(adv, torch.zeros(6))
+    assert torch.equal(group_advantages(torch.tensor([1.0, 2.0]), 1), torch.zeros(2))
+
+
+def test_group_advantages_rejects_ragged():
+    with pytest.raises(ValueError):
+        group_advantages(torch.zeros(5), 2)
+
+
+def test_k3_kl_by_hand():
+    logp = torch.tensor([[math.log(0.5), math.log(0.2)]])
+    ref = torch.tensor([[math.log(0.25), math.log(0.2)]])
+    # r = ref/pi = 0.5: 0.5 - ln 0.5 - 1 = 0.193147; equal probs -> 0
+    assert torch.allclose(k3_kl(logp, ref), torch.tensor([[0.5 - math.log(0.5) - 1, 0.0]]), atol=1e-6)
+
+
+def test_clip_higher_by_hand():
+    old = torch.zeros(1, 3)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))  # ratios 1.5, 0.5, 1.1
+    pos = torch.tensor([2.0])
+    loss, low, high = clipped_surrogate(logp, old, pos, eps_low=0.2, eps_high=0.28)
+    # A>0: -min(r*A, clip(r)*A): r=1.5 -> clip 1.28 -> -2.56; r=0.5 -> -1.0 (unclipped smaller); r=1.1 -> -2.2
+    assert torch.allclose(loss, torch.tensor([[-2.56, -1.0, -2.2]]))
+    assert high.tolist() == [[True, False, False]] and low.tolist() == [[False, False, False]]
+    loss, low, high = clipped_surrogate(logp, old, -pos, eps_low=0.2, eps_high=0.28)
+    # A<0: r=1.5 -> -min(-3, -2.56) = 3; r=0.5 -> clip 0.8 -> -min(-1, -1.6) = 1.6; r=1.1 -> 2.2
+    assert torch.allclose(loss, torch.tensor([[3.0, 1.6, 2.2]]))
+    assert low.tolist() == [[False, True, False]]
+
+
+def test_aggregations_by_hand():
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    assert aggregate(per_token, mask, "token_mean").item() == pytest.approx(10 / 4)
+    assert aggregate(per_token, mask, "seq_mean_token_mean").item() == pytest.approx((2 + 4) / 2)
+    assert aggregate(per_token, mask, "seq_mean_token_sum_norm", max_tokens=5).item() == pytest.approx(10 / 10)
+    with pytest.raises(ValueError):
+        aggregate(per_token, mask, "bogus")
+
+
+def test_aggregation_with_global_normalisers_sums_over_microbatches():
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    for mode in ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"):
+        full = aggregate(per_token, mask, mode, max_tokens=3)
+        parts = sum(aggregate(per_token[i:i + 1], mask[i:i + 1], mode, num_sequences=2, num_tokens=4, max_tokens=3)
+                    for i in range(2))
+        assert parts.item() == pytest.approx(full.item())
+
+
+def test_grpo_loss_mu1_gradient_is_advantage_weighted():
+    # mu=1: ratio 1, loss = -mean_t(A * ratio); d/dlogp = -A / T_i / N
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.1]], requires_grad=True)
+    mask = torch.ones(2, 2)
+    adv = torch.tensor([1.0, -1.0])
+    terms = grpo_loss(logp, None, adv, mask, loss_agg="seq_mean_token_mean")
+    assert terms.loss.item() == pytest.approx(0.0)
+    terms.loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[-0.25, -0.25], [0.25, 0.25]]))
+
+
+def test_grpo_loss_kl_term_added():
+    logp = torch.log(torch.tensor([[0.5]]))
+    ref = torch.log(torch.tensor([[0.25]]))
+    terms = grpo_loss(logp, None, torch.tensor([0.0]), torch.ones(1, 1), ref_logprobs=ref, kl_coef=0.1)
+    assert terms.kl == pytest.approx(0.5 - math.log(0.5) - 1, abs=1e-6)
+    assert terms.loss.item() == pytest.approx(0.1 * terms.kl, abs=1e-6)
+
+
+def test_token_logprobs_matches_log_softmax():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 11)
+    targets = torch.randint(0, 11, (2, 3))
+    expected = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(token_logprobs(logits, targets), expected, atol=1e-6)
