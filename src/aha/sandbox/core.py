@@ -32,6 +32,10 @@ from aha.errors import AhaError
 log = logging.getLogger("aha.sandbox")
 
 HARNESS_SOURCE = (Path(__file__).with_name("_harness.py")).read_text(encoding="utf-8")
+_HARNESS_CODE = marshal.dumps(compile(HARNESS_SOURCE, "<aha-sandbox-harness>", "exec")).hex()
+_BOOT = "import marshal,sys;exec(marshal.loads(bytes.fromhex(sys.argv[1])))"
+"""The harness travels as this interpreter's bytecode (the sandbox runs the same interpreter): compiling
+its source at every start would cost more than starting Python."""
 ISOLATIONS = ("auto", "bwrap", "rlimits")
 _HOST_GRACE_S = 2.0
 """The harness stops itself at the deadline; the host kills the tree this much later, as a backstop."""
@@ -381,7 +385,7 @@ def _run(job: SandboxJob, plan: _Plan) -> SandboxResult:
     cfg = {"timeout_s": float(job.timeout_s), "verdict_fd": vw, "rlimits": rlimits, "uid": uid,
            "subreaper": plan.kind != "bwrap", "undumpable": uid is None,
            "chown_cwd": uid if plan.kind != "bwrap" else None}
-    harness = [plan.python, "-I", "-S", "-c", HARNESS_SOURCE, marshal.dumps(cfg).hex()]
+    harness = [plan.python, "-I", "-S", "-c", _BOOT, _HARNESS_CODE, marshal.dumps(cfg).hex()]
     tmpdir = None
     if plan.kind == "bwrap":
         argv, cwd = _bwrap_argv(plan, job) + harness, "/"
