@@ -1,0 +1,93 @@
+"""Configuration of the reward set: which rewards, their weights (per routing kind), and their knobs.
+
+Fields use simple types only (numbers, strings, lists of strings, dicts of floats, nested dataclasses)
+so the project's config loader can fill them from YAML/CLI; each field's docstring is its help text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aha.errors import AhaError
+
+
+@dataclass
+class OverlongConfig:
+    """DAPO's soft overlong punishment (DAPO §3.4)."""
+
+    max_tokens: int = 256
+    """Length (tokens) at which the penalty reaches -1; set it to the sampling max_new_tokens."""
+    buffer: int = 64
+    """The penalty ramps linearly from 0 at max_tokens - buffer to -1 at max_tokens (DAPO: 4096 of 20480)."""
+
+
+@dataclass
+class BudgetSchedule:
+    """A token-budget curriculum: a band [low, high] of rewarded lengths that moves from the start band to
+    the end band, held until switch_step, then interpolated linearly over ramp_steps."""
+
+    start_low: int = 16
+    """Shortest fully rewarded completion (tokens) at the start of training."""
+    start_high: int = 128
+    """Longest fully rewarded completion (tokens) at the start of training."""
+    end_low: int = 64
+    """Shortest fully rewarded completion (tokens) after the ramp."""
+    end_high: int = 256
+    """Longest fully rewarded completion (tokens) after the ramp."""
+    switch_step: int = 100
+    """Training step at which the band starts moving from the start band to the end band."""
+    ramp_steps: int = 100
+    """Steps the move takes (0 switches at once)."""
+    slack: int = 64
+    """Outside the band the reward falls linearly to 0 over this many tokens (0: a hard edge)."""
+
+    def validate(self) -> None:
+        if not (0 <= self.start_low <= self.start_high and 0 <= self.end_low <= self.end_high):
+            raise AhaError(
+                f"rewards.budget: bands must satisfy 0 <= low <= high, got start [{self.start_low}, "
+                f"{self.start_high}] and end [{self.end_low}, {self.end_high}]"
+            )
+        if self.switch_step < 0 or self.ramp_steps < 0 or self.slack < 0:
+            raise AhaError("rewards.budget: switch_step, ramp_steps and slack must be >= 0")
+
+
+def _default_weights() -> dict[str, float]:
+    # Accuracy dominates; strict format (R1's rule) plus partial tag credit give a small model that rarely
+    # writes the tags a gradient toward them, worth at most half a correct answer together.
+    return {"accuracy": 1.0, "format": 0.25, "format_partial": 0.25}
+
+
+@dataclass
+class RewardsConfig:
+    """The rewards a run trains on. The total reward of a completion is the weighted sum of its
+    components; every component is also logged on its own."""
+
+    weights: dict[str, float] = field(default_factory=_default_weights)
+    """Reward name -> weight. Names: accuracy, format, format_partial, language, overlong, budget, code. A
+    weight of 0 computes and logs a reward without training on it."""
+    by_kind: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per routing kind (Example.kind), weights that replace `weights`; e.g. {"general": {"format": 1.0}}."""
+    language: str = "en"
+    """Target language of the language-consistency reward (en, zh, ja, ko, ru)."""
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
+    """The overlong penalty's lengths."""
+    budget: BudgetSchedule = field(default_factory=BudgetSchedule)
+    """The token-budget curriculum of the budget reward."""
+    timeout_s: float = 2.0
+    """Time limit per completion for verifiers (math, reasoning-gym); a timeout scores 0 and is counted."""
+    code_timeout_s: float = 30.0
+    """Outer time limit per completion for code tasks (the sandbox applies its own per-test limits)."""
+    workers: int = 0
+    """Processes for parallel verification (forkserver); 0 scores in-process."""
+
+    def validate(self) -> None:
+        if self.timeout_s <= 0 or self.code_timeout_s <= 0:
+            raise AhaError(f"rewards.timeout_s must be > 0, got {self.timeout_s}")
+        if self.workers < 0:
+            raise AhaError(f"rewards.workers must be >= 0, got {self.workers}")
+        if self.overlong.buffer < 0 or self.overlong.max_tokens <= 0 or self.overlong.buffer > self.overlong.max_tokens:
+            raise AhaError(
+                f"rewards.overlong: need 0 <= buffer <= max_tokens and max_tokens > 0, got "
+                f"max_tokens={self.overlong.max_tokens} buffer={self.overlong.buffer}"
+            )
+        self.budget.validate()

@@ -1,0 +1,163 @@
+"""The reward registry: a plain dict from reward name to a builder `RewardsConfig -> RewardSpec`.
+
+Reward functions are module-level (or partials of module-level functions) so they pickle by reference
+into worker processes. `accuracy` dispatches on `Example.task`:
+`math` → math-verify, `number` → exact final number, `countdown` → our expression checker,
+`rg:<name>` → the reasoning-gym dataset's scorer (refused ones raise), `code` → aha.rewards.code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from aha.data.example import Example
+from aha.errors import AhaError, closest
+from aha.rewards import countdown as _countdown
+from aha.rewards import format as _format
+from aha.rewards import language as _language
+from aha.rewards import length as _length
+from aha.rewards import number as _number
+from aha.rewards.base import RewardSpec
+from aha.rewards.config import BudgetSchedule, RewardsConfig
+from aha.rollout.base import Completion
+
+TASKS = ("math", "number", "countdown", "code", "rg:<dataset>")
+
+
+def _code_fn():
+    try:
+        from aha.rewards.code import code_accuracy
+    except ImportError as e:
+        raise AhaError(f"code tasks need aha.rewards.code.code_accuracy, which cannot be imported ({e})") from e
+    return code_accuracy
+
+
+# -- accuracy ------------------------------------------------------------------------------------
+def prepare_task(task: str) -> None:
+    """Import and build what `task` needs (outside any time limit); AhaError for an unknown or refused
+    task."""
+    if task == "math":
+        from aha.rewards import math as _math
+
+        _math.warmup()
+    elif task in ("number", "countdown"):
+        return
+    elif task.startswith("rg:"):
+        from aha.rewards import reasoning_gym as _rg
+
+        _rg.prepare(task[3:])
+    elif task == "code":
+        _code_fn()
+    else:
+        raise AhaError(f"unknown task '{task}' (one of {', '.join(TASKS)}){closest(task, TASKS[:4])}")
+
+
+def task_of(example: Example) -> str:
+    return example.task
+
+
+def accuracy(completion: Completion, example: Example, step: int = 0) -> float:
+    """1.0 when the completion's answer is correct for `example.task` (reasoning-gym: the scorer's value
+    in [0, 1]), else 0.0. GoldError when the gold side is unusable."""
+    task, text = example.task, completion.text
+    if task == "math":
+        from aha.rewards.math import math_accuracy
+
+        return math_accuracy(text, example.answer)
+    if task == "number":
+        return _number.number_accuracy(text, example.answer)
+    if task == "countdown":
+        meta = example.metadata or {}
+        return _countdown.countdown_accuracy(text, meta.get("numbers"), meta.get("target"))
+    if task.startswith("rg:"):
+        from aha.rewards.reasoning_gym import rg_accuracy
+
+        return rg_accuracy(text, task[3:], example.metadata or {})
+    if task == "code":
+        return float(_code_fn()(completion, example))
+    raise AhaError(f"unknown task '{task}'{closest(task, TASKS[:4])}")
+
+
+def accuracy_timeout(example: Example, default: float, code_timeout_s: float = 30.0) -> float:
+    return code_timeout_s if example.task == "code" else default
+
+
+def _build_accuracy(cfg: RewardsConfig) -> RewardSpec:
+    return RewardSpec("accuracy", accuracy, 0.0, 1.0, heavy=True, prepare=prepare_task, prepare_key=task_of,
+                      timeout_for=partial(accuracy_timeout, code_timeout_s=cfg.code_timeout_s))
+
+
+def code(completion: Completion, example: Example, step: int = 0) -> float:
+    """aha.rewards.code's verdict for any example (the `code` reward name, for explicit use)."""
+    return float(_code_fn()(completion, example))
+
+
+def _code_key(example: Example) -> str:
+    return "code"
+
+
+def code_timeout(example: Example, default: float, code_timeout_s: float = 30.0) -> float:
+    return code_timeout_s
+
+
+def _build_code(cfg: RewardsConfig) -> RewardSpec:
+    return RewardSpec("code", code, 0.0, 1.0, heavy=True, prepare=prepare_task, prepare_key=_code_key,
+                      timeout_for=partial(code_timeout, code_timeout_s=cfg.code_timeout_s))
+
+
+# -- cheap rewards -------------------------------------------------------------------------------
+def format_strict(completion: Completion, example: Example, step: int = 0) -> float:
+    return _format.format_strict(completion.text)
+
+
+def format_partial(completion: Completion, example: Example, step: int = 0) -> float:
+    return _format.format_partial(completion.text)
+
+
+def language(completion: Completion, example: Example, step: int = 0, lang: str = "en") -> float:
+    return _language.language_reward(completion.text, lang)
+
+
+def overlong(completion: Completion, example: Example, step: int = 0, max_tokens: int = 256,
+             buffer: int = 64) -> float:
+    return _length.overlong_penalty(completion.num_tokens, max_tokens, buffer)
+
+
+def budget(completion: Completion, example: Example, step: int = 0,
+           schedule: BudgetSchedule | None = None) -> float:
+    return _length.budget_reward(completion.num_tokens, schedule or BudgetSchedule(), step)
+
+
+def _build_language(cfg: RewardsConfig) -> RewardSpec:
+    return RewardSpec("language", partial(language, lang=_language.check_language(cfg.language)), 0.0, 1.0)
+
+
+def _build_overlong(cfg: RewardsConfig) -> RewardSpec:
+    fn = partial(overlong, max_tokens=cfg.overlong.max_tokens, buffer=cfg.overlong.buffer)
+    return RewardSpec("overlong", fn, -1.0, 0.0)
+
+
+def _build_budget(cfg: RewardsConfig) -> RewardSpec:
+    cfg.budget.validate()
+    return RewardSpec("budget", partial(budget, schedule=cfg.budget), 0.0, 1.0)
+
+
+REGISTRY: dict[str, Callable[[RewardsConfig], RewardSpec]] = {
+    "accuracy": _build_accuracy,
+    "format": lambda cfg: RewardSpec("format", format_strict, 0.0, 1.0),
+    "format_partial": lambda cfg: RewardSpec("format_partial", format_partial, 0.0, 1.0),
+    "language": _build_language,
+    "overlong": _build_overlong,
+    "budget": _build_budget,
+    "code": _build_code,
+}
+"""Reward name -> builder. Add an entry to register a reward (its function must be picklable)."""
+
+
+def build(name: str, cfg: RewardsConfig, registry: dict | None = None, where: str = "rewards") -> RewardSpec:
+    """The spec for reward `name`; AhaError naming `where` for an unknown name."""
+    reg = REGISTRY if registry is None else registry
+    if name not in reg:
+        raise AhaError(f"unknown reward '{name}' in {where}{closest(name, reg)}; known: {', '.join(reg)}")
+    return reg[name](cfg)
