@@ -84,4 +84,4 @@ def call_guarded(fn: RewardFn, completion, example, step: int, timeout_s: float 
         return 0.0, ERROR, f"reward returned {type(value).__name__}: {str(e)[:100]}"
     if not math.isfinite(value):
         return 0.0, ERROR, f"reward returned {value}"
-    return min(high, max(low, value)), OK, ""
+    return float(min(high, max(low, value))), OK, ""

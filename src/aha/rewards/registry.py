@@ -8,6 +8,7 @@ into worker processes. `accuracy` dispatches on `Example.task`:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 
@@ -25,12 +26,13 @@ from aha.rollout.base import Completion
 TASKS = ("math", "number", "countdown", "code", "rg:<dataset>")
 
 
-def _code_fn():
+def _code_fn(name: str = "code_accuracy"):
     try:
-        from aha.rewards.code import code_accuracy
-    except ImportError as e:
-        raise AhaError(f"code tasks need aha.rewards.code.code_accuracy, which cannot be imported ({e})") from e
-    return code_accuracy
+        from aha.rewards import code as _code
+
+        return getattr(_code, name)
+    except (ImportError, AttributeError) as e:
+        raise AhaError(f"code tasks need aha.rewards.code.{name}, which cannot be imported ({e})") from e
 
 
 # -- accuracy ------------------------------------------------------------------------------------
@@ -93,6 +95,11 @@ def code(completion: Completion, example: Example, step: int = 0) -> float:
     return float(_code_fn()(completion, example))
 
 
+def code_partial(completion: Completion, example: Example, step: int = 0) -> float:
+    """aha.rewards.code's fraction of tests passed (partial credit for code tasks)."""
+    return float(_code_fn("code_partial")(completion, example))
+
+
 def _code_key(example: Example) -> str:
     return "code"
 
@@ -151,6 +158,7 @@ REGISTRY: dict[str, Callable[[RewardsConfig], RewardSpec]] = {
     "overlong": _build_overlong,
     "budget": _build_budget,
     "code": _build_code,
+    "code_partial": lambda cfg: dataclasses.replace(_build_code(cfg), name="code_partial", fn=code_partial),
 }
 """Reward name -> builder. Add an entry to register a reward (its function must be picklable)."""
 

@@ -125,15 +125,19 @@ def _completion_of(row: dict, where: str) -> Completion:
 
 
 # -- self-test -----------------------------------------------------------------------------------
-_LAST_INT = re.compile(r"\d+(?!.*\d)", re.S)
+_INT = re.compile(r"\d+")
 
 
 def perturb(gold: str) -> str | None:
     """`gold` with its last integer increased by 1 ("\\frac{1}{2}" -> "\\frac{1}{3}"), or None without digits."""
-    m = _LAST_INT.search(gold)
-    if m is None:
+    matches = list(_INT.finditer(gold))
+    if not matches:
         return None
-    return gold[: m.start()] + str(int(m.group()) + 1) + gold[m.end() :]
+    m = matches[-1]
+    digits = m.group()
+    if len(digits) > 1000:  # int() refuses very long digit strings; such a gold is not worth perturbing
+        return None
+    return gold[: m.start()] + str(int(digits) + 1).zfill(len(digits)) + gold[m.end() :]
 
 
 def _wrap(answer: str) -> Completion:
