@@ -52,6 +52,7 @@ class TestCase:
 
     source: str
     counted: bool = True
+    __test__ = False  # not a pytest test class, whatever its name
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,9 @@ def tests_from_source(source: str, entry_point: str | None = None) -> list[TestC
     if defines_check and not calls_top_level:
         return [TestCase(source, counted=False), TestCase(f"check({entry_point or 'candidate'})")]
     return [TestCase(source)]
+
+
+tests_from_source.__test__ = False  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------------------ isolation
