@@ -40,6 +40,8 @@ class RewardSpec:
     heavy: bool = False
     """True for verifiers that can be slow on adversarial text (math, reasoning-gym, code): they run under
     the time limit, in worker processes when `workers > 0`. Cheap linear-time rewards run inline."""
+    heavy_for: Callable[[Example], bool] | None = None
+    """Per-example override of `heavy` (countdown and number answers are linear-time: run them inline)."""
     prepare: Callable[[str], None] | None = None
     """Called once per process and per key, outside the time limit (imports, building a scorer);
     raises AhaError for a configuration error such as an unknown task."""

@@ -19,6 +19,7 @@ and reported once; it is never rewarded.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from aha.rewards.base import GoldError
@@ -27,6 +28,9 @@ from aha.rewards.extract import extract_answer
 # Answers longer than this are not final answers; parsing them costs time and invites hacks.
 MAX_ANSWER_CHARS = 1000
 _GOLD_FAILED = object()
+# Plain integers, optionally with thousands separators: compared exactly without sympy (the common case
+# for AIME/GSM8K-style golds; math-verify reads "1,234" as 1234 and "1,2345" as a set, and so do we).
+_PLAIN_INT = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d{1,100})")
 _LATEX_MARKERS = ("$", "\\(", "\\[", "\\boxed")
 
 
@@ -89,12 +93,22 @@ def parse_gold(gold: str) -> list:
     return parsed
 
 
+def _plain_int(text: str) -> int | None:
+    text = text.strip()
+    return int(text.replace(",", "")) if _PLAIN_INT.fullmatch(text) else None
+
+
 def math_equal(gold: str, answer: str) -> bool:
-    """Whether `answer` (already extracted) is equivalent to `gold` according to math-verify."""
-    want = parse_gold(gold)
+    """Whether `answer` (already extracted) is equivalent to `gold` according to math-verify (two plain
+    integers are compared exactly, without sympy)."""
     answer = answer.strip()
     if not answer or len(answer) > MAX_ANSWER_CHARS:
+        parse_gold(gold)
         return False
+    g, a = _plain_int(gold), _plain_int(answer)
+    if g is not None and a is not None:
+        return g == a
+    want = parse_gold(gold)
     got = _parse(answer)
     if not got:
         return False

@@ -81,12 +81,18 @@ def accuracy(completion: Completion, example: Example, step: int = 0) -> float:
     raise AhaError(f"unknown task '{task}'{closest(task, TASKS[:4])}")
 
 
+def is_heavy_task(example: Example) -> bool:
+    """Verifiers that can be slow on adversarial text; number and countdown checks are linear-time."""
+    return example.task not in ("number", "countdown")
+
+
 def accuracy_timeout(example: Example, default: float, code_timeout_s: float = 30.0) -> float:
     return code_timeout_s if example.task == "code" else default
 
 
 def _build_accuracy(cfg: RewardsConfig) -> RewardSpec:
-    return RewardSpec("accuracy", accuracy, 0.0, 1.0, heavy=True, prepare=prepare_task, prepare_key=task_of,
+    return RewardSpec("accuracy", accuracy, 0.0, 1.0, heavy=True, heavy_for=is_heavy_task, prepare=prepare_task,
+                      prepare_key=task_of,
                       timeout_for=partial(accuracy_timeout, code_timeout_s=cfg.code_timeout_s))
 
 

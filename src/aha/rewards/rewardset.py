@@ -142,7 +142,7 @@ class RewardSet:
         preps: dict[tuple[object, str], None] = {}
         for name, i in jobs:
             spec = self.specs[name]
-            if spec.heavy and spec.prepare is not None and spec.prepare_key is not None:
+            if self._is_heavy(spec, examples[i]) and spec.prepare is not None and spec.prepare_key is not None:
                 preps[(spec.prepare, spec.prepare_key(examples[i]))] = None
         return list(preps)
 
@@ -153,13 +153,17 @@ class RewardSet:
                 fn(key)
                 _PREPARED.add((fn, key))
 
+    @staticmethod
+    def _is_heavy(spec: RewardSpec, example: Example) -> bool:
+        return spec.heavy and (spec.heavy_for is None or spec.heavy_for(example))
+
     def _timeout(self, spec: RewardSpec, example: Example) -> float:
         base = self.config.timeout_s
         return spec.timeout_for(example, base) if spec.timeout_for is not None else base
 
     def _run(self, jobs, completions, examples, step: int) -> list[float]:
         results: list[tuple[float, str, str]] = [(0.0, ERROR, "not run")] * len(jobs)
-        heavy = [k for k, (name, _) in enumerate(jobs) if self.specs[name].heavy]
+        heavy = [k for k, (name, i) in enumerate(jobs) if self._is_heavy(self.specs[name], examples[i])]
         heavy_set = set(heavy)
         for k, (name, i) in enumerate(jobs):
             if k not in heavy_set:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aha.data.example import Example
-from aha.errors import AhaError
+from aha.errors import AhaError, closest
 from aha.rewards.config import RewardsConfig
 from aha.rewards.countdown import evaluate, normalize_expression, solve
 from aha.rollout.base import Completion
@@ -253,6 +253,11 @@ def run_score(input: str, output: str = "", task: str = "math", rewards: list[st
     if not 0.0 <= max_parse_failure <= 1.0:
         raise AhaError(f"max_parse_failure must be within [0, 1], got {max_parse_failure}")
     weights = parse_rewards(rewards if rewards is not None else ["accuracy", "format"])
+    from aha.rewards.registry import REGISTRY
+
+    for name in weights:
+        if name not in REGISTRY:
+            raise AhaError(f"rewards: unknown reward '{name}'{closest(name, REGISTRY)}; known: {', '.join(REGISTRY)}")
     needs_gold = bool({"accuracy", "code"} & set(weights)) or selftest
     rows: list[dict] = []
     examples: list[Example] = []
