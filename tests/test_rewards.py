@@ -71,6 +71,9 @@ def test_split_think():
     (r"\sqrt{2}/2", r"\frac{\sqrt{2}}{2}"),
     ("5", "x = 5"),
     ("5", r"$5$ apples"),
+    (r"\text{(C)}", "C"),
+    ("Sunday", "sunday"),
+    ("12345678901234567890", "12,345,678,901,234,567,890"),
 ])
 def test_math_equivalent_answers_score_one(gold, answer):
     assert math_accuracy(tagged(answer), gold) == 1.0
@@ -84,6 +87,8 @@ def test_math_equivalent_answers_score_one(gold, answer):
     ("3", "1,2,3"),
     ("5", "5.000001"),
     ("5", ""),
+    ("Sunday", "dunsay"),                     # not a product of letters: anagrams differ
+    ("12345678901234567890", "12345678901234567891"),  # exact for integers (math-verify alone: 15 digits)
 ])
 def test_math_wrong_answers_score_zero(gold, answer):
     assert math_accuracy(tagged(answer), gold) == 0.0

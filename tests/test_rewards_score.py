@@ -138,3 +138,12 @@ def test_selftest_on_reasoning_gym_examples():
     with RewardSet(RewardsConfig(weights={"accuracy": 1.0})) as rs:
         report = selftest(exs, rs)
     assert report["checked"] == 9 and report["gold_failures"] == 0 and report["negative_failures"] == 0
+
+
+def test_selftest_skips_kinds_trained_without_accuracy_and_keeps_stats_clean():
+    cfg = RewardsConfig(weights={"accuracy": 1.0}, by_kind={"general": {"format": 1.0}})
+    exs = [Example("q", "5"), Example("q", r"\frac{", id="bad"), Example("open question", "", kind="general")]
+    with RewardSet(cfg) as rs:
+        report = selftest(exs, rs, max_parse_failure=0.6)
+        assert report["checked"] == 2 and report["skipped"] == 1 and report["gold_parse_failures"] == 1
+        assert rs.stats["gold_failures"] == 0  # the self-test's failures are not counted as training's

@@ -54,8 +54,17 @@ def warmup() -> None:
               timeout_seconds=None)
 
 
+# Plain words: inside `$…$` LaTeX reads "Sunday" as the product s*u*n*d*a*y, which equals any anagram
+# ("dunsay"); as `\text{Sunday}` it is one symbol.
+_WORDS = re.compile(r"[A-Za-z]{2,}(?: [A-Za-z]+)*")
+
+
 def _wrap(text: str) -> str:
-    return text if any(m in text for m in _LATEX_MARKERS) else f"${text}$"
+    if any(m in text for m in _LATEX_MARKERS):
+        return text
+    if _WORDS.fullmatch(text):
+        return f"$\\text{{{text}}}$"
+    return f"${text}$"
 
 
 def _parse(text: str) -> list:

@@ -188,6 +188,9 @@ def selftest(examples: list[Example], reward_set, max_parse_failure: float = 0.0
     pos_c, pos_e, neg_c, neg_e = [], [], [], []
     skipped = 0
     for ex in examples:
+        if "accuracy" not in reward_set.weights_for(ex.kind):
+            skipped += 1  # a routing kind trained without accuracy (e.g. general prompts) has no gold to check
+            continue
         gold, negative = _gold_and_negative(ex)
         if gold is None:
             skipped += 1
@@ -202,9 +205,13 @@ def selftest(examples: list[Example], reward_set, max_parse_failure: float = 0.0
         report.update(gold_parse_failures=0, parse_failure_rate=0.0, gold_failures=0, gold_failure_rate=0.0,
                       negatives_checked=0, negative_failures=0, negative_failure_rate=0.0, failed_ids=[])
         return report
-    pos = reward_set.component("accuracy", pos_c, pos_e)
-    pos_status = reward_set.last_status.get("accuracy", [])
-    neg = reward_set.component("accuracy", neg_c, neg_e) if neg_c else []
+    stats = dict(reward_set.stats)  # the self-test's own timeouts and failures are not training's
+    try:
+        pos = reward_set.component("accuracy", pos_c, pos_e)
+        pos_status = reward_set.last_status.get("accuracy", [])
+        neg = reward_set.component("accuracy", neg_c, neg_e) if neg_c else []
+    finally:
+        reward_set.stats.update(stats)
     parse_fail = sum(1 for s in pos_status if s == "gold")
     not_one = [i for i, v in enumerate(pos) if v < 1.0]
     lenient = [i for i, v in enumerate(neg) if (v >= 1.0 if neg_e[i].task.startswith("rg:") else v > 0.0)]
