@@ -111,3 +111,14 @@ def test_stuck_worker_is_killed_and_the_pool_recovers():
         assert totals == [1.0]
     finally:
         rs.close()
+
+
+def test_unpicklable_reward_scores_zero_as_error(pooled):
+    reg_fn = RewardSpec("lam", lambda c, e, s: 1.0, 0.0, 1.0, heavy=True)
+    pooled.specs["lam"] = reg_fn
+    try:
+        vals = pooled.component("lam", [tagged("x")] * 2, [Example("q", "1")] * 2)
+    finally:
+        del pooled.specs["lam"]
+    assert vals == [0.0, 0.0] and pooled.last_status["lam"] == ["error", "error"]
+    assert pooled.component("accuracy", [tagged("2")], [Example("q", "2")]) == [1.0]  # workers still fine

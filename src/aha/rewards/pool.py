@@ -19,6 +19,7 @@ import logging
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
+import pickle
 import signal
 import sys
 import time
@@ -230,8 +231,13 @@ class WorkerPool:
             while idle and queue:
                 w = idle.pop()
                 ids = [queue.popleft() for _ in range(min(chunk, len(queue)))]
+                payload = self._pickle_chunk(ids, tasks, results)
+                ids = [i for i in ids if results[i] is None]
+                if not ids:
+                    idle.append(w)
+                    continue
                 try:
-                    w.conn.send(("tasks", [(i, tasks[i]) for i in ids]))
+                    w.conn.send_bytes(payload)
                 except Exception:
                     queue.extendleft(reversed(ids))
                     self._drop(w)
@@ -273,6 +279,22 @@ class WorkerPool:
                     busy.remove(w)
                     idle.append(w)
         return [r if r is not None else (0.0, ERROR, "lost") for r in results]
+
+    @staticmethod
+    def _pickle_chunk(ids: list[int], tasks: list[Task], results: list) -> bytes:
+        """The message for a chunk. A task that cannot be pickled (a lambda reward, odd metadata) is
+        scored 0 as an error here rather than retried forever."""
+        try:
+            return pickle.dumps(("tasks", [(i, tasks[i]) for i in ids]))
+        except Exception:
+            good = []
+            for i in ids:
+                try:
+                    pickle.dumps(tasks[i])
+                    good.append(i)
+                except Exception as e:
+                    results[i] = (0.0, ERROR, f"cannot send to a reward worker: {type(e).__name__}: {e}"[:300])
+            return pickle.dumps(("tasks", [(i, tasks[i]) for i in good]))
 
     def _drop(self, w: _Worker) -> None:
         if w in self.workers:
