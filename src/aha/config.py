@@ -125,10 +125,20 @@ def _coerce(value: Any, tp, key: str, src: _Source) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
         raise bad("an integer")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-5` as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise bad("a number")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -107,6 +107,11 @@ class GRPOTrainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.run_dir = Path(cfg.out_dir)
+        # Data and rewards first: a typo in either fails in a second, before a model is loaded.
+        self.examples = load_task(cfg.task, cfg.data, "train")
+        self.eval_examples = load_task(cfg.task, cfg.data, "eval") if cfg.data.eval_size > 0 else []
+        self.prompt_ids = {}
+        self.rewards = RewardSet(cfg.rewards)
         if model is None:
             from aha.models import load_model
 
@@ -120,8 +125,8 @@ class GRPOTrainer:
             self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
             if self.autocast:
                 self.ref.to(torch.bfloat16)
+        self.rollout_model = self.policy
         if engine is None:
-            self.rollout_model = self.policy
             if self.autocast:  # rollouts from a bf16 copy, re-synced after every update
                 self.rollout_model = copy.deepcopy(self.policy).to(torch.bfloat16).eval().requires_grad_(False)
             engine = make_engine(cfg.rollout.engine, self.rollout_model, tokenizer, max_batch=cfg.rollout.max_batch)
@@ -129,10 +134,6 @@ class GRPOTrainer:
         self.sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                        top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
                                        stop=tuple(cfg.rollout.stop))
-        self.examples = load_task(cfg.task, cfg.data, "train")
-        self.eval_examples = load_task(cfg.task, cfg.data, "eval") if cfg.data.eval_size > 0 else []
-        self.prompt_ids = {}
-        self.rewards = RewardSet(cfg.rewards)
         self.sampler = PromptSampler(len(self.examples), cfg.seed)
         o = cfg.optim
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),

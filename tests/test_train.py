@@ -1,0 +1,215 @@
+"""The GRPO trainer on a tiny random model: one step with the scripted engine, real steps with the HF
+engine (loss finite, parameters changed), resume equality, and the fault cases."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from aha.config import load_config
+from aha.errors import AhaError
+from aha.rollout.fake import ScriptedEngine
+from aha.train import checkpoint as ckpt
+from aha.train.config import TrainConfig
+from aha.train.grpo_loop import GRPOTrainer
+
+
+@pytest.fixture()
+def task_file(tmp_path):
+    rows = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b), "task": "number"} for a in range(6) for b in range(4)]
+    path = tmp_path / "sums.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def make_cfg(tiny_model_dir, task_file, out_dir, *extra):
+    return load_config(TrainConfig, None, [
+        f"model={tiny_model_dir}", f"task={task_file}", f"out_dir={out_dir}", "steps=3", "seed=0",
+        "grpo.group_size=4", "grpo.prompts_per_step=2", "rollout.max_new_tokens=12", "rollout.temperature=1.0",
+        "optim.lr=1e-3", "optim.warmup_steps=0", "optim.micro_batch_size=3", "dtype=float32", "data.eval_size=4",
+        "log.progress=false", "log.tensorboard=false", "log.checkpoint_every=1", "log.rollouts_every=1",
+        "rewards.weights.accuracy=1.0", "rewards.weights.format_partial=0.5", "selftest=false", *extra])
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def changed(before, model):
+    return [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
+
+
+def test_one_step_with_scripted_engine(tiny_model_dir, task_file, tmp_path):
+    from aha.models import load_model
+
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run")
+    model, tok = load_model(tiny_model_dir)
+    texts = ["<think> 1 </think> <answer> 3 </answer>", "no tags at all", "<think> x </think>", "<answer> 0 </answer>"]
+    engine = ScriptedEngine(tok, texts)
+    trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=engine)
+    before = snapshot(trainer.policy)
+    m = trainer.step()
+    assert engine.calls == 1
+    assert math.isfinite(m["loss"]) and m["grad_norm"] > 0
+    assert m["reward/format_partial"] > 0 and 0 <= m["accuracy"] <= 1
+    assert changed(before, trainer.policy), "parameters did not change"
+
+
+def test_real_steps_hf_engine_with_kl_and_mu(tiny_model_dir, task_file, tmp_path):
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "grpo.kl_coef=0.05", "grpo.mu=2",
+                   "grpo.loss_agg=token_mean", "grpo.eps_high=0.28")
+    trainer = GRPOTrainer(cfg)
+    assert trainer.ref is not None
+    # Scripted rewards make every group informative, whatever the random model writes.
+    trainer.rewards.score = lambda comps, exs, step=0: (
+        [float(i % 2) for i in range(len(comps))], {"accuracy": [float(i % 2) for i in range(len(comps))]})
+    before = snapshot(trainer.policy)
+    out = trainer.run()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 3 and all(math.isfinite(r["loss"]) for r in steps)
+    assert all(r["kl"] >= 0 for r in steps) and steps[-1]["kl"] > 0
+    assert changed(before, trainer.policy)
+    assert (out / "config.yaml").exists() and (out / "rollouts" / "step_000001.jsonl").exists()
+    assert "eval/accuracy" in rows[0] and "eval/accuracy" in rows[-1]
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [2, 3]  # keep_checkpoints=2
+
+
+def test_bf16_autocast_step(tiny_model_dir, task_file, tmp_path):
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "dtype=bfloat16", "steps=1")
+    trainer = GRPOTrainer(cfg)
+    assert trainer.rollout_model is not trainer.policy
+    assert next(trainer.rollout_model.parameters()).dtype == torch.bfloat16
+    assert next(trainer.policy.parameters()).dtype == torch.float32
+    trainer.rewards.score = lambda comps, exs, step=0: ([float(i % 2) for i in range(len(comps))], {"accuracy": [0.0] * len(comps)})
+    before = snapshot(trainer.policy)
+    m = trainer.step()
+    assert math.isfinite(m["loss"]) and changed(before, trainer.policy)
+    p, r = next(trainer.policy.parameters()), next(trainer.rollout_model.parameters())
+    assert torch.equal(p.detach().to(torch.bfloat16), r)  # rollout copy re-synced
+
+
+def _learning_rows(path: Path) -> list[dict]:
+    keep = ("loss", "reward", "accuracy", "length_mean", "grad_norm", "kl", "eval/accuracy", "lr", "entropy")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: r[k] for k in ("step", *keep) if k in r} for r in rows]
+
+
+def test_resume_equals_uninterrupted(tiny_model_dir, task_file, tmp_path):
+    full = make_cfg(tiny_model_dir, task_file, tmp_path / "full", "steps=4")
+    GRPOTrainer(full).run()
+
+    class Killed(BaseException):
+        """Stands in for SIGKILL: nothing in the trainer may catch it."""
+
+    cut = make_cfg(tiny_model_dir, task_file, tmp_path / "cut", "steps=4")
+    trainer = GRPOTrainer(cut)
+    real_step = trainer.step
+
+    def dies_after_two():
+        if trainer.step_no == 2:
+            (tmp_path / "cut" / "checkpoints" / ".tmp_step_000003").mkdir()  # a half-written checkpoint
+            raise Killed
+        return real_step()
+
+    trainer.step = dies_after_two
+    with pytest.raises(Killed):
+        trainer.run()
+    resumed = make_cfg(tiny_model_dir, task_file, tmp_path / "cut", "steps=4", "resume=true")
+    GRPOTrainer(resumed).run()
+    a, b = _learning_rows(tmp_path / "full" / "metrics.jsonl"), _learning_rows(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["step"], k)
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_model_dir, task_file, tmp_path):
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "steps=3")
+    trainer = GRPOTrainer(cfg)
+    trainer.rewards.score = lambda comps, exs, step=0: ([float(i % 2) for i in range(len(comps))], {"accuracy": [0.0] * len(comps)})
+    real_step = trainer.step
+
+    def poisoned():
+        if trainer.step_no == 1:
+            with torch.no_grad():
+                next(trainer.policy.parameters()).fill_(float("nan"))
+        return real_step()
+
+    trainer.step = poisoned
+    with pytest.raises(AhaError, match=r"step 2: loss is nan.*last good checkpoint: .*step_000001"):
+        trainer.run()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [1]
+
+
+def test_disk_full_while_checkpointing_keeps_earlier(tiny_model_dir, task_file, tmp_path, monkeypatch):
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "steps=2")
+    trainer = GRPOTrainer(cfg)
+    calls = {"n": 0}
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    with pytest.raises(OSError):
+        trainer.run()
+    found = ckpt.list_checkpoints(tmp_path / "run")
+    assert [s for s, _ in found] == [1]
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp*"))
+    assert ckpt.load_state(found[0][1])["step"] == 1
+
+
+def test_ctrl_c_saves_checkpoint_and_exits_cleanly(tiny_model_dir, task_file, tmp_path):
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "steps=5", "log.checkpoint_every=100")
+    trainer = GRPOTrainer(cfg)
+    real_step = trainer.step
+
+    def interrupt():
+        if trainer.step_no == 2:
+            raise KeyboardInterrupt
+        return real_step()
+
+    trainer.step = interrupt
+    with pytest.raises(AhaError, match="interrupted at step 2: checkpoint saved"):
+        trainer.run()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [2]
+
+
+def test_dynamic_sampling_fills_batch_with_informative_groups(tiny_model_dir, task_file, tmp_path):
+    from aha.models import load_model
+
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "grpo.dynamic_sampling=true", "grpo.max_resample_rounds=3")
+    model, tok = load_model(tiny_model_dir)
+    trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=ScriptedEngine(tok, ["a"]))
+    calls = {"n": 0}
+
+    def score(comps, exs, step=0):
+        calls["n"] += 1
+        # first call: all groups flat; later calls: informative
+        r = [0.0] * len(comps) if calls["n"] == 1 else [float(i % 2) for i in range(len(comps))]
+        return r, {"accuracy": r}
+
+    trainer.rewards.score = score
+    ro, info = trainer.collect()
+    assert info["resample_rounds"] == 1 and info["groups_sampled"] == 4
+    assert len(ro.completions) == 8 and bool((ro.rewards.view(-1, 4).std(1) > 0).all())
+
+
+def test_mask_truncated_excludes_cut_off_completions(tiny_model_dir, task_file, tmp_path):
+    from aha.models import load_model
+
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "grpo.mask_truncated=true", "rollout.max_new_tokens=2")
+    model, tok = load_model(tiny_model_dir)
+    # every scripted completion is longer than 2 tokens: all truncated, so nothing may be learned
+    trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=ScriptedEngine(tok, ["<think> 1 2 3 </think>"]))
+    trainer.rewards.score = lambda comps, exs, step=0: ([float(i % 2) for i in range(len(comps))], {"accuracy": [0.0] * len(comps)})
+    before = snapshot(trainer.policy)
+    m = trainer.step()
+    assert m["truncated"] == 1.0 and m["loss"] == 0.0 and not changed(before, trainer.policy)
