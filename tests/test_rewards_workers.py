@@ -122,3 +122,22 @@ def test_unpicklable_reward_scores_zero_as_error(pooled):
         del pooled.specs["lam"]
     assert vals == [0.0, 0.0] and pooled.last_status["lam"] == ["error", "error"]
     assert pooled.component("accuracy", [tagged("2")], [Example("q", "2")]) == [1.0]  # workers still fine
+
+
+def test_falls_back_in_process_when_no_worker_starts(monkeypatch, caplog):
+    from aha.rewards import pool as pool_mod
+
+    calls = []
+
+    def broken(self, count):
+        calls.append(count)
+        raise pool_mod.PoolBroken("no reward worker started")
+
+    monkeypatch.setattr(pool_mod.WorkerPool, "_start_workers", broken)
+    rs = RewardSet(RewardsConfig(weights={"accuracy": 1.0}, workers=2))
+    with caplog.at_level("WARNING", logger="aha.rewards"):
+        assert rs.score([tagged("0.5")], [Example("q", r"\frac{1}{2}")])[0] == [1.0]
+        assert rs.score([tagged("0.4")], [Example("q", r"\frac{1}{2}")])[0] == [0.0]
+    assert calls == [2]  # not retried on every batch
+    assert any("scoring in this process" in r.getMessage() for r in caplog.records)
+    rs.close()

@@ -66,6 +66,7 @@ class RewardSet:
         """Wall time of the last score()."""
         self._errors_warned: set[str] = set()
         self._pool = None
+        self._pool_failed = False
 
     # -- public ----------------------------------------------------------------------------------
     def weights_for(self, kind: str) -> dict[str, float]:
@@ -107,10 +108,17 @@ class RewardSet:
         refused reasoning-gym dataset), instead of at the first score()."""
         jobs = [(name, i) for i, ex in enumerate(examples) for name in self.names if name in self.weights_for(ex.kind)]
         preps = self._preps(jobs, examples)
-        if self.config.workers > 0 and preps:
-            self._get_pool().run(preps, [])
-        else:
-            self._prepare_inline(preps)
+        if self.config.workers > 0 and preps and not self._pool_failed:
+            from aha.rewards.pool import PoolBroken
+
+            try:
+                self._get_pool().run(preps, [])
+                return
+            except PoolBroken as e:
+                log.warning("reward workers unavailable (%s); scoring in this process from now on", e)
+                self._pool_failed = True
+                self.close()
+        self._prepare_inline(preps)
 
     def close(self) -> None:
         """Stop the worker processes, if any."""
@@ -179,13 +187,14 @@ class RewardSet:
                 tasks.append((spec.fn, completions[i], examples[i], step, self._timeout(spec, examples[i]),
                               spec.low, spec.high))
             out = None
-            if self.config.workers > 0:
+            if self.config.workers > 0 and not self._pool_failed:
                 from aha.rewards.pool import PoolBroken
 
                 try:
                     out = self._get_pool().run(preps, tasks)
                 except PoolBroken as e:
-                    log.warning("reward workers unavailable (%s); scoring in this process", e)
+                    log.warning("reward workers unavailable (%s); scoring in this process from now on", e)
+                    self._pool_failed = True
                     self.close()
             if out is None:
                 self._prepare_inline(preps)
