@@ -39,7 +39,8 @@ _HEADER = 10  # frames are b"%010d" % len + payload
 _SIGKILL = 9  # the `signal` module would import enum: 9 ms at every start
 _SIGNALS = {4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV", 13: "SIGPIPE",
             15: "SIGTERM", 24: "SIGXCPU", 25: "SIGXFSZ", 31: "SIGSYS"}
-_WORKER_IN, _WORKER_OUT = 100, 101  # the worker's ends of its two pipes; every other fd above 2 is closed
+_WORKER_IN, _WORKER_OUT = 100, 101
+_ROOT_FDS = 40  # below the smallest RLIMIT_NOFILE a caller is likely to set  # the worker's ends of its two pipes; every other fd above 2 is closed
 
 
 # ---------------------------------------------------------------- plain-data codec (both sides)
@@ -209,8 +210,17 @@ def _describe(exc):
 
 def _worker(rfd, wfd, cfg):
     os.setsid()
+    for i, root in enumerate(cfg["reach_via_fd"]):
+        # The interpreter may live under a folder the unprivileged uid cannot traverse (/root/.pyenv):
+        # keep an fd to it and import through /proc/self/fd/N, which a process may always follow.
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        alias = f"/proc/self/fd/{os.dup2(fd, _ROOT_FDS + i, inheritable=False)}"
+        os.close(fd)
+        sys.path[:] = [alias + p[len(root):] if p == root or p.startswith(root + "/") else p for p in sys.path]
     for name, value in cfg["rlimits"]:
         resource.setrlimit(getattr(resource, name), (value, value) if name != "RLIMIT_CPU" else (value, value + 1))
+    if cfg["no_new_privs"]:
+        _prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: no setuid binary can give root back (bwrap does this itself)
     uid = cfg.get("uid")
     if uid is not None:
         os.setgroups([])
@@ -401,6 +411,8 @@ def main():
             os.dup2(null, 0)
             os.close(null)
             _worker(_WORKER_IN, _WORKER_OUT, cfg)
+        except BaseException as e:  # noqa: B036 -- set-up failed: say why on stderr, the tester sees EOF
+            os.write(2, f"aha sandbox: worker set-up failed: {_describe(e)}\n".encode("utf-8", "replace"))
         finally:
             os._exit(0)
     os.close(t2w_r)

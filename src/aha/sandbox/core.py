@@ -156,7 +156,7 @@ class _Plan:
     bwrap_flags: frozenset[str] = field(default_factory=frozenset)
     ro_roots: tuple[str, ...] = ()
     drop_uid: bool = False
-    """rlimits as root: run the program as a random uid (only when the interpreter is world-readable)."""
+    """rlimits as root: run the program as a random unprivileged uid."""
 
 
 _plans: dict[str, _Plan] = {}
@@ -178,17 +178,6 @@ def _python_roots(python: str) -> tuple[str, ...]:
     system = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
     keep = sorted(r for r in roots if r != "/" and not any(r == s or r.startswith(s + "/") for s in system))
     return tuple(r for r in keep if not any(r.startswith(o + "/") for o in keep if o != r))
-
-
-def _world_readable(root: str) -> bool:
-    path = Path(root)
-    for p in [path, *path.parents]:
-        try:
-            if not os.stat(p).st_mode & 0o001:
-                return False
-        except OSError:
-            return False
-    return True
 
 
 def _bwrap_flags() -> frozenset[str]:
@@ -224,9 +213,7 @@ def _make_plan(kind: str) -> _Plan:
         if why:
             raise AhaError(f"sandbox: bubblewrap does not work here: {why}")
         return plan
-    plan = _Plan("rlimits", python, as_root, ro_roots=roots,
-                 drop_uid=as_root and all(_world_readable(r) for r in (roots or (sys.base_prefix,))))
-    return plan
+    return _Plan("rlimits", python, as_root, ro_roots=roots, drop_uid=as_root)
 
 
 def _plan_for(kind: str) -> _Plan:
@@ -242,8 +229,7 @@ def _plan_for(kind: str) -> _Plan:
             except AhaError as e:
                 plan = _plans.get("rlimits") or _make_plan("rlimits")
                 _plans["rlimits"] = plan
-                left = ("processes are NOT limited (root without a readable interpreter)"
-                        if plan.as_root and not plan.drop_uid else "rlimits, a new session and a fresh cwd")
+                left = "rlimits, a new session, a fresh cwd" + (", an unprivileged uid" if plan.drop_uid else "")
                 log.warning("%s; running model-written code WITHOUT namespaces: no network, filesystem or "
                             "process isolation, only %s. Install bubblewrap (apt-get install bubblewrap); "
                             "see docs/sandbox.md.", e, left)
@@ -386,9 +372,11 @@ def _run(job: SandboxJob, plan: _Plan) -> SandboxResult:
     if nproc is not None:
         rlimits.append(("RLIMIT_NPROC", nproc))
     vr, vw = os.pipe()
+    fallback = plan.kind != "bwrap"
     cfg = {"timeout_s": float(job.timeout_s), "verdict_fd": vw, "rlimits": rlimits, "uid": uid,
-           "subreaper": plan.kind != "bwrap", "undumpable": uid is None,
-           "chown_cwd": uid if plan.kind != "bwrap" else None}
+           "subreaper": fallback, "undumpable": uid is None, "no_new_privs": fallback,
+           "chown_cwd": uid if fallback else None,
+           "reach_via_fd": list(plan.ro_roots) if fallback and uid is not None else []}
     harness = [plan.python, "-I", "-S", "-c", _BOOT, _HARNESS_CODE, marshal.dumps(cfg).hex()]
     tmpdir = None
     if plan.kind == "bwrap":
