@@ -146,6 +146,7 @@ NUMS, TARGET = [66, 34, 98, 54, 6], 164
     (r"\boxed{6*(98 - 54) - 34 - 66}", 1.0),
     (r"$6 \times (98 - 54) - 34 - 66$", 1.0),
     ("6*(98 - 54) - 34 - 66 = 165", 0.0),       # equation with the wrong target
+    ("6*(98 - 54) - 34 - 66 = ²", 0.0),         # not an ASCII integer after "="
     ("6*(98 - 54) - 34 - 34", 0.0),             # 34 reused, 66 missing
     ("6*(98 - 54) - 34", 0.0),                  # 66 missing
     ("6*(98 - 54) - 34 - 66 - 0", 0.0),         # extra literal

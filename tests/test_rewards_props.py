@@ -19,7 +19,7 @@ from aha.rollout.base import Completion
 
 PIECES = ["<think>", "</think>", "<answer>", "</answer>", "\\boxed{", "{", "}", "\\frac{1}{2}", "$", "\\",
           "10**10**10", "^{10^{10}}", "1,450,000", "18.0", "×", "÷", "=", "(", ")", "-", "/", "0", "24",
-          "思考", "\x00", "\n", " "]
+          "思考", "\x00", "\n", " ", "²", "٣", "½", "∞", "１"]
 texts = st.one_of(
     st.text(max_size=300),
     st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=5)), max_size=40).map("".join),

@@ -18,6 +18,7 @@ Choices (see docs/rewards.md):
 from __future__ import annotations
 
 import ast
+import re
 from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
@@ -26,6 +27,7 @@ from aha.rewards.base import GoldError
 from aha.rewards.extract import extract_answer, unbox
 
 MAX_EXPR_CHARS = 512
+_INT_LITERAL = re.compile(r"-?[0-9]{1,32}")
 _ALLOWED_CHARS = frozenset("0123456789+-*/() ")
 _TRANSLATE = str.maketrans({"×": "*", "·": "*", "÷": "/", "−": "-", "\t": " ", "\n": " "})
 _OPS = {ast.Add: Fraction.__add__, ast.Sub: Fraction.__sub__, ast.Mult: Fraction.__mul__}
@@ -42,7 +44,8 @@ def normalize_expression(answer: str, target: int) -> str | None:
     if "=" in s:
         lhs, _, rhs = s.rpartition("=")
         rhs = rhs.strip()
-        if "=" in lhs or not rhs.lstrip("-").isdigit() or len(rhs) > 32 or int(rhs) != target:
+        # ASCII digits only: str.isdigit() accepts "²", which int() then rejects.
+        if "=" in lhs or not _INT_LITERAL.fullmatch(rhs) or int(rhs) != target:
             return None
         s = lhs.strip()
     return s
