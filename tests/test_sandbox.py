@@ -577,3 +577,34 @@ def test_hostile_programs_do_not_disturb_their_neighbours():
     results = run_many(jobs, workers=4)
     assert [r.passed for r in results] == [True, False, False, False, False, True, True], \
         [(r.status, r.error) for r in results]
+
+
+@pytest.mark.parametrize("iso", ISOLATIONS)
+def test_the_program_is_not_root_and_cannot_become_root(iso):
+    r = run("""
+        import os
+        def f():
+            status = open("/proc/self/status").read()
+            return os.geteuid() == 0 or "NoNewPrivs:\\t0" in status or "CapEff:\\t0000000000000000" not in status
+        """, ["assert f()"], iso)
+    assert r.status == "ok" and not r.passed and "AssertionError" in r.test_errors[0], r
+
+
+# ------------------------------------------------------------------------------------------ fallback
+def test_missing_bubblewrap_falls_back_with_one_warning(monkeypatch, caplog):
+    from aha.errors import AhaError
+    from aha.sandbox import core
+
+    monkeypatch.setattr(core, "_plans", {})
+    monkeypatch.setattr(core.shutil, "which", lambda name: None)
+    with pytest.raises(AhaError, match="apt-get install bubblewrap"):
+        isolation("bwrap")
+    with caplog.at_level("WARNING", logger="aha.sandbox"):
+        assert isolation("auto") == "rlimits"
+        assert isolation("auto") == "rlimits"
+        r = run_python("def f():\n    return 1\n", tests=["assert f() == 1"], entry_point="f")
+    assert r.passed and r.isolation == "rlimits"
+    warnings = [rec for rec in caplog.records if rec.name == "aha.sandbox"]
+    assert len(warnings) == 1 and "bubblewrap" in warnings[0].getMessage()
+    with pytest.raises(AhaError, match="unknown isolation 'bwrapp'"):
+        isolation("bwrapp")
