@@ -21,14 +21,18 @@ REASONING = ("Let me work through this carefully. First compute the partial sums
              "Wait, 12 + 7 = 19, so the next term follows. ") * 10
 
 
-def math_batch(n: int, rng: random.Random) -> tuple[list[Completion], list[Example]]:
+def math_batch(n: int, rng: random.Random, latex_only: bool = False) -> tuple[list[Completion], list[Example]]:
+    """Groups of 8 sharing a gold; golds alternate between LaTeX fractions and integers (integers take
+    the exact fast path, fractions go through math-verify and sympy)."""
     comps, exs = [], []
     for i in range(n):
-        a, b = rng.randint(1, 50), rng.randint(2, 60)
-        gold = rf"\frac{{{a}}}{{{b}}}" if (i // 8) % 2 else str(a * b)
+        if i % 8 == 0:
+            a, b = rng.randint(1, 50), rng.randint(2, 60)
+            frac = latex_only or (i // 8) % 2 == 1
+            gold = rf"\frac{{{a}}}{{{b}}}" if frac else str(a * b)
         right = i % 2 == 0
-        if gold.startswith("\\frac"):
-            ans = f"{a / b:.6f}".rstrip("0") if right and (a * 10**6) % b == 0 else (f"{a}/{b}" if right else f"{a + 1}/{b}")
+        if frac:
+            ans = f"{a}/{b}" if right else rf"\frac{{{a + 1}}}{{{b}}}"
         else:
             ans = gold if right else str(a * b + 1)
         comps.append(Completion(f"<think>{REASONING}</think>\n<answer>{ans}</answer>"))
@@ -85,14 +89,16 @@ def main() -> None:
     with RewardSet(RewardsConfig(weights={"format": 1.0})) as inline:
         for name in ["format", "format_partial", "language", "overlong", "budget"]:
             rows.append((name, "inline", rate(inline, name, comps, exs, repeat=5)))
-        batches = {"accuracy (math)": (comps, exs), "accuracy (number)": number_batch(args.n, rng),
+        batches = {"accuracy (math)": (comps, exs), "accuracy (math, LaTeX only)": math_batch(args.n, rng, True),
+                   "accuracy (number)": number_batch(args.n, rng),
                    "accuracy (countdown)": countdown_batch(args.n, rng), "accuracy (rg:leg_counting)": rg_batch(args.n, rng)}
         for label, (c, e) in batches.items():
             rows.append((label, "workers=0", rate(inline, "accuracy", c, e)))
     if args.workers > 0:
         with RewardSet(RewardsConfig(weights={"accuracy": 1.0}, workers=args.workers)) as pooled:
             for label, (c, e) in batches.items():
-                rows.append((label, f"workers={args.workers}", rate(pooled, "accuracy", c, e)))
+                if "math" in label or "rg:" in label:  # number and countdown are verified inline anyway
+                    rows.append((label, f"workers={args.workers}", rate(pooled, "accuracy", c, e)))
     print(f"{'reward':28} {'mode':10} {'completions/s':>14}")
     for name, mode, r in rows:
         print(f"{name:28} {mode:10} {r:14,.0f}")
