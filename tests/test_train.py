@@ -213,3 +213,15 @@ def test_mask_truncated_excludes_cut_off_completions(tiny_model_dir, task_file, 
     before = snapshot(trainer.policy)
     m = trainer.step()
     assert m["truncated"] == 1.0 and m["loss"] == 0.0 and not changed(before, trainer.policy)
+
+
+def test_flat_groups_skip_backward_without_changing_weights(tiny_model_dir, task_file, tmp_path):
+    from aha.models import load_model
+
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run")
+    model, tok = load_model(tiny_model_dir)
+    trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=ScriptedEngine(tok, ["same text"]))
+    before = snapshot(trainer.policy)
+    m = trainer.step()
+    assert m["skipped_backward"] == 1.0 and m["loss"] == 0.0 and m["grad_norm"] == 0.0
+    assert not changed(before, trainer.policy)

@@ -221,16 +221,23 @@ class GRPOTrainer:
         num_tokens = float(sum(b.completion_mask.sum().item() for _, b in batches))
         old, ref = {}, {}
         with torch.no_grad():
-            for i, b in batches:
+            for i, b in (batches if bool((ro.advantages != 0).any()) or self.ref is not None else []):
                 if g.mu > 1:  # with mu=1 the ratio is 1 by construction: no extra forward
                     old[i] = self.forward_logprobs(self.policy, b)[0]
                 if self.ref is not None:
                     ref[i] = self.forward_logprobs(self.ref, b)[0]
-        stats = defaultdict(float)
+        stats = defaultdict(float, {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0})
         t1 = time.perf_counter()
+        # All groups flat and no KL term: the gradient is exactly zero, so skip the forward/backward passes
+        # (common in early R1-Zero steps) but still take the optimizer step, as the full computation would.
+        skip = bool((ro.advantages == 0).all()) and self.ref is None
+        stats["skipped_backward"] = float(skip)
         for _ in range(g.mu):
             self.opt.zero_grad(set_to_none=True)
-            for i, b in batches:
+            if skip:
+                for p in self.policy.parameters():
+                    p.grad = torch.zeros_like(p)
+            for i, b in (batches if not skip else []):
                 adv = ro.advantages[i:i + mbs].to(self.device)
                 logp, ent = self.forward_logprobs(self.policy, b, with_entropy=True)
                 terms = grpo_loss(logp, old.get(i), adv, b.completion_mask, ref.get(i), g.kl_coef, g.eps_low,
