@@ -25,13 +25,16 @@ from aha.sandbox import tests_from_source as split_tests
 HAVE_BWRAP = isolation("auto") == "bwrap"
 needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap missing or unusable here "
                                  "(apt-get install bubblewrap): namespace isolation is not available")
-ISOLATIONS = ["bwrap", "rlimits"] if HAVE_BWRAP else ["rlimits"]
+ISOLATIONS = ["bwrap", "bwrap-fresh", "rlimits"] if HAVE_BWRAP else ["rlimits"]
+"""`bwrap` reuses a kept sandbox (a zygote) between programs, `bwrap-fresh` starts one per program."""
 ROOT = os.geteuid() == 0
 PROJECT = Path(__file__).resolve().parents[1]
 
 
 def run(code: str, tests=("assert f() == 'pwned'",), iso: str = "bwrap" if HAVE_BWRAP else "rlimits", **kw):
     kw.setdefault("timeout_s", 5.0)
+    if iso == "bwrap-fresh":
+        iso, kw["reuse"] = "bwrap", False
     return run_python(textwrap.dedent(code), tests=tests, entry_point="f", isolation=iso, **kw)
 
 
@@ -53,7 +56,7 @@ def fork_limit_binds(iso: str) -> bool:
     interpreter is readable by others."""
     from aha.sandbox.core import _plan_for
 
-    return iso == "bwrap" or not ROOT or _plan_for(iso).drop_uid
+    return iso.startswith("bwrap") or not ROOT or _plan_for(iso).drop_uid
 
 
 # ------------------------------------------------------------------------------------------ controls
@@ -69,7 +72,7 @@ def test_a_correct_program_passes_and_a_wrong_one_fails(iso):
 @pytest.mark.parametrize("iso", ISOLATIONS)
 def test_plain_program_gets_stdin_and_its_output_is_captured(iso):
     r = run_python("import sys\nprint(sys.stdin.read().upper())\nprint('warn', file=sys.stderr)",
-                   stdin="hello", isolation=iso)
+                   stdin="hello", isolation=iso.replace("-fresh", ""), reuse=iso != "bwrap-fresh")
     assert r.status == "ok" and r.passed and r.stdout == "HELLO\n" and r.stderr == "warn\n", r
 
 
@@ -614,3 +617,37 @@ def test_missing_bubblewrap_falls_back_with_one_warning(monkeypatch, caplog):
     assert len(warnings) == 1 and "bubblewrap" in warnings[0].getMessage()
     with pytest.raises(AhaError, match="unknown isolation 'bwrapp'"):
         isolation("bwrapp")
+
+
+# ------------------------------------------------------------------------------------------ kept sandboxes
+@needs_bwrap
+def test_a_kept_sandbox_is_emptied_between_programs():
+    from aha.sandbox import core
+
+    marker = f"{random.randint(10**6, 10**7)}.{random.randint(10**6, 10**7)}"
+    core._pool.close()
+    first = run(f"""
+        import os
+        def f():
+            open("/tmp/left-behind", "w").write("x")
+            os.makedirs("/tmp/d/e")
+            os.chmod("/tmp/d", 0)
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork() == 0:
+                    os.execv("/bin/sleep", ["sleep", "{marker}"])
+                os._exit(0)
+            return "pwned"
+        """)
+    assert first.passed  # this program did nothing wrong; it only left things behind
+    assert processes_with(marker) == []
+    kept = [z for group in core._pool.idle.values() for z in group]
+    assert len(kept) == 1
+    second = run("""
+        import os
+        def f():
+            others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, os.getpid(), os.getppid())]
+            return os.listdir("/tmp") + others
+        """, ["assert f() != []"])
+    assert not second.passed and "AssertionError" in second.test_errors[0], second
+    assert [z for group in core._pool.idle.values() for z in group] == kept  # the same sandbox, reused

@@ -226,6 +226,8 @@ def _worker(rfd, wfd, cfg):
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
+    if cfg.get("wipe"):
+        _wipe(cfg["wipe"])  # what an earlier program in this zygote left behind
     builtins.exit = builtins.quit = sys.exit  # `site` (disabled by -S) normally provides these
     ns = {}
     while True:
@@ -387,8 +389,8 @@ def _exit_reason(pid):
     return ""
 
 
-def main():
-    cfg = marshal.loads(bytes.fromhex(sys.argv[-1]))
+def run_tester(cfg):
+    """One program: fork the worker, read the job from fd 0, run the tests, report on cfg's verdict fd."""
     start = time.monotonic()
     deadline = start + cfg["timeout_s"]
     vfd = cfg["verdict_fd"]
@@ -463,6 +465,105 @@ def main():
             pass
     _line(vfd, status)
     os._exit(0)
+
+
+# ---------------------------------------------------------------- the zygote (many programs, one sandbox)
+def _high(fd):
+    new = os.dup2(fd, 200 + fd, inheritable=False)
+    os.close(fd)
+    return new
+
+
+def _reap_all():
+    """As pid 1 of the sandbox's PID namespace: kill every other process in it (kill(-1) spares only
+    pid 1) and reap them, until none is left. Orphans re-parent to pid 1, so nothing escapes."""
+    for _ in range(100_000):
+        try:
+            os.kill(-1, _SIGKILL)
+            signalled = True
+        except ProcessLookupError:
+            signalled = False
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            if not signalled:
+                return
+        if signalled:
+            time.sleep(0.0005)
+
+
+def _wipe(top, depth=0):
+    """Remove everything under `top` that this uid may remove (run by the worker, before the program)."""
+    try:
+        names = os.listdir(top)
+    except OSError:
+        return
+    for name in names:
+        path = top + "/" + name
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                if depth < 64:
+                    os.chmod(path, 0o700)
+                    _wipe(path, depth + 1)
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+def zygote(cfg):
+    """A long-lived sandbox that runs programs one after another, so that each one costs two forks
+    instead of a new bubblewrap and a new interpreter. It is pid 1 of the sandbox (signals from the
+    programs cannot touch it; it is not dumpable), receives each job's pipes over a socket, forks a
+    tester for it and, once the tester is gone, kills and reaps every process left in the namespace
+    before it says it is ready for the next one. The next worker empties /tmp before its program runs."""
+    import socket
+
+    if cfg["undumpable"]:
+        _prctl(4, 0)
+    sock = socket.socket(fileno=cfg["control_fd"])
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
+        except OSError:
+            break
+        if not msg:
+            break
+        fds = [_high(fd) for fd in fds]
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sock.close()
+                for target, fd in enumerate(fds):
+                    os.dup2(fd, target)
+                os.closerange(len(fds), 1 << 20)
+                job_cfg = marshal.loads(msg)
+                job_cfg["verdict_fd"] = 3
+                run_tester(job_cfg)
+            finally:
+                os._exit(0)
+        for fd in fds:
+            os.close(fd)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        _reap_all()
+        try:
+            sock.send(b"R")
+        except OSError:
+            break
+    os._exit(0)
+
+
+def main():
+    cfg = marshal.loads(bytes.fromhex(sys.argv[-1]))
+    if cfg.get("zygote"):
+        zygote(cfg)
+    else:
+        run_tester(cfg)
 
 
 if __name__ == "__main__":
