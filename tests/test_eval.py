@@ -1,0 +1,81 @@
+"""Evaluation by the R1 protocol: estimators by hand, majority vote, equivalence grouping, end to end."""
+
+import json
+import math
+
+import pytest
+
+from aha.data.example import Example
+from aha.rewards import RewardSet, RewardsConfig
+from aha.stages.evaluate import (EvalConfig, evaluate, majority_vote, make_equivalence, markdown_table, mean_and_se,
+                                 pass_at_k)
+
+
+def test_pass_at_k_by_hand():
+    assert pass_at_k(4, 0, 1) == 0.0
+    assert pass_at_k(4, 4, 1) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    # n=4, c=1, k=2: 1 - C(3,2)/C(4,2) = 1 - 3/6
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    # n=5, c=2, k=3: 1 - C(3,3)/C(5,3) = 1 - 1/10
+    assert pass_at_k(5, 2, 3) == pytest.approx(0.9)
+    # k larger than the number wrong: always a correct one among k
+    assert pass_at_k(4, 3, 2) == 1.0
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
+
+
+def test_mean_and_standard_error_by_hand():
+    m, se = mean_and_se([1.0, 0.0, 0.5, 0.5])
+    assert m == 0.5 and se == pytest.approx(math.sqrt(1 / 6) / 2)
+    assert mean_and_se([0.3]) == (0.3, 0.0)
+
+
+def test_majority_vote_and_tie_rule():
+    same = lambda a, b: a == b  # noqa: E731
+    assert majority_vote(["3", "4", "4", None], same) == 1
+    assert majority_vote(["5", "6", "6", "5"], same) == 0  # tie: the group whose first answer came first
+    assert majority_vote(["6", "5", "5", "6"], same) == 0
+    assert majority_vote([None, None], same) is None
+    assert majority_vote([None, "7"], same) == 1
+
+
+def test_answers_grouped_by_verifier_equivalence():
+    rs = RewardSet(RewardsConfig(weights={"accuracy": 1.0}))
+    ex = Example(prompt="q", answer="0.5", task="math")
+    eq = make_equivalence(ex, rs)
+    assert eq("1/2", "0.5") and eq("\\frac{1}{2}", "0.5") and not eq("1/2", "0.75")
+    answers = ["0.75", "1/2", "0.5", "\\frac{1}{2}"]
+    assert majority_vote(answers, eq) == 1
+    num = make_equivalence(Example(prompt="q", answer="1", task="number"), rs)
+    assert num("1,450,000", "1450000") and num("18.0", "18")
+
+
+def test_end_to_end_tiny_model(tiny_model_dir, tmp_path):
+    rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1), "task": "number"} for i in range(6)]
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    cfg = EvalConfig(model=[tiny_model_dir, tiny_model_dir], task=str(data), split="train", samples=3,
+                     max_new_tokens=8, out_dir=str(out), dtype="float32", progress=False, seed=1)
+    cfg.data.eval_size = 0
+    s1 = evaluate(cfg)
+    assert len(s1) == 2 and s1[0]["problems"] == 6 and s1[0]["samples"] == 3
+    for key in ("pass@1", "pass@1_se", "cons@3", "pass@2", "format_rate", "length_mean", "truncated"):
+        assert key in s1[0]
+    assert s1[0]["pass@1"] == s1[1]["pass@1"] and s1[0]["length_mean"] == s1[1]["length_mean"]  # seeded
+    records = [json.loads(line) for line in (out / "model_0" / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and len(records[0]["completions"]) == 3 and "extracted" in records[0]
+    assert json.loads((out / "summary.json").read_text())[0]["model"] == tiny_model_dir
+    assert "| model |" in markdown_table(s1)
+    s2 = evaluate(cfg)
+    assert s2[0]["pass@1"] == s1[0]["pass@1"] and s2[0]["length_mean"] == s1[0]["length_mean"]
+
+
+def test_greedy_needs_one_sample(tiny_model_dir, tmp_path):
+    from aha.errors import AhaError
+
+    cfg = EvalConfig(model=[tiny_model_dir], task="chain_sum", samples=2, temperature=0.0, limit=2,
+                     out_dir=str(tmp_path), dtype="float32", progress=False)
+    with pytest.raises(AhaError, match="samples=1"):
+        evaluate(cfg)
