@@ -651,3 +651,17 @@ def test_a_kept_sandbox_is_emptied_between_programs():
         """, ["assert f() != []"])
     assert not second.passed and "AssertionError" in second.test_errors[0], second
     assert [z for group in core._pool.idle.values() for z in group] == kept  # the same sandbox, reused
+
+
+@needs_bwrap
+def test_kept_sandboxes_outlive_the_threads_that_started_them():
+    # bwrap's --die-with-parent fires when the starting THREAD exits: kept sandboxes must not use it
+    from aha.sandbox import core
+
+    core._pool.close()
+    jobs = [SandboxJob("def f(x):\n    return x\n", ("assert f(3) == 3",), "f", timeout_s=5)] * 8
+    assert all(r.passed for r in run_many(jobs, workers=4))
+    kept = {id(z) for group in core._pool.idle.values() for z in group}
+    time.sleep(0.3)
+    assert all(r.passed for r in run_many(jobs, workers=4))
+    assert {id(z) for group in core._pool.idle.values() for z in group} == kept
