@@ -83,3 +83,20 @@ def test_train_config_keys_users_type():
     assert cfg.grpo.group_size == 4 and cfg.rollout.max_new_tokens == 32
     with pytest.raises(AhaError, match="expected one of"):
         load_config(TrainConfig, None, ["dtype=float8"])
+
+
+def test_aha_train_without_arguments_is_the_cpu_recipe():
+    from aha.train.config import TrainConfig
+
+    assert load_config(TrainConfig, "recipes/r1_zero_smollm2.yaml") == TrainConfig()
+
+
+def test_every_recipe_loads():
+    from pathlib import Path
+
+    from aha.stages.evaluate import EvalConfig
+    from aha.train.config import TrainConfig
+
+    for recipe in sorted(Path("recipes").glob("*.yaml")):
+        cls = EvalConfig if recipe.name.startswith("eval_") else TrainConfig
+        load_config(cls, recipe)

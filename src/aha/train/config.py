@@ -10,6 +10,9 @@ from aha.data.tasks import TaskConfig
 from aha.rewards.config import RewardsConfig
 
 
+DEFAULT_REWARDS = {"accuracy": 1.0, "accuracy_lenient": 0.5, "format_partial": 0.5}
+
+
 @dataclass
 class GRPOConfig:
     group_size: int = 8
@@ -73,11 +76,11 @@ class OptimConfig:
 class LogConfig:
     rollouts_every: int = 5
     """Dump rollouts/step_N.jsonl every N steps (0: never)."""
-    checkpoint_every: int = 25
+    checkpoint_every: int = 20
     """Save a checkpoint every N steps (and at the end)."""
     keep_checkpoints: int = 2
     """Keep the newest K checkpoints."""
-    eval_every: int = 0
+    eval_every: int = 10
     """Held-out greedy accuracy every N steps (0: only before and after training when eval_size > 0)."""
     tensorboard: bool = True
     progress: bool = True
@@ -90,13 +93,14 @@ class TrainConfig:
     """Registry name, .gguf file or HF folder."""
     task: str = "chain_sum"
     """reasoning-gym name, JSONL path or hf:NAME (see `aha tasks`)."""
-    data: TaskConfig = field(default_factory=lambda: TaskConfig(args={"min_terms": 2, "max_terms": 2, "max_digits": 2}))
+    data: TaskConfig = field(default_factory=lambda: TaskConfig(
+        size=4000, eval_size=100, args={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}))
     """Task size, seeds and difficulty."""
     template: Literal["auto", "r1_zero", "chat", "r1", "plain"] = "auto"
     """Prompt template: r1_zero for base models, chat (+ R1 system prompt) for instruct models; auto picks."""
     system_prompt: str = ""
     """Overrides the R1 system prompt of the chat template."""
-    out_dir: str = "runs/r1_zero"
+    out_dir: str = "runs/r1_zero_smollm2"
     """Run folder: config, metrics, rollouts, checkpoints, TensorBoard events."""
     steps: int = 60
     """Optimisation steps (each on prompts_per_step * group_size completions)."""
@@ -114,5 +118,7 @@ class TrainConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    rewards: RewardsConfig = field(default_factory=lambda: RewardsConfig(weights=dict(DEFAULT_REWARDS)))
+    """Rewards and weights. The default shapes for a small instruct model that rarely writes answer tags at
+    first: partial format credit and lenient accuracy (the last number) carry signal from step 1."""
     log: LogConfig = field(default_factory=LogConfig)
