@@ -665,3 +665,26 @@ def test_kept_sandboxes_outlive_the_threads_that_started_them():
     time.sleep(0.3)
     assert all(r.passed for r in run_many(jobs, workers=4))
     assert {id(z) for group in core._pool.idle.values() for z in group} == kept
+
+
+@pytest.mark.parametrize("iso", ["bwrap", "bwrap-fresh"] if HAVE_BWRAP else [])
+def test_a_stuck_tester_is_killed_with_everything_in_its_sandbox(iso):
+    # tests are trusted code, but a test that never ends must not hang the caller or leak the program
+    from aha.sandbox import core
+
+    marker = f"{random.randint(10**6, 10**7)}.{random.randint(10**6, 10**7)}"
+    before = {id(z) for group in core._pool.idle.values() for z in group}
+    t = time.monotonic()
+    r = run(f"""
+        import os
+        if os.fork() == 0:
+            os.execv("/bin/sleep", ["sleep", "{marker}"])
+        def f():
+            return 1
+        """, ["while True:\n    pass"], iso, timeout_s=1.0)
+    assert r.status == "timeout" and time.monotonic() - t < 6, r
+    time.sleep(0.2)
+    assert processes_with(marker) == []
+    after = {id(z) for group in core._pool.idle.values() for z in group}
+    assert after <= before  # the sandbox it ran in was not put back
+    assert run("def f():\n    return 'pwned'\n", iso=iso).passed  # and the next program runs normally

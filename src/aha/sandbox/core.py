@@ -250,16 +250,15 @@ def isolation(kind: str = "auto") -> str:
 
 
 # ------------------------------------------------------------------------------------------ running
-def _bwrap_argv(plan: _Plan, tmp_size_mb: int, die_with_parent: bool = True) -> list[str]:
-    """bubblewrap's command line. `die_with_parent` uses PR_SET_PDEATHSIG, which fires when the THREAD
-    that started bwrap exits: right for a one-off run (its thread waits for it), wrong for a kept
-    sandbox started from a worker thread (that sandbox exits by itself when its control socket closes)."""
+def _bwrap_argv(plan: _Plan, tmp_size_mb: int) -> list[str]:
+    """bubblewrap's command line. Its --die-with-parent is PR_SET_PDEATHSIG, which fires when the THREAD
+    that started bwrap exits: a one-off run's thread waits for it; kept sandboxes are started from one
+    long-lived thread (`_spawn`)."""
     f = plan.bwrap_flags
     argv = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
     if "--unshare-cgroup-try" in f:
         argv.append("--unshare-cgroup-try")
-    argv += ["--as-pid-1", *(["--die-with-parent"] if die_with_parent else []), "--new-session", "--clearenv",
-             "--setenv", "PATH", "/usr/bin:/bin",
+    argv += ["--as-pid-1", "--die-with-parent", "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
              "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8"]
     if plan.as_root:
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
@@ -487,12 +486,13 @@ class _Zygote:
         self.uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if plan.as_root else None
         self.ctl, remote = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cfg = {"zygote": True, "control_fd": remote.fileno(), "undumpable": not plan.as_root}
-        argv = _bwrap_argv(plan, tmp_size_mb, die_with_parent=False) + [
-            plan.python, "-I", "-S", "-c", _BOOT, _HARNESS_CODE, marshal.dumps(cfg).hex()]
-        try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL, pass_fds=(remote.fileno(),), cwd="/",
-                                         env={"PATH": "/usr/bin:/bin"}, start_new_session=True)
+        argv = _bwrap_argv(plan, tmp_size_mb) + [plan.python, "-I", "-S", "-c", _BOOT, _HARNESS_CODE,
+                                                 marshal.dumps(cfg).hex()]
+        try:  # started from the spawner thread, which lives as long as this process (see _bwrap_argv)
+            self.proc = _pool.spawner().submit(
+                subprocess.Popen, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, pass_fds=(remote.fileno(),), cwd="/", env={"PATH": "/usr/bin:/bin"},
+                start_new_session=True).result()
         finally:
             remote.close()
         self.jobs = 0
@@ -557,6 +557,13 @@ class _Pool:
         self.idle: dict[tuple, list[_Zygote]] = {}
         self.lock = threading.Lock()
         self.broken: set[tuple] = set()
+        self._spawner: ThreadPoolExecutor | None = None
+
+    def spawner(self) -> ThreadPoolExecutor:
+        with self.lock:
+            if self._spawner is None:
+                self._spawner = ThreadPoolExecutor(1, thread_name_prefix="aha-sandbox-spawn")
+            return self._spawner
 
     def take(self, plan: _Plan, tmp_size_mb: int) -> _Zygote | None:
         key = (plan.kind, tmp_size_mb)
@@ -603,6 +610,7 @@ class _Pool:
         """In a forked child: the parent's zygotes are the parent's."""
         self.idle = {}
         self.lock = threading.Lock()
+        self._spawner = None  # its thread did not survive the fork
 
 
 _pool = _Pool()
