@@ -24,6 +24,7 @@ fail. Verdict lines, on the fd given in the config: `S <worker pid>`, `E 1` or `
 program ran, `R <i> 1` or `R <i> 0 <why>` per test, `X <why>` for a fatal stop, `D` at the end.
 """
 
+import _signal  # built in; `signal` would import enum (9 ms at every start)
 import builtins
 import io
 import marshal
@@ -36,7 +37,8 @@ import time
 MAX_FRAME = 16 << 20
 MAX_DEPTH = 100
 _HEADER = 10  # frames are b"%010d" % len + payload
-_SIGKILL = 9  # the `signal` module would import enum: 9 ms at every start
+_SIGKILL = 9
+_SIGINT = 2
 _SIGNALS = {4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV", 13: "SIGPIPE",
             15: "SIGTERM", 24: "SIGXCPU", 25: "SIGXFSZ", 31: "SIGSYS"}
 _WORKER_IN, _WORKER_OUT = 100, 101
@@ -228,6 +230,7 @@ def _worker(rfd, wfd, cfg):
         os.setresuid(uid, uid, uid)
     if cfg.get("wipe"):
         _wipe(cfg["wipe"])  # what an earlier program in this zygote left behind
+    _signal.signal(_SIGINT, _signal.default_int_handler)  # the tester ignores it; the program may not
     builtins.exit = builtins.quit = sys.exit  # `site` (disabled by -S) normally provides these
     ns = {}
     while True:
@@ -393,6 +396,9 @@ def run_tester(cfg):
     """One program: fork the worker, read the job from fd 0, run the tests, report on cfg's verdict fd."""
     start = time.monotonic()
     deadline = start + cfg["timeout_s"]
+    # Pid 1 of a namespace gets only the signals it handles; Python handles SIGINT. Ignore it, so that a
+    # same-uid program cannot raise KeyboardInterrupt in the tester (it could only make tests fail).
+    _signal.signal(_SIGINT, _signal.SIG_IGN)
     vfd = cfg["verdict_fd"]
     if hasattr(sys, "set_int_max_str_digits"):
         sys.set_int_max_str_digits(0)
@@ -521,6 +527,7 @@ def zygote(cfg):
     before it says it is ready for the next one. The next worker empties /tmp before its program runs."""
     import socket
 
+    _signal.signal(_SIGINT, _signal.SIG_IGN)
     if cfg["undumpable"]:
         _prctl(4, 0)
     sock = socket.socket(fileno=cfg["control_fd"])
