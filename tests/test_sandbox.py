@@ -665,7 +665,8 @@ def test_kept_sandboxes_outlive_the_threads_that_started_them():
     assert {id(z) for group in core._pool.idle.values() for z in group} == kept
 
 
-@pytest.mark.parametrize("iso", ["bwrap", "bwrap-fresh"] if HAVE_BWRAP else [])
+@needs_bwrap
+@pytest.mark.parametrize("iso", ["bwrap", "bwrap-fresh"])
 def test_a_stuck_tester_is_killed_with_everything_in_its_sandbox(iso):
     # tests are trusted code, but a test that never ends must not hang the caller or leak the program
     from aha.sandbox import core

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -623,7 +623,7 @@ class _Io:
     """Feeds the job to the harness and collects its verdicts and (bounded) output, without blocking."""
 
     def __init__(self, stdin: int, stdout: int, stderr: int, vfd: int, payload: bytes, max_output: int,
-                 kill) -> None:
+                 kill: Callable[[], None]) -> None:
         self.fds = {"stdin": stdin, "stdout": stdout, "stderr": stderr, "verdict": vfd}
         self.vfd, self.payload, self.max_output, self.kill = vfd, memoryview(payload), max_output, kill
         self.out = {"stdout": bytearray(), "stderr": bytearray()}
