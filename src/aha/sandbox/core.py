@@ -202,8 +202,8 @@ def _probe(plan: _Plan) -> str:
                                timeout_s=20), plan)
     if ok.passed and not bad.passed and bad.status == "ok":
         return ""
-    return (ok.error or ok.stderr or bad.error or ok.status).strip().splitlines()[-1:][0] if \
-        (ok.error or ok.stderr or bad.error) else f"probe status {ok.status}/{bad.status}"
+    lines = (ok.error or ok.stderr or bad.error).strip().splitlines()
+    return lines[-1] if lines else f"probe status {ok.status}/{bad.status}"
 
 
 def _make_plan(kind: str) -> _Plan:
@@ -253,7 +253,7 @@ def isolation(kind: str = "auto") -> str:
 def _bwrap_argv(plan: _Plan, tmp_size_mb: int) -> list[str]:
     """bubblewrap's command line. Its --die-with-parent is PR_SET_PDEATHSIG, which fires when the THREAD
     that started bwrap exits: a one-off run's thread waits for it; kept sandboxes are started from one
-    long-lived thread (`_spawn`)."""
+    long-lived thread (`_Pool.spawner`)."""
     f = plan.bwrap_flags
     argv = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"]
     if "--unshare-cgroup-try" in f:
@@ -693,16 +693,16 @@ class _Io:
 
 def _result(io: _Io, cases: list[TestCase], counted: list[int], kind: str, elapsed: float) -> SandboxResult:
     results: dict[int, tuple[bool, str]] = {}
-    started = loaded = done = False
+    started = loaded = done = judged = False
     error = fatal = ""
     for line in io.verdict_lines():
         tag, _, rest = line.partition(" ")
         if tag == "S":
             started = True
         elif tag == "E":
-            loaded = rest.startswith("1")
+            judged, loaded = True, rest.startswith("1")
             if not loaded:
-                error = rest[2:]
+                error = rest[2:] or "the program did not load"
         elif tag == "R":
             idx, _, more = rest.partition(" ")
             ok, _, why = more.partition(" ")
@@ -722,7 +722,7 @@ def _result(io: _Io, cases: list[TestCase], counted: list[int], kind: str, elaps
         status, error = "timeout", "time limit exceeded"
     elif not started:
         status, error = "sandbox_error", (stderr.strip().splitlines() or ["the harness did not start"])[-1]
-    elif started and not loaded and error:
+    elif judged and not loaded:
         status = "error"
     elif fatal.startswith("harness error"):
         status, error = "sandbox_error", fatal
