@@ -219,7 +219,7 @@ def test_killing_the_parent_does_not_reach_the_caller(iso):
             os.kill(ppid, signal.SIGKILL)
             time.sleep(0.2)
             return "killed" if os.getppid() != ppid else "parent alive"
-        """, ["assert f() == 'killed'"], iso)
+        """, ["result = f()\nassert result == 'killed', result"], iso)
     assert not r.passed and r.status in ("ok", "crashed"), r
     assert r.status == "crashed" or "PermissionError" in r.test_errors[0] or "parent alive" in r.test_errors[0]
 

@@ -133,6 +133,8 @@ def _dec(s, i, depth):
             return p, i
         return p.encode("latin-1"), i
     if tag == "d":
+        if 2 * n > len(s) - i:
+            raise ValueError("truncated")
         d = {}
         for _ in range(n):
             k, i = _dec(s, i, depth + 1)

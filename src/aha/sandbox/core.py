@@ -366,8 +366,8 @@ def _job_cfg(job: SandboxJob, plan: _Plan, uid: int | None, zygote: bool) -> dic
     """What the harness needs before it forks the worker (never the program or the tests)."""
     if uid is not None:
         nproc: int | None = job.max_procs
-    elif plan.kind == "bwrap":
-        nproc = job.max_procs + 2  # the namespace's own count also holds its pid 1 and the tester
+    elif plan.kind == "bwrap":  # the user namespace's count also holds the tester (and a kept sandbox's pid 1)
+        nproc = job.max_procs + (2 if zygote else 1)
     elif not plan.as_root:
         nproc = _user_tasks(os.getuid()) + job.max_procs
     else:
