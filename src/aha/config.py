@@ -181,6 +181,26 @@ def _build(cls, data: dict, prefix: str, src: _Source):
     return obj
 
 
+def _with_defaults(cls, tree: dict, default_obj) -> dict:
+    """The recipe tree completed with the defaults, so that a nested mapping (`data: {eval_size: 0}`) or a
+    dotted override (`rewards.weights.format=0.2`) changes only the keys it names. Unknown keys are kept
+    (and rejected later, with their location)."""
+    import copy
+
+    out = dict(tree)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        value = getattr(default_obj, f.name)
+        if dataclasses.is_dataclass(value):
+            sub = tree.get(f.name, {})
+            if isinstance(sub, dict):
+                out[f.name] = _with_defaults(type(value), sub, value)
+        elif f.name not in tree:
+            out[f.name] = copy.deepcopy(value)
+    return out
+
+
 def load_config(cls, recipe: str | os.PathLike | None = None, overrides: list[str] | None = None):
     """Build `cls` from an optional YAML recipe and `key=value` overrides (dotted keys)."""
     tree: dict = {}
@@ -200,6 +220,10 @@ def load_config(cls, recipe: str | os.PathLike | None = None, overrides: list[st
             raise AhaError(f"{recipe}:1: a recipe must be a mapping of keys to values")
         tree = loaded or {}
         src = _Source(str(recipe), _key_lines(text))
+    try:
+        tree = _with_defaults(cls, tree, cls())
+    except TypeError:  # a config with required fields: no defaults to complete
+        pass
     for item in overrides or []:
         key, value = _parse_override(item)
         src.cli_keys.add(key)
