@@ -347,11 +347,13 @@ def run_python(code: str, *, tests: Sequence[TestCase | str] = (), entry_point: 
 
 
 def run_many(jobs: Iterable[SandboxJob], *, workers: int | None = None) -> list[SandboxResult]:
-    """Run many jobs in parallel (threads driving sandbox processes); results in the jobs' order."""
+    """Run many jobs in parallel (threads driving sandbox processes); results in the jobs' order.
+    `workers` defaults to twice the cores: a program's time alternates between the tester, the worker and
+    this process, so one per core leaves cores idle."""
     jobs = list(jobs)
     if not jobs:
         return []
-    workers = workers or os.cpu_count() or 1
+    workers = workers or 2 * (os.cpu_count() or 1)
     for kind in {j.isolation for j in jobs}:
         _plan_for(kind)  # probe once, up front, not in every thread
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="aha-sandbox") as ex:
