@@ -121,8 +121,8 @@ def test_infinite_loop_is_stopped_at_the_deadline(iso):
 def test_infinite_loop_while_loading_and_cpu_limit():
     r = run("while True:\n    pass\n", timeout_s=1.0)
     assert r.status == "timeout" and r.tests_passed == 0
-    burn = run("def f():\n    while True:\n        pass\n", timeout_s=5.0, cpu_time_s=0.5)
-    assert burn.status == "crashed" and "SIGXCPU" in burn.error and burn.elapsed_s < 4.5, burn
+    burn = run("def f():\n    while True:\n        pass\n", timeout_s=20.0, cpu_time_s=0.5)
+    assert burn.status == "crashed" and "SIGXCPU" in burn.error and burn.elapsed_s < 15, burn
 
 
 # ------------------------------------------------------------------------------------------ memory
