@@ -27,10 +27,12 @@ def test_parse_rewards():
         parse_rewards(["format:lots"])
 
 
-def test_perturb_changes_the_last_integer():
-    assert perturb(r"\frac{1}{2}") == r"\frac{1}{3}"
-    assert perturb("1,450,000") == "1,450,001"
-    assert perturb("[2,5)") == "[2,6)"
+def test_perturb_changes_the_first_integer_beyond_tolerances():
+    assert perturb(r"\frac{1}{2}") == r"\frac{92}{2}"
+    assert perturb("1,450,000") == "92,450,000"
+    assert perturb("0.05") == "91.05"
+    assert perturb("[2,5)") == "[93,5)"
+    assert perturb("1 0\n0 1") == "92 0\n0 1"
     assert perturb(r"\pi") is None
 
 
@@ -131,13 +133,16 @@ def test_selftest_on_reasoning_gym_examples():
     import reasoning_gym
 
     exs = []
-    for name in ["leg_counting", "basic_arithmetic", "countdown"]:
+    for name in ["leg_counting", "basic_arithmetic", "countdown", "power_function", "number_sorting", "kakurasu",
+                 "arc_agi", "graph_color"]:
         ds = reasoning_gym.create_dataset(name, size=3, seed=1)
-        exs += [Example(e["question"], str(e["answer"]), task=f"rg:{name}", metadata={"entry": dict(e)}, id=f"{name}{i}")
-                for i, e in enumerate(ds)]
+        # Entries go through JSON as the task loader stores them (arc boards: tuples become lists).
+        exs += [Example(e["question"], str(e["answer"]), task=f"rg:{name}", metadata={"entry": json.loads(json.dumps(e))},
+                        id=f"{name}{i}") for i, e in enumerate(ds)]
     with RewardSet(RewardsConfig(weights={"accuracy": 1.0})) as rs:
-        report = selftest(exs, rs)
-    assert report["checked"] == 9 and report["gold_failures"] == 0 and report["negative_failures"] == 0
+        report = selftest(exs, rs, max_parse_failure=0.0)
+    assert report["checked"] == 21 and report["skipped"] == 3  # graph_color has no single oracle answer
+    assert report["gold_failures"] == 0 and report["negative_failures"] == 0
 
 
 def test_selftest_skips_kinds_trained_without_accuracy_and_keeps_stats_clean():

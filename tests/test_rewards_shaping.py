@@ -1,7 +1,7 @@
 """accuracy_lenient: shaping for models that do not write answer tags yet."""
 
 from aha.data.example import Example
-from aha.rewards import RewardSet, RewardsConfig
+from aha.rewards import RewardsConfig, RewardSet
 from aha.rollout.base import Completion
 
 

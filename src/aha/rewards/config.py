@@ -63,8 +63,8 @@ class RewardsConfig:
     components; every component is also logged on its own."""
 
     weights: dict[str, float] = field(default_factory=_default_weights)
-    """Reward name -> weight. Names: accuracy, format, format_partial, language, overlong, budget, code, code_partial. A
-    weight of 0 computes and logs a reward without training on it."""
+    """Reward name -> weight. Names: accuracy, accuracy_lenient, format, format_partial, language,
+    overlong, budget, code, code_partial. A weight of 0 computes and logs a reward without training on it."""
     by_kind: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per routing kind (Example.kind), weights that replace `weights`; e.g. {"general": {"format": 1.0}}."""
     language: str = "en"

@@ -12,7 +12,8 @@ are REFUSED (an AhaError naming the dataset and the reason), found by reading th
   answer is not an exact match (`__import__('os').system(...)` would run).
 - composite: dispatches to arbitrary sub-dataset scorers (and cannot be built without a config).
 
-`number_sorting` evals the GOLD answer only (when it is not JSON); it stays allowed. The scorer comes
+Boards of arc_agi/rearc entries that went through JSON (lists) are turned back into tuples before
+scoring (TUPLE_BOARDS), or the scorer would never match them. `number_sorting` evals the GOLD answer only (when it is not JSON); it stays allowed. The scorer comes
 from the dataset's default config (`reasoning_gym.get_score_answer_fn`), built once per process.
 """
 
@@ -73,6 +74,24 @@ def prepare(name: str) -> None:
         rg_scorer(name)
 
 
+# Entries whose metadata compares boards as tuples of tuples (`answer_board == metadata["output"]`). A
+# JSON round trip (the task loader stores JSON-able entries) turns them into lists, and then even the
+# gold answer scores 0.05: the tuples are restored before scoring.
+TUPLE_BOARDS = ("arc_agi", "rearc")
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _restore_tuples(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    meta = entry.get("metadata")
+    if name not in TUPLE_BOARDS or not isinstance(meta, dict):
+        return entry
+    fixed = {k: _tuples(v) if k in ("input", "output") else v for k, v in meta.items()}
+    return {**entry, "metadata": fixed}
+
+
 def _entry(metadata: dict[str, Any]) -> dict[str, Any]:
     entry = metadata.get("entry") if isinstance(metadata, dict) else None
     if not isinstance(entry, dict):
@@ -89,6 +108,7 @@ def rg_accuracy(text: str, name: str, metadata: dict[str, Any]) -> float:
         target = 24 if name == "puzzle24" else meta.get("target")
         return countdown_accuracy(text, meta.get("numbers"), target)
     scorer = rg_scorer(name)
+    entry = _restore_tuples(name, entry)
     answer = extract_answer(text)
     if not answer:
         return 0.0

@@ -93,8 +93,8 @@ def accuracy_lenient(completion: Completion, example: Example, step: int = 0) ->
     if extract_answer(completion.text) is not None:
         return accuracy(completion, example, step)
     last = None
-    for last in _TRAILING_NUMBER.finditer(completion.text[-4096:]):
-        pass
+    for m in _TRAILING_NUMBER.finditer(completion.text[-4096:]):
+        last = m
     if last is None:
         return 0.0
     return accuracy(Completion(text=f"<answer>{last.group(0)}</answer>"), example, step)

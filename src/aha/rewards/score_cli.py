@@ -3,7 +3,7 @@
 Scoring writes every input row back with `reward` (the weighted total) and one field per reward
 component, atomically (a temporary file renamed into place), and prints the mean of each component and
 the gold parse-failure rate. The self-test wraps each gold answer as `<think>…</think><answer>GOLD</answer>`
-(must score accuracy 1) and a perturbed gold (last integer + 1; countdown: the target + 1) (must score 0),
+(must score accuracy 1) and a perturbed gold (first integer n -> 9 followed by n + 1; countdown: the target + 1) (must score 0),
 and fails loudly when too many golds do not parse or do not score 1: the anchors are a verifier that
 scored every MATH problem 0 in worker processes, and one that gave 1.0 whenever the gold did not parse.
 The trainer runs `selftest` before step 1.
@@ -129,15 +129,14 @@ _INT = re.compile(r"\d+")
 
 
 def perturb(gold: str) -> str | None:
-    """`gold` with its last integer increased by 1 ("\\frac{1}{2}" -> "\\frac{1}{3}"), or None without digits."""
-    matches = list(_INT.finditer(gold))
-    if not matches:
+    """`gold` with its first integer n replaced by "9" + (n + 1) ("\\frac{1}{2}" -> "\\frac{92}{2}",
+    "0.5" -> "91.5", "1 0\\n0 1" -> "92 0\\n0 1"), or None without digits. Adding 1 to the last digit would
+    fall inside the tolerance of scorers that compare a few significant figures or allow an absolute
+    error; the leading 9 alone is ignored by grid parsers that keep only 0s and 1s."""
+    m = _INT.search(gold)
+    if m is None or len(m.group()) > 1000:  # int() refuses very long digit strings
         return None
-    m = matches[-1]
-    digits = m.group()
-    if len(digits) > 1000:  # int() refuses very long digit strings; such a gold is not worth perturbing
-        return None
-    return gold[: m.start()] + str(int(digits) + 1).zfill(len(digits)) + gold[m.end() :]
+    return gold[: m.start()] + "9" + str(int(m.group()) + 1) + gold[m.end() :]
 
 
 def _wrap(answer: str) -> Completion:
@@ -175,7 +174,9 @@ def _gold_and_negative(ex: Example) -> tuple[str | None, tuple[Completion, Examp
     gold = ex.answer
     if task.startswith("rg:"):
         entry = ex.metadata.get("entry")
-        gold = str(entry.get("answer", "")) if isinstance(entry, dict) else ""
+        if not isinstance(entry, dict) or entry.get("answer") is None:
+            return None, None  # datasets without a single oracle answer (graph_color, rush_hour, ...)
+        gold = str(entry["answer"])
     bad = perturb(gold)
     return gold, ((_wrap(bad), ex) if bad is not None else None)
 
