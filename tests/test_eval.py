@@ -6,9 +6,16 @@ import math
 import pytest
 
 from aha.data.example import Example
-from aha.rewards import RewardSet, RewardsConfig
-from aha.stages.evaluate import (EvalConfig, evaluate, majority_vote, make_equivalence, markdown_table, mean_and_se,
-                                 pass_at_k)
+from aha.rewards import RewardsConfig, RewardSet
+from aha.stages.evaluate import (
+    EvalConfig,
+    evaluate,
+    majority_vote,
+    make_equivalence,
+    markdown_table,
+    mean_and_se,
+    pass_at_k,
+)
 
 
 def test_pass_at_k_by_hand():

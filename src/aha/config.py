@@ -18,7 +18,6 @@ import yaml
 
 from aha.errors import AhaError, closest
 
-
 # ---------------------------------------------------------------------------------------------
 # Generic machinery: YAML + overrides -> dataclass, with located errors.
 # ---------------------------------------------------------------------------------------------

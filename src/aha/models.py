@@ -171,7 +171,6 @@ def load_tokenizer(model: str):
 
 def load_model(model: str, dtype: str = "float32", device: str = "cpu"):
     """(model, tokenizer) from a registry name, a .gguf file or an HF folder."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     folder = resolve(model)

@@ -68,19 +68,9 @@ def _rg_examples(name: str, size: int, seed: int, args: dict) -> list[Example]:
                          id=f"{name}:{seed}:{i}")
         else:
             ex = Example(prompt=entry["question"], answer=str(entry["answer"]), task=f"rg:{name}",
-                         metadata={"dataset": name, "entry": _jsonable(entry)}, id=f"{name}:{seed}:{i}")
+                         metadata={"dataset": name, "entry": entry}, id=f"{name}:{seed}:{i}")
         out.append(ex)
     return out
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
 
 
 _GSM8K_FINAL = re.compile(r"####\s*(.+?)\s*$", re.S)

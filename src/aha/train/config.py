@@ -9,7 +9,6 @@ from typing import Literal
 from aha.data.tasks import TaskConfig
 from aha.rewards.config import RewardsConfig
 
-
 DEFAULT_REWARDS = {"accuracy": 1.0, "accuracy_lenient": 0.5, "format_partial": 0.5}
 
 
