@@ -225,3 +225,21 @@ def test_flat_groups_skip_backward_without_changing_weights(tiny_model_dir, task
     m = trainer.step()
     assert m["skipped_backward"] == 1.0 and m["loss"] == 0.0 and m["grad_norm"] == 0.0
     assert not changed(before, trainer.policy)
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_micro_batching_does_not_change_the_gradient(tiny_model_dir, task_file, tmp_path, agg):
+    from aha.models import load_model
+
+    texts = ["<think> 1 </think>", "a b c d e f g h", "<answer> 3 </answer>", "x", "1 2 3 4 5", "<think>", "7 7", "ok"]
+    results = []
+    for mbs in (8, 3):
+        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}", f"optim.micro_batch_size={mbs}",
+                       f"grpo.loss_agg={agg}")
+        model, tok = load_model(tiny_model_dir)
+        trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=ScriptedEngine(tok, texts))
+        trainer.rewards.score = lambda comps, exs, step=0: ([float(len(c.text) % 3) for c in comps], {"accuracy": [0.0] * len(comps)})
+        m = trainer.step()
+        results.append((m["loss"], m["grad_norm"]))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-4, abs=1e-6)
+    assert results[0][1] == pytest.approx(results[1][1], rel=1e-3)

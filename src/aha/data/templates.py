@@ -21,12 +21,11 @@ R1_ZERO = (
 """R1-Zero's template, verbatim from the paper; {prompt} is replaced by the question."""
 
 R1_SYSTEM = (
-    "You are a helpful assistant. You first think about the reasoning process step by step and then give "
-    "the final answer. Write the reasoning inside <think> </think> tags and then the final answer inside "
-    "<answer> </answer> tags, like this: <think> reasoning here </think> <answer> final answer here </answer>. "
-    "The answer is only the final result, without units or explanation."
+    "Think step by step inside <think> </think> tags, then give only the final answer inside "
+    "<answer> </answer> tags."
 )
-"""System prompt for instruct models in R1-Zero-style RL."""
+"""System prompt for instruct models in R1-Zero-style RL: short, because every prompt token is paid for in
+every rollout and every training forward pass."""
 
 R1_SUMMARY_SYSTEM = (
     "You are a helpful assistant. Think through the problem inside <think> </think> tags, then write a short, "

@@ -213,15 +213,19 @@ class GRPOTrainer:
         n = len(ro.completions)
         mbs = cfg.optim.micro_batch_size
         mask_keep = [0.0 if (g.mask_truncated and not c.finished) else 1.0 for c in ro.completions]
-        batches = []
+        # Micro-batches of similar lengths waste little on padding; the loss uses whole-batch normalisers,
+        # so the grouping does not change the gradient.
+        order = sorted(range(n), key=lambda j: len(ro.completions[j].prompt_ids) + len(ro.completions[j].completion_ids))
+        batches = []  # (index tensor into the step's sequences, Batch)
         for i in range(0, n, mbs):
-            b = collate(ro.completions[i:i + mbs], self.pad_id).to(self.device)
-            b.completion_mask *= torch.tensor(mask_keep[i:i + mbs], device=self.device).unsqueeze(-1)
-            batches.append((i, b))
-        num_tokens = float(sum(b.completion_mask.sum().item() for _, b in batches))
+            idx = order[i:i + mbs]
+            b = collate([ro.completions[j] for j in idx], self.pad_id).to(self.device)
+            b.completion_mask *= torch.tensor([mask_keep[j] for j in idx], device=self.device).unsqueeze(-1)
+            batches.append((i, torch.tensor(idx), b))
+        num_tokens = float(sum(b.completion_mask.sum().item() for _, _, b in batches))
         old, ref = {}, {}
         with torch.no_grad():
-            for i, b in (batches if bool((ro.advantages != 0).any()) or self.ref is not None else []):
+            for i, _, b in (batches if bool((ro.advantages != 0).any()) or self.ref is not None else []):
                 if g.mu > 1:  # with mu=1 the ratio is 1 by construction: no extra forward
                     old[i] = self.forward_logprobs(self.policy, b)[0]
                 if self.ref is not None:
@@ -237,8 +241,8 @@ class GRPOTrainer:
             if skip:
                 for p in self.policy.parameters():
                     p.grad = torch.zeros_like(p)
-            for i, b in (batches if not skip else []):
-                adv = ro.advantages[i:i + mbs].to(self.device)
+            for i, idx, b in (batches if not skip else []):
+                adv = ro.advantages[idx].to(self.device)
                 logp, ent = self.forward_logprobs(self.policy, b, with_entropy=True)
                 terms = grpo_loss(logp, old.get(i), adv, b.completion_mask, ref.get(i), g.kl_coef, g.eps_low,
                                   g.eps_high, g.loss_agg, num_sequences=n, num_tokens=num_tokens,
