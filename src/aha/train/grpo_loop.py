@@ -346,9 +346,13 @@ class GRPOTrainer:
         groups = self.engine.generate([self.encode(e) for e in self.eval_examples], 1, greedy)
         comps = [g[0] for g in groups]
         _, parts = self.rewards.score(comps, self.eval_examples, step=self.step_no)
-        acc = parts.get("accuracy", [0.0])
         lengths = [len(c.completion_ids) for c in comps]
-        return {"eval/accuracy": sum(acc) / len(acc), "eval/length_mean": sum(lengths) / len(lengths)}
+        out = {"eval/accuracy": 0.0}
+        for name in ("accuracy", "accuracy_lenient", "format", "format_partial"):
+            if name in parts:
+                out[f"eval/{name}"] = sum(parts[name]) / len(parts[name])
+        out["eval/length_mean"] = sum(lengths) / len(lengths)
+        return out
 
     def run(self) -> Path:
         cfg = self.cfg
