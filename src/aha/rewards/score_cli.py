@@ -256,8 +256,22 @@ def run_score(input: str, output: str = "", task: str = "math", rewards: list[st
     from aha.io import atomic_write_jsonl, read_jsonl
     from aha.rewards.rewardset import RewardSet
 
+    if not input and selftest:
+        # `aha score selftest=true task=chain_sum`: the task's own gold answers (first 200 problems)
+        from aha.data.tasks import TaskConfig, load_task
+        from aha.rewards.rewardset import RewardSet
+
+        examples = load_task(task, TaskConfig(size=200, eval_size=0))[:200]
+        cfg = RewardsConfig(weights={"accuracy": 1.0}, language=language, timeout_s=timeout_s, workers=workers)
+        with RewardSet(cfg) as reward_set:
+            report = selftest_fn(examples, reward_set, max_parse_failure)
+        echo(f"self-test of task '{task}' on {report['checked']} of {report['examples']} examples: gold parse failures "
+             f"{report['gold_parse_failures']} ({report['parse_failure_rate']:.1%}), golds not scoring 1 "
+             f"{report['gold_failures']}, perturbed scoring as correct {report['negative_failures']}/"
+             f"{report['negatives_checked']}: OK")
+        return report
     if not input:
-        raise AhaError("input: a JSONL file is required")
+        raise AhaError("input: a JSONL file is required (or selftest=true with a loadable task)")
     if not 0.0 <= max_parse_failure <= 1.0:
         raise AhaError(f"max_parse_failure must be within [0, 1], got {max_parse_failure}")
     weights = parse_rewards(rewards if rewards is not None else ["accuracy", "format"])
