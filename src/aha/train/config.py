@@ -56,7 +56,7 @@ class RolloutConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-5
+    lr: float = 2e-5
     """Peak AdamW learning rate."""
     weight_decay: float = 0.0
     beta1: float = 0.9
