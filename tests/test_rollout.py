@@ -1,0 +1,84 @@
+"""Rollout engines: the HF decode loop on a tiny model (grouping, stop strings, truncation flags, seeding,
+sampling filters) and the vLLM engine behind the gpu marker."""
+
+import pytest
+import torch
+
+from aha.rollout.base import SamplingConfig
+from aha.rollout.hf import HFEngine, sample_next
+
+
+def test_sample_next_filters():
+    logits = torch.tensor([[0.0, 5.0, 4.9, -3.0]])
+    assert sample_next(logits, SamplingConfig(temperature=0.0)).item() == 1
+    torch.manual_seed(0)
+    draws = {sample_next(logits, SamplingConfig(temperature=1.0, top_k=1)).item() for _ in range(50)}
+    assert draws == {1}
+    draws = {sample_next(logits, SamplingConfig(temperature=1.0, top_p=0.6)).item() for _ in range(200)}
+    assert draws <= {1, 2} and len(draws) == 2  # nucleus keeps the two near-tied tokens only
+
+
+def test_sample_next_matches_the_distribution():
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]])).repeat(20000, 1)
+    counts = torch.bincount(sample_next(logits, SamplingConfig(temperature=1.0)), minlength=3).float() / 20000
+    assert torch.allclose(counts, torch.tensor([0.2, 0.5, 0.3]), atol=0.02)
+
+
+def test_hf_engine_groups_truncation_and_seed(tiny_model_dir):
+    from aha.models import load_model
+
+    model, tok = load_model(tiny_model_dir)
+    engine = HFEngine(model, tok, max_batch=6)
+    prompts = [tok("What is 1 + 2?")["input_ids"], tok("Hi")["input_ids"], tok("A conversation")["input_ids"]]
+    s = SamplingConfig(temperature=1.0, max_new_tokens=7, stop=())
+    torch.manual_seed(0)
+    groups = engine.generate(prompts, 4, s)
+    assert [len(g) for g in groups] == [4, 4, 4]
+    for p, g in zip(prompts, groups):
+        for c in g:
+            assert list(c.prompt_ids) == p and 1 <= len(c.completion_ids) <= 7
+            assert c.finished == (len(c.completion_ids) < 7 or c.completion_ids[-1] == tok.eos_token_id)
+    torch.manual_seed(0)
+    again = engine.generate(prompts, 4, s)
+    assert [[c.completion_ids for c in g] for g in again] == [[c.completion_ids for c in g] for g in groups]
+
+
+def test_hf_engine_greedy_matches_transformers_generate(tiny_model_dir):
+    from aha.models import load_model
+
+    model, tok = load_model(tiny_model_dir)
+    ids = tok("What is 1 + 2?")["input_ids"]
+    ours = HFEngine(model, tok).generate([ids], 1, SamplingConfig(temperature=0.0, max_new_tokens=6, stop=()))[0][0]
+    ref = model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)[0][len(ids):].tolist()
+    assert list(ours.completion_ids) == ref[: len(ours.completion_ids)]
+
+
+def test_stop_string_ends_a_completion(tiny_model_dir):
+    from aha.models import load_model
+
+    model, tok = load_model(tiny_model_dir)
+    engine = HFEngine(model, tok)
+    torch.manual_seed(1)
+    groups = engine.generate([tok("<think>")["input_ids"]], 8, SamplingConfig(temperature=1.0, max_new_tokens=30,
+                                                                                stop=("e",)))
+    stopped = [c for c in groups[0] if "e" in c.text]
+    assert stopped, "the tiny model never wrote an 'e' in 8 x 30 tokens"
+    for c in stopped:
+        # generation ended at the token that completed the stop string
+        assert c.finished and "e" not in tok.decode(list(c.completion_ids[:-1]))
+
+
+@pytest.mark.gpu
+def test_vllm_engine_generates_groups(tiny_model_dir):
+    pytest.importorskip("vllm")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from aha.models import load_model
+    from aha.rollout.vllm import VLLMEngine
+
+    model, tok = load_model(tiny_model_dir)
+    engine = VLLMEngine(model, tok)
+    groups = engine.generate([tok("Hi")["input_ids"]], 3, SamplingConfig(max_new_tokens=5))
+    assert len(groups) == 1 and len(groups[0]) == 3
