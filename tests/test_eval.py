@@ -86,3 +86,28 @@ def test_greedy_needs_one_sample(tiny_model_dir, tmp_path):
                      out_dir=str(tmp_path), dtype="float32", progress=False)
     with pytest.raises(AhaError, match="samples=1"):
         evaluate(cfg)
+
+
+def test_run_folder_is_prompted_the_way_it_trained(tiny_model_dir, tmp_path):
+    import shutil
+
+    from aha.train.checkpoint import STATE_FILE
+
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "step_000001"
+    shutil.copytree(tiny_model_dir, ckpt)
+    (ckpt / STATE_FILE).write_bytes(b"")
+    (run / "config.yaml").write_text(f"model: {tiny_model_dir}\nfew_shot: true\nprefill: <think>\n")
+    rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1), "task": "number"} for i in range(2)]
+    data = tmp_path / "t.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = EvalConfig(model=[str(run)], task=str(data), split="train", samples=1, temperature=0.0,
+                     max_new_tokens=4, out_dir=str(tmp_path / "eval"), dtype="float32", progress=False)
+    cfg.data.eval_size = 0
+    summaries = evaluate(cfg)
+    assert [s["model"] for s in summaries] == [tiny_model_dir, str(ckpt)]  # base model, then each checkpoint
+    assert all(s["prompt"]["few_shot"] and s["prompt"]["prefill"] == "<think>" for s in summaries)
+    records = [json.loads(line) for line in (tmp_path / "eval" / "model_1" / "samples.jsonl").read_text().splitlines()]
+    assert all(c.startswith("<think>") for r in records for c in r["completions"])  # verdicts see the prefill
+    cfg.prompt_from_run = False
+    assert evaluate(cfg)[0]["prompt"]["prefill"] == ""

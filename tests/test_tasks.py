@@ -104,3 +104,23 @@ def test_humaneval_is_an_eval_task():
     assert len(held) == 164 and held[0].task == "code" and "entry_point" in held[0].metadata
     with pytest.raises(AhaError, match="evaluation set"):
         load_task("humaneval", TaskConfig(), "train")
+
+
+def test_few_shot_demo_and_prefill(tiny_model_dir):
+    from aha.data.templates import DEMO, strip_prefill, with_prefill
+    from aha.models import load_tokenizer
+    from aha.rollout.base import Completion
+
+    tok = load_tokenizer(tiny_model_dir)
+    text = render_prompt("What is 2+3?", tok, "chat", few_shot=True, prefill="<think>")
+    # the demo is an earlier exchange: its question and answer come before the real question
+    assert text.index(DEMO[0]) < text.index(DEMO[1]) < text.index("What is 2+3?")
+    assert text.endswith("assistant\n<think>") and text.count("<think>") == 3  # system prompt, demo, prefill
+    zero = render_prompt("What is 2+3?", None, "r1_zero", few_shot=True, prefill="<think>")
+    assert zero.endswith("User: What is 2+3?. Assistant:<think>") and DEMO[1] in zero
+    assert render_prompt("q", tok, "chat") == render_prompt("q", tok, "chat", few_shot=False, prefill="")
+    # readers see the prefill put back; SFT targets never repeat it
+    c = with_prefill([Completion(text=" 5</think><answer>5</answer>", completion_ids=(1, 2))], "<think>")[0]
+    assert c.text == "<think> 5</think><answer>5</answer>" and c.completion_ids == (1, 2)
+    assert strip_prefill("<think> 5</think><answer>5</answer>", "<think>") == " 5</think><answer>5</answer>"
+    assert strip_prefill(" 5</think>", "<think>") == " 5</think>"

@@ -243,3 +243,19 @@ def test_micro_batching_does_not_change_the_gradient(tiny_model_dir, task_file, 
         results.append((m["loss"], m["grad_norm"]))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-4, abs=1e-6)
     assert results[0][1] == pytest.approx(results[1][1], rel=1e-3)
+
+
+def test_prefill_is_scored_as_part_of_the_completion(tiny_model_dir, task_file, tmp_path):
+    from aha.models import load_model
+
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "prefill=<think>", "few_shot=true",
+                   "rewards.weights.format=1.0")
+    model, tok = load_model(tiny_model_dir)
+    engine = ScriptedEngine(tok, [" 1 </think>\n<answer> 3 </answer>", "no tags"])
+    trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=engine)
+    ids = trainer.encode(trainer.examples[0])
+    assert tok.decode(ids).endswith("<think>")
+    m = trainer.step()
+    # the strict format rule holds only because the prefilled <think> is put back before scoring
+    assert m["reward/format"] == 0.5 and math.isfinite(m["loss"])
+    assert trainer._last_rollouts.completions[0].text.startswith("<think> 1 </think>")

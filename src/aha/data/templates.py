@@ -2,9 +2,20 @@
 with an R1 system prompt for instruct models; the R1 output form (reasoning, then a summary) for the
 later stages. The template is a setting (`template=r1_zero|chat|r1|plain|auto`).
 
-No template prefills `<think>`: the completion itself must open the tag, so the format reward and
-the SFT targets see exactly one `<think>` (a prefilled tag that the SFT target repeats is the
-classic way to silently ruin SFT of reasoning models).
+Two optional aids for small models that never write tags on their own (SmolLM2-135M: 0 of 128
+samples with the R1 system prompt alone):
+
+- `few_shot`: one worked demonstration (`DEMO`) given as an earlier user/assistant turn before the
+  question. Small instruct models imitate an earlier assistant turn far more than an instruction.
+- `prefill`: text that starts the assistant's turn (typically `<think>`), as TinyZero and
+  nano-aha-moment do. The prefill belongs to the prompt tokens (never trained on), but rewards,
+  logs and evaluation see `prefill + completion` (`with_prefill`), so the format reward still checks
+  one complete `<think>` block. An SFT target must then not repeat it (`strip_prefill`): a prefilled tag
+  that the target repeats is the classic way to silently ruin SFT of reasoning models.
+
+Measured on SmolLM2-135M-Instruct, two-term chain_sum, T=1, 12 prompts x 8 samples: R1 system prompt
+alone: answer tags 0%, strict accuracy 0%; with the demo turn: tags 11%; demo + `<think>` prefill:
+tags 29%, strict accuracy 9%.
 """
 
 from __future__ import annotations
@@ -33,28 +44,61 @@ R1_SUMMARY_SYSTEM = (
 )
 """The R1 output form for the later stages: |special_token|reasoning|special_token|summary."""
 
+DEMO = ("What is 7 + 5?", "<think>7 + 5 = 12</think>\n<answer>12</answer>")
+"""The worked demonstration of `few_shot`: short, so it costs few prompt tokens, and in the exact format."""
+
 TEMPLATES = ("auto", "r1_zero", "chat", "r1", "plain")
 
 
-def render_prompt(question: str, tokenizer, template: str = "auto", system_prompt: str = "") -> str:
+def render_prompt(question: str, tokenizer, template: str = "auto", system_prompt: str = "",
+                  few_shot: bool = False, prefill: str = "") -> str:
     """The text the model is conditioned on for `question`.
 
     auto: `chat` when the tokenizer has a chat template (instruct models), else `r1_zero`.
+    few_shot: put the `DEMO` exchange before the question. prefill: start the assistant's turn with it.
     """
+    return _render(question, tokenizer, template, system_prompt, few_shot) + prefill
+
+
+def with_prefill(completions: list, prefill: str) -> list:
+    """Completions as the reader sees them: the prefilled text (part of the prompt) put back in front."""
+    if not prefill:
+        return completions
+    import dataclasses
+
+    return [dataclasses.replace(c, text=prefill + c.text) for c in completions]
+
+
+def strip_prefill(target: str, prefill: str) -> str:
+    """An SFT target for a prompt that ends with `prefill`: the target minus that prefix (never twice)."""
+    if prefill and target.lstrip().startswith(prefill):
+        return target.lstrip()[len(prefill):]
+    return target
+
+
+def _render(question: str, tokenizer, template: str, system_prompt: str, few_shot: bool) -> str:
     if template not in TEMPLATES:
         raise AhaError(f"template: unknown template '{template}'{closest(template, TEMPLATES)}; "
                        f"choose from {', '.join(TEMPLATES)}")
     has_chat = getattr(tokenizer, "chat_template", None) is not None
     if template == "auto":
         template = "chat" if has_chat else "r1_zero"
+    demo_q, demo_a = DEMO
     if template == "r1_zero":
-        return R1_ZERO.format(prompt=question.strip().rstrip("."))
+        text = R1_ZERO.format(prompt=question.strip().rstrip("."))
+        if few_shot:  # the demonstration as an earlier exchange of the same conversation
+            text = text.replace("User: ", f"User: {demo_q.rstrip('?')}. Assistant: {demo_a}\nUser: ", 1)
+        return text
     if template == "plain":
-        return question
+        return f"{demo_q}\n{demo_a}\n\n{question}" if few_shot else question
     system = system_prompt or (R1_SUMMARY_SYSTEM if template == "r1" else R1_SYSTEM)
     if not has_chat:
-        return f"{system}\n\nUser: {question}\nAssistant:"
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        demo = f"User: {demo_q}\nAssistant: {demo_a}\n" if few_shot else ""
+        return f"{system}\n\n{demo}User: {question}\nAssistant:"
+    messages = [{"role": "system", "content": system}]
+    if few_shot:
+        messages += [{"role": "user", "content": demo_q}, {"role": "assistant", "content": demo_a}]
+    messages += [{"role": "user", "content": question}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

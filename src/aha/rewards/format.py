@@ -3,8 +3,8 @@
 `format_strict` is R1's rule, read strictly: the whole text is exactly one think block followed by one
 answer block with a non-empty answer, and NOTHING after `</answer>` (whitespace aside). Other verifiers
 (open-r1's regex with `re.match`) accept trailing text; we do not, because text after the answer is where
-a policy learns to keep talking (and hedge) after committing. Our templates do not prefill `<think>`, so
-the completion must open it.
+a policy learns to keep talking (and hedge) after committing. A template that prefills `<think>` puts it
+back in front of the completion before scoring (`aha.data.templates.with_prefill`), so the rule is the same.
 
 `format_partial` is shaping for small models that rarely write tags: 0.25 for each of the four tags
 that appears exactly once, in any order. Both are plain `str.count`/`find`: linear time.

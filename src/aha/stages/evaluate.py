@@ -9,6 +9,8 @@ Correctness comes from the same accuracy reward that training uses (one place de
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import statistics
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from aha.data.example import Example
 from aha.data.tasks import TaskConfig, load_task
-from aha.data.templates import render_prompt
+from aha.data.templates import render_prompt, with_prefill
 from aha.errors import AhaError
 from aha.io import atomic_write_jsonl, atomic_write_text
 from aha.rollout.base import Completion, SamplingConfig
@@ -50,6 +52,13 @@ class EvalConfig:
     device: str = "auto"
     template: str = "auto"
     system_prompt: str = ""
+    few_shot: bool = False
+    """One worked example in the answer format before each question (as in training; see aha.data.templates)."""
+    prefill: str = ""
+    """Text that starts every completion, e.g. `<think>`; verdicts see prefill + completion."""
+    prompt_from_run: bool = True
+    """When `model` is a run folder, prompt the way that run trained (its template, system_prompt, few_shot
+    and prefill), for its base model and every checkpoint alike."""
     pass_k: list[int] = field(default_factory=list)
     """k' values for pass@k' (default: 1, 2, 4, ... up to samples)."""
     batch_size: int = 64
@@ -161,7 +170,7 @@ def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, re
         raise AhaError("samples: greedy decoding (temperature=0) gives identical samples; use samples=1")
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     torch.manual_seed(cfg.seed)
-    prompts = [tok(render_prompt(e.prompt, tok, cfg.template, cfg.system_prompt), add_special_tokens=False)["input_ids"]
+    prompts = [tok(render_prompt(e.prompt, tok, cfg.template, cfg.system_prompt, cfg.few_shot, cfg.prefill), add_special_tokens=False)["input_ids"]
                for e in examples]
     bar = None
     if cfg.progress:
@@ -175,6 +184,7 @@ def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, re
         chunk = examples[start:start + per_call]
         groups = engine.generate(prompts[start:start + per_call], k, sampling)
         for ex, group in zip(chunk, groups):
+            group = with_prefill(group, cfg.prefill)
             _, parts = reward_set.score(group, [ex] * k)
             verdicts = [float(v) for v in parts["accuracy"]]
             answers = [extract_answer(c.text) for c in group]
@@ -201,6 +211,7 @@ def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, re
     summary = {
         "model": model_name, "task": cfg.task, "problems": len(records), "samples": k,
         "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
+        "prompt": {k: getattr(cfg, k) for k in PROMPT_KEYS},
         "pass@1": p1, "pass@1_se": se,
         f"cons@{k}": sum(r["cons_correct"] for r in records) / max(len(records), 1),
         **{f"pass@{kk}": sum(r["pass_at"][str(kk)] for r in records) / max(len(records), 1) for kk in ks if kk > 1},
@@ -237,6 +248,20 @@ def markdown_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PROMPT_KEYS = ("template", "system_prompt", "few_shot", "prefill")
+
+
+def run_prompt_settings(model: str) -> dict:
+    """The prompt settings a run folder trained with ({} for anything else)."""
+    cfg_path = Path(model) / "config.yaml"
+    if not (Path(model) / "checkpoints").is_dir() or not cfg_path.exists():
+        return {}
+    import yaml
+
+    tree = yaml.safe_load(cfg_path.read_text()) or {}
+    return {k: tree[k] for k in PROMPT_KEYS if k in tree}
+
+
 def evaluate(cfg: EvalConfig) -> list[dict]:
     from aha.rewards import RewardSet
     from aha.rewards.config import RewardsConfig
@@ -249,10 +274,14 @@ def evaluate(cfg: EvalConfig) -> list[dict]:
     reward_set = RewardSet(RewardsConfig(weights={"accuracy": 1.0, "format": 0.0}))
     out = Path(cfg.out_dir)
     summaries = []
-    for i, name in enumerate(expand_models(cfg.model)):
-        summary, records = evaluate_model(name, examples, cfg, reward_set)
+    jobs = []  # (model, config with the prompt settings it is evaluated under)
+    for m in cfg.model:
+        prompt = run_prompt_settings(m) if cfg.prompt_from_run else {}
+        jobs += [(name, dataclasses.replace(cfg, **prompt)) for name in expand_models([m])]
+    for i, (name, model_cfg) in enumerate(jobs):
+        summary, records = evaluate_model(name, examples, model_cfg, reward_set)
         summaries.append(summary)
-        sub = out / (f"model_{i}" if len(cfg.model) > 1 or Path(name).is_dir() else "")
+        sub = out / (f"model_{i}" if len(jobs) > 1 else "")
         atomic_write_jsonl(sub / "samples.jsonl", records)
         atomic_write_text(sub / "summary.json", json.dumps(summary, indent=2))
     atomic_write_text(out / "summary.json", json.dumps(summaries, indent=2))

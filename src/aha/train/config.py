@@ -99,6 +99,10 @@ class TrainConfig:
     """Prompt template: r1_zero for base models, chat (+ R1 system prompt) for instruct models; auto picks."""
     system_prompt: str = ""
     """Overrides the R1 system prompt of the chat template."""
+    few_shot: bool = True
+    """Show one worked example in the answer format before each question (see aha.data.templates)."""
+    prefill: str = "<think>"
+    """Text that starts every completion ("" for none); rewards and logs see prefill + completion."""
     out_dir: str = "runs/r1_zero_smollm2"
     """Run folder: config, metrics, rollouts, checkpoints, TensorBoard events."""
     steps: int = 60

@@ -23,7 +23,7 @@ import torch
 from aha.config import save_config
 from aha.data.example import Example
 from aha.data.tasks import load_task
-from aha.data.templates import render_prompt
+from aha.data.templates import render_prompt, with_prefill
 from aha.errors import AhaError
 from aha.grpo import group_advantages, grpo_loss
 from aha.io import atomic_write_jsonl
@@ -144,7 +144,8 @@ class GRPOTrainer:
     # ----------------------------------------------------------------------------------------- data
     def encode(self, ex: Example) -> list[int]:
         if ex.id not in self.prompt_ids or not ex.id:
-            text = render_prompt(ex.prompt, self.tok, self.cfg.template, self.cfg.system_prompt)
+            text = render_prompt(ex.prompt, self.tok, self.cfg.template, self.cfg.system_prompt,
+                                 self.cfg.few_shot, self.cfg.prefill)
             ids = self.tok(text, add_special_tokens=False)["input_ids"]
             if not ex.id:
                 return ids
@@ -154,7 +155,7 @@ class GRPOTrainer:
     def rollout(self, examples: list[Example]) -> Rollouts:
         G = self.cfg.grpo.group_size
         groups = self.engine.generate([self.encode(e) for e in examples], G, self.sampling)
-        completions = [c for g in groups for c in g]  # (B*G,)
+        completions = with_prefill([c for g in groups for c in g], self.cfg.prefill)  # (B*G,)
         repeated = [e for e in examples for _ in range(G)]
         totals, parts = self.rewards.score(completions, repeated, step=self.step_no)
         rewards = torch.tensor(totals, dtype=torch.float32)
@@ -344,7 +345,7 @@ class GRPOTrainer:
             return {}
         greedy = SamplingConfig(temperature=0.0, max_new_tokens=self.sampling.max_new_tokens, stop=self.sampling.stop)
         groups = self.engine.generate([self.encode(e) for e in self.eval_examples], 1, greedy)
-        comps = [g[0] for g in groups]
+        comps = with_prefill([g[0] for g in groups], self.cfg.prefill)
         _, parts = self.rewards.score(comps, self.eval_examples, step=self.step_no)
         lengths = [len(c.completion_ids) for c in comps]
         out = {"eval/accuracy": 0.0}
