@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aha.data.example import Example
 from aha.data.tasks import TaskConfig, load_task
-from aha.rewards import RewardSet, RewardsConfig
+from aha.rewards import RewardsConfig, RewardSet
 from aha.rollout.base import Completion
 
 

@@ -10,7 +10,6 @@ Correctness comes from the same accuracy reward that training uses (one place de
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 import statistics
