@@ -23,6 +23,10 @@ commands:
   plot      draw a run's R1-Zero figures (accuracy, response length, reflection words) as PNG
   models    list the model registry and what is cached
   tasks     list the available tasks
+  sft       supervised fine-tuning on {prompt, completion} or chat JSONL (packed, loss on completions)
+  sample    rejection sampling: k completions per prompt, verified and filtered, to JSONL
+  coldstart build readable long-CoT samples in R1's form (from R1-Zero rollouts, few-shot or a file), then SFT
+  distill   teacher -> sample -> sft on a student, in one command
 
 `aha <command> --help` lists every key with its default and meaning.
 """
@@ -77,6 +81,24 @@ def _tasks(_cfg):
         print(f"{name:32} {note}")
 
 
+def _stage(module: str) -> Callable:
+    """The runner of an R1 data stage: `aha.stages.<module>.run(cfg) -> output folder`."""
+
+    def run(cfg):
+        import importlib
+
+        print(f"output folder: {importlib.import_module(f'aha.stages.{module}').run(cfg)}")
+
+    return run
+
+
+STAGES = {"sft": ("SFTConfig", "supervised fine-tuning"),
+          "sample": ("SampleConfig", "rejection sampling"),
+          "coldstart": ("ColdStartConfig", "cold-start data in R1's output form (then SFT)"),
+          "distill": ("DistillConfig", "distillation: teacher -> sample -> sft on a student")}
+"""The R1 data stages: command (= module under aha.stages) -> (config class, help)."""
+
+
 def _commands() -> dict[str, Command]:
     from aha.train.config import TrainConfig
     from aha.train.plot import PlotConfig
@@ -99,6 +121,16 @@ def _commands() -> dict[str, Command]:
         cmds["score"] = Command(ScoreConfig, _score, "offline scoring and verifier self-test")
     except ImportError:
         pass
+    import importlib
+
+    for name, (config_name, help_text) in STAGES.items():
+        try:
+            module = importlib.import_module(f"aha.stages.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"aha.stages.{name}":  # a broken stage must fail loudly, not vanish from the CLI
+                raise
+            continue
+        cmds[name] = Command(getattr(module, config_name), _stage(name), help_text)
     return cmds
 
 
@@ -155,10 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             if name == "plot" and recipe and not recipe.endswith((".yaml", ".yml")):
                 overrides.insert(0, f"run={recipe}")  # `aha plot RUN_DIR`
                 recipe = None
-            if name == "train" and recipe and not recipe.endswith((".yaml", ".yml")):
+            if name in ("train", "sft") and recipe and not recipe.endswith((".yaml", ".yml")):
                 from pathlib import Path
 
-                if (Path(recipe) / "config.yaml").exists():  # `aha train RUN_DIR resume=true`
+                if (Path(recipe) / "config.yaml").exists():  # `aha train|sft RUN_DIR resume=true`
                     recipe = str(Path(recipe) / "config.yaml")
             cfg = load_config(cmd.config_cls, recipe, overrides)
         cmd.run(cfg)

@@ -1,0 +1,280 @@
+"""The SFT loop of `aha sft`: next-token loss on completion tokens only, over packed rows.
+
+Packing follows the Hugging Face "packed" convention (DataCollatorWithFlattening): several samples share
+one row, `position_ids` restart at 0 at each sample, and no attention mask is passed, so transformers
+builds a block-diagonal causal mask (sdpa, eager) or uses variable-length kernels (flash attention) and no
+token attends across samples. The loss of a step is the mean over the step's completion tokens (summed
+over micro-batches, divided once), so the micro-batch size does not change the gradient. Checkpoints,
+metrics, resume and bf16 (fp32 master weights, bf16 autocast) work as in `aha train`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from aha.config import save_config
+from aha.errors import AhaError
+from aha.train import checkpoint as ckpt
+from aha.train.grpo_loop import PromptSampler, pick_device
+from aha.train.metrics import MetricsLogger
+
+if TYPE_CHECKING:
+    from aha.stages.sft import SFTConfig
+
+IGNORE = -100
+"""Target id of positions that are not trained on (prompt tokens, padding, the last token of a sample)."""
+
+
+@dataclass(frozen=True)
+class TokenSample:
+    """One SFT sample as token ids: the rendered prompt (never trained on) and the target completion."""
+
+    prompt_ids: tuple[int, ...]
+    completion_ids: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + len(self.completion_ids)
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # (R, T) R packed rows
+    position_ids: torch.Tensor  # (R, T) restart at 0 at each sample (and at the padding tail)
+    targets: torch.Tensor  # (R, T) the token position t predicts, IGNORE where nothing is trained
+
+    def to(self, device) -> PackedBatch:
+        return PackedBatch(self.input_ids.to(device), self.position_ids.to(device), self.targets.to(device))
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.targets != IGNORE).sum())
+
+
+def pack(lengths: list[int], max_length: int, packing: bool = True) -> list[list[int]]:
+    """Sample indices grouped into rows of at most `max_length` tokens, longest rows first.
+
+    packing: first-fit decreasing (each sample, longest first, goes into the first row with room).
+    Without packing each sample is its own row; sorting by length then makes the rows of one micro-batch
+    similar in length (length bucketing). Samples longer than `max_length` must be removed before."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if not packing:
+        return [[i] for i in order]
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        if lengths[i] > max_length:
+            raise ValueError(f"sample {i} has {lengths[i]} tokens > max_length {max_length}")
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(max_length - lengths[i])
+    return rows
+
+
+def sample_targets(sample: TokenSample) -> list[int]:
+    """Per position of prompt+completion, the next token when it is a completion token, else IGNORE."""
+    ids = sample.prompt_ids + sample.completion_ids
+    first = len(sample.prompt_ids)  # index of the first completion token
+    return [ids[t + 1] if t + 1 >= first else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
+
+
+def collate_packed(samples: list[TokenSample], rows: list[list[int]], pad_id: int) -> PackedBatch:
+    """Rows of concatenated samples, right-padded to the longest row. The padding is its own segment
+    (positions from 0, no targets), so it neither attends to nor is attended by a real sample."""
+    width = max(sum(len(samples[i]) for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    tgt = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            s = samples[i]
+            n = len(s)
+            ids[r, at:at + n] = torch.tensor(s.prompt_ids + s.completion_ids, dtype=torch.long)
+            pos[r, at:at + n] = torch.arange(n)
+            tgt[r, at:at + n] = torch.tensor(sample_targets(s), dtype=torch.long)
+            at += n
+        pos[r, at:] = torch.arange(width - at)
+    return PackedBatch(ids, pos, tgt)
+
+
+def loss_sum(model, batch: PackedBatch) -> torch.Tensor:
+    """Summed negative log-likelihood of the target tokens of a packed batch (fp32 softmax)."""
+    logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits  # (R, T, V)
+    return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+def lr_factor(i: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimizer step i: linear warm-up, then constant or cosine."""
+    if warmup and i < warmup:
+        return (i + 1) / warmup
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (i - warmup) / max(1, total - warmup))))
+    return 1.0
+
+
+class SFTTrainer:
+    """Trains `model` on tokenised samples; `run()` writes the run folder and returns it."""
+
+    def __init__(self, cfg: SFTConfig, train: list[TokenSample], held_out: list[TokenSample], model, tokenizer):
+        if not train:
+            raise AhaError(f"{cfg.input}: no training samples left")
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.run_dir = Path(cfg.out_dir)
+        self.train_samples, self.held_out = train, held_out
+        self.policy, self.tok = model.to(self.device), tokenizer
+        self.policy.train()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.autocast = cfg.dtype == "bfloat16"
+        self.steps = cfg.steps or math.ceil(cfg.epochs * len(train) / cfg.samples_per_step)
+        self.sampler = PromptSampler(len(train), cfg.seed)
+        o = cfg.optim
+        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
+                                     weight_decay=o.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda i: lr_factor(i, self.steps, o.warmup_steps, o.schedule))
+        self.step_no = 0
+
+    def _micro_batches(self, samples: list[TokenSample]) -> list[PackedBatch]:
+        rows = pack([len(s) for s in samples], self.cfg.max_length, self.cfg.packing)
+        mbs = self.cfg.optim.micro_batch_size
+        return [collate_packed(samples, rows[i:i + mbs], self.pad_id).to(self.device) for i in range(0, len(rows), mbs)]
+
+    def _loss_sum(self, batch: PackedBatch) -> torch.Tensor:
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
+            return loss_sum(self.policy, batch)
+
+    def step(self) -> dict:
+        """One optimizer step on `samples_per_step` samples: packed micro-batches, token-mean loss."""
+        t0 = time.perf_counter()
+        samples = [self.train_samples[i] for i in self.sampler.take(self.cfg.samples_per_step)]
+        batches = self._micro_batches(samples)
+        n_targets = sum(b.num_targets for b in batches)
+        self.opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for b in batches:
+            loss = self._loss_sum(b) / max(n_targets, 1)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"step {self.step_no + 1}: loss is {loss.item()}")
+            loss.backward()
+            total += loss.item()
+        gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.max_grad_norm or float("inf"))
+        if not torch.isfinite(gn):
+            raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
+        lr = self.sched.get_last_lr()[0]
+        self.opt.step()
+        self.sched.step()
+        self.step_no += 1
+        seconds = time.perf_counter() - t0
+        width = sum(b.input_ids.numel() for b in batches)
+        real = sum(len(s) for s in samples)
+        return {"loss": total, "grad_norm": float(gn), "lr": lr, "tokens": n_targets, "rows": sum(len(b.input_ids) for b in batches),
+                "pack_efficiency": real / max(width, 1), "time/step_s": seconds, "tokens_per_s": real / max(seconds, 1e-9)}
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Token-mean loss on the held-out samples (the validation loss)."""
+        if not self.held_out:
+            return {}
+        was_training = self.policy.training
+        self.policy.eval()
+        total, n = 0.0, 0
+        for b in self._micro_batches(self.held_out):
+            total += self._loss_sum(b).item()
+            n += b.num_targets
+        if was_training:
+            self.policy.train()
+        return {"eval/loss": total / max(n, 1)}
+
+    # ----------------------------------------------------------------------------------------- state
+    def state(self) -> dict:
+        return {"step": self.step_no, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "rng": ckpt.rng_state(), "sampler": self.sampler.state()}
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(self.run_dir, self.step_no, self.policy, self.tok, self.state(),
+                                    keep=self.cfg.log.keep_checkpoints)
+
+    def restore(self) -> bool:
+        found = ckpt.latest_checkpoint(self.run_dir)
+        if found is None:
+            return False
+        from safetensors.torch import load_file
+
+        weights = {}
+        for f in sorted(found[1].glob("*.safetensors")):
+            weights.update(load_file(str(f)))
+        _, unexpected = self.policy.load_state_dict(weights, strict=False)
+        if unexpected:
+            raise AhaError(f"{found[1]}: checkpoint does not match the model (unexpected {unexpected[:3]})")
+        self.policy.tie_weights()
+        state = ckpt.load_state(found[1])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        self.sampler.load(state["sampler"])
+        self.step_no = state["step"]
+        return True
+
+    # ----------------------------------------------------------------------------------------- run
+    def run(self) -> Path:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        resumed = cfg.resume and self.restore()
+        save_config(cfg, self.run_dir / "config.yaml")
+        logger = MetricsLogger(self.run_dir, cfg.log.tensorboard, truncate_after_step=self.step_no if resumed else None)
+        bar = None
+        if cfg.log.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.steps, initial=self.step_no, desc="aha sft", dynamic_ncols=True)
+        interrupted = False
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            if self.step_no == 0 and self.held_out:
+                logger.log(0, self.validate())
+            while self.step_no < self.steps:
+                try:
+                    metrics = self.step()
+                except FloatingPointError as e:
+                    last = ckpt.latest_checkpoint(self.run_dir)
+                    where = f"; last good checkpoint: {last[1]}" if last else "; no checkpoint was saved yet"
+                    raise AhaError(f"{e}: training stopped{where}") from None
+                s = self.step_no
+                if s == self.steps or (cfg.log.eval_every and s % cfg.log.eval_every == 0):
+                    metrics.update(self.validate())
+                logger.log(s, metrics)
+                if s % cfg.log.checkpoint_every == 0 or s == self.steps:
+                    self.save()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
+        except KeyboardInterrupt:
+            interrupted = True
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the save
+            self.save()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if bar is not None:
+                bar.close()
+            logger.close()
+        if interrupted:
+            raise AhaError(f"interrupted at step {self.step_no}: checkpoint saved; continue with "
+                           f"`aha sft {self.run_dir} resume=true`")
+        return self.run_dir
