@@ -230,6 +230,25 @@ def load_config(cls, recipe: str | os.PathLike | None = None, overrides: list[st
     return _build(cls, tree, "", src)
 
 
+def recipe_source(recipe: str | os.PathLike | None = None, overrides: list[str] | None = None) -> _Source:
+    """Where each dotted key of a loaded recipe came from: `.where(key)` is "file:line" or "command line"."""
+    src = _Source()
+    if recipe is not None:
+        src = _Source(str(recipe), _key_lines(Path(recipe).read_text()))
+    src.cli_keys = {_parse_override(o)[0] for o in overrides or []}
+    return src
+
+
+def build_section(cls, tree: dict, prefix: str, source: _Source):
+    """`cls` from `tree`, one section of an already-loaded recipe (e.g. a pipeline stage under `prefix`):
+    defaults completed, unknown keys and wrong types reported at `prefix + key` via `source`."""
+    try:
+        tree = _with_defaults(cls, tree, cls())
+    except TypeError:  # a config with required fields: no defaults to complete
+        pass
+    return _build(cls, tree, prefix, source)
+
+
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 

@@ -131,7 +131,8 @@ def _convert_gguf(gguf_path: Path, out: Path) -> Path:
 
 
 def resolve(model: str) -> Path:
-    """A registry name, a .gguf file or an HF folder -> an HF folder with safetensors weights."""
+    """A registry name, a .gguf file, an HF folder or a run folder (its newest checkpoint) -> an HF folder
+    with safetensors weights."""
     if model in REGISTRY:
         out = cache_dir(model)
         if (out / "config.json").exists():
@@ -149,6 +150,13 @@ def resolve(model: str) -> Path:
             return out
         return _convert_gguf(path, out)
     if path.is_dir():
+        if not (path / "config.json").exists() and (path / "checkpoints").is_dir():
+            from aha.train.checkpoint import latest_checkpoint
+
+            found = latest_checkpoint(path)  # a run folder (aha train, aha rm) stands for its newest checkpoint
+            if found is None:
+                raise AhaError(f"{model}: run folder has no complete checkpoint")
+            path = found[1]
         if not (path / "config.json").exists():
             raise AhaError(f"{model}: not a model folder (no config.json)")
         weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin")) + list(path.glob("*.safetensors.index.json"))

@@ -14,6 +14,7 @@ from aha.data.example import Example
 from aha.rollout.base import Completion
 
 RewardFn = Callable[[Completion, Example, int], float]
+BatchRewardFn = Callable[[list[Completion], list[Example], int], list[float]]
 
 
 class GoldError(Exception):
@@ -49,3 +50,6 @@ class RewardSpec:
     """The key `prepare` needs for an example (e.g. its task)."""
     timeout_for: Callable[[Example, float], float] | None = None
     """Per-example time limit from the configured default (code tests get longer)."""
+    batch_fn: BatchRewardFn | None = None
+    """Scores many completions in one call (reward models: one forward pass per batch). When set, RewardSet
+    calls it once per score() for every row the reward applies to, in this process, instead of `fn`."""

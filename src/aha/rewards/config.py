@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aha.errors import AhaError
+from aha.rewards.rm import RewardModelConfig
 
 
 @dataclass
@@ -66,7 +67,12 @@ class RewardsConfig:
     """Reward name -> weight. Names: accuracy, accuracy_lenient, format, format_partial, language,
     overlong, budget, code, code_partial. A weight of 0 computes and logs a reward without training on it."""
     by_kind: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Per routing kind (Example.kind), weights that replace `weights`; e.g. {"general": {"format": 1.0}}."""
+    """Per routing kind (Example.kind), weights that replace `weights` for that kind's prompts, e.g.
+    {"general": {"helpful": 1.0}}: R1's all-scenario RL scores reasoning prompts with rules and general
+    prompts with reward models; a reward absent from a kind's weights is never computed for it."""
+    reward_models: dict[str, RewardModelConfig] = field(default_factory=dict)
+    """Reward name -> a reward model used as a reward (model folder, segment summary|reasoning|full, device,
+    dtype, batch_size); weight the name in `weights` or `by_kind` like any other reward."""
     language: str = "en"
     """Target language of the language-consistency reward (en, zh, ja, ko, ru)."""
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
@@ -91,3 +97,9 @@ class RewardsConfig:
                 f"max_tokens={self.overlong.max_tokens} buffer={self.overlong.buffer}"
             )
         self.budget.validate()
+        from aha.rewards.registry import REGISTRY
+
+        for name, rm in self.reward_models.items():
+            if name in REGISTRY:
+                raise AhaError(f"rewards.reward_models.{name}: '{name}' is a built-in reward; pick another name")
+            rm.validate(f"rewards.reward_models.{name}")

@@ -85,3 +85,25 @@ def call_guarded(fn: RewardFn, completion, example, step: int, timeout_s: float 
     if not math.isfinite(value):
         return 0.0, ERROR, f"reward returned {value}"
     return float(min(high, max(low, value))), OK, ""
+
+
+def call_batch_guarded(fn, completions: list, examples: list, step: int, low: float,
+                       high: float) -> list[tuple[float, str, str]]:
+    """call_guarded for a batched reward: one (value, status, info) per row. An exception scores every row 0
+    with status ERROR; a non-finite value scores its own row 0. No time limit (a model forward pass)."""
+    try:
+        values = list(fn(completions, examples, step))
+        if len(values) != len(completions):
+            raise ValueError(f"returned {len(values)} values for {len(completions)} completions")
+    except Exception as e:  # totality, as in call_guarded
+        info = f"{type(e).__name__}: {str(e)[:200]}"
+        return [(0.0, ERROR, info)] * len(completions)
+    out = []
+    for v in values:
+        try:
+            v = float(v)
+        except Exception as e:
+            out.append((0.0, ERROR, f"reward returned {type(v).__name__}: {str(e)[:100]}"))
+            continue
+        out.append((float(min(high, max(low, v))), OK, "") if math.isfinite(v) else (0.0, ERROR, f"reward returned {v}"))
+    return out

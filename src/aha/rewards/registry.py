@@ -191,8 +191,14 @@ REGISTRY: dict[str, Callable[[RewardsConfig], RewardSpec]] = {
 
 
 def build(name: str, cfg: RewardsConfig, registry: dict | None = None, where: str = "rewards") -> RewardSpec:
-    """The spec for reward `name`; AhaError naming `where` for an unknown name."""
+    """The spec for reward `name` (a registry entry or one of `cfg.reward_models`); AhaError naming `where`
+    for an unknown name."""
     reg = REGISTRY if registry is None else registry
+    if name in cfg.reward_models:
+        from aha.rewards.rm import build_reward_model_spec
+
+        return build_reward_model_spec(name, cfg.reward_models[name], f"rewards.reward_models.{name}")
     if name not in reg:
-        raise AhaError(f"unknown reward '{name}' in {where}{closest(name, reg)}; known: {', '.join(reg)}")
+        known = [*reg, *cfg.reward_models]
+        raise AhaError(f"unknown reward '{name}' in {where}{closest(name, known)}; known: {', '.join(known)}")
     return reg[name](cfg)

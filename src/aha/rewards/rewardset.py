@@ -1,8 +1,8 @@
 """RewardSet: the configured rewards, scored together, every component reported separately.
 
 The total of a completion is the weighted sum of its components (weights per routing kind); every
-component comes back on its own so the trainer can log it. Cheap rewards run inline; verifiers
-(`heavy`) run under the per-completion time limit, in worker processes when `workers > 0`. Failures
+component comes back on its own so the trainer can log it. Reward models score their rows in one
+batched call; cheap rewards run inline; verifiers (`heavy`) run under the per-completion time limit, in worker processes when `workers > 0`. Failures
 never raise: a timeout, a bad gold answer or a crashing reward scores 0, is counted in `stats`, and is
 logged (a bad gold once per gold).
 """
@@ -18,7 +18,7 @@ from aha.data.example import Example
 from aha.errors import AhaError
 from aha.rewards.base import RewardSpec
 from aha.rewards.config import RewardsConfig
-from aha.rewards.guard import ERROR, GOLD, OK, TIMEOUT, call_guarded
+from aha.rewards.guard import ERROR, GOLD, OK, TIMEOUT, call_batch_guarded, call_guarded
 from aha.rewards.registry import REGISTRY, build
 from aha.rollout.base import Completion
 
@@ -171,10 +171,21 @@ class RewardSet:
 
     def _run(self, jobs, completions, examples, step: int) -> list[float]:
         results: list[tuple[float, str, str]] = [(0.0, ERROR, "not run")] * len(jobs)
-        heavy = [k for k, (name, i) in enumerate(jobs) if self._is_heavy(self.specs[name], examples[i])]
-        heavy_set = set(heavy)
+        batched: dict[str, list[int]] = {}  # reward name -> job indices, for rewards scored in batches
+        for k, (name, _) in enumerate(jobs):
+            if self.specs[name].batch_fn is not None:
+                batched.setdefault(name, []).append(k)
+        for name, ks in batched.items():
+            spec, rows = self.specs[name], [jobs[k][1] for k in ks]
+            out = call_batch_guarded(spec.batch_fn, [completions[i] for i in rows], [examples[i] for i in rows],
+                                     step, spec.low, spec.high)
+            for k, r in zip(ks, out, strict=True):
+                results[k] = r
+        done = {k for ks in batched.values() for k in ks}
+        heavy = [k for k, (name, i) in enumerate(jobs) if k not in done and self._is_heavy(self.specs[name], examples[i])]
+        done |= set(heavy)
         for k, (name, i) in enumerate(jobs):
-            if k not in heavy_set:
+            if k not in done:
                 spec = self.specs[name]
                 # Cheap rewards are linear-time by construction: no timer, but still guarded.
                 results[k] = call_guarded(spec.fn, completions[i], examples[i], step, None, spec.low, spec.high)

@@ -92,6 +92,10 @@ class TrainConfig:
     """Registry name, .gguf file or HF folder."""
     task: str = "chain_sum"
     """reasoning-gym name, JSONL path or hf:NAME (see `aha tasks`)."""
+    extra_tasks: list[str] = field(default_factory=list)
+    """More tasks whose problems join `task`'s in training and held-out evaluation, each row keeping its
+    routing kind (`rewards.by_kind`): e.g. a JSONL of general prompts {prompt, kind: general} beside a
+    reasoning task, for R1's all-scenario RL. Loaded with the same `data` settings."""
     data: TaskConfig = field(default_factory=lambda: TaskConfig(
         size=4000, eval_size=100, args={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}))
     """Task size, seeds and difficulty."""

@@ -10,6 +10,7 @@ sampling; masking of truncated completions; bf16 autocast with fp32 master weigh
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import signal
@@ -33,7 +34,16 @@ from aha.rollout.base import Completion, SamplingConfig
 from aha.train import checkpoint as ckpt
 from aha.train.batch import collate, completion_logprobs
 from aha.train.config import TrainConfig
-from aha.train.metrics import MetricsLogger, reflection_count
+from aha.train.metrics import MetricsLogger, component_means, kind_metrics, reflection_count
+
+
+def load_examples(cfg: TrainConfig, split: str) -> list[Example]:
+    """The problems of `task` followed by those of each of `extra_tasks` (each row keeps its own kind).
+    `data.eval_file` replaces the held-out split of `task` only; extra tasks hold out their own last rows."""
+    out = list(load_task(cfg.task, cfg.data, split))
+    for task in cfg.extra_tasks:
+        out += load_task(task, dataclasses.replace(cfg.data, eval_file=""), split)
+    return out
 
 
 def pick_device(name: str) -> str:
@@ -108,8 +118,10 @@ class GRPOTrainer:
         random.seed(cfg.seed)
         self.run_dir = Path(cfg.out_dir)
         # Data and rewards first: a typo in either fails in a second, before a model is loaded.
-        self.examples = load_task(cfg.task, cfg.data, "train")
-        self.eval_examples = load_task(cfg.task, cfg.data, "eval") if cfg.data.eval_size > 0 else []
+        self.examples = load_examples(cfg, "train")
+        self.eval_examples = load_examples(cfg, "eval") if cfg.data.eval_size > 0 else []
+        self.by_kind = len({e.kind for e in self.examples + self.eval_examples}) > 1
+        """Several routing kinds (R1's all-scenario RL): metrics are also logged per kind."""
         self.prompt_ids = {}
         self.rewards = RewardSet(cfg.rewards)
         if model is None:
@@ -276,12 +288,16 @@ class GRPOTrainer:
     def _step_metrics(self, ro: Rollouts, info: dict, stats: dict, t_gen: float, t_train: float) -> dict:
         lengths = [len(c.completion_ids) for c in ro.completions]
         ntok = sum(lengths)
-        m = {f"reward/{k}": sum(v) / len(v) for k, v in ro.parts.items()}
+        row_weights = [self.rewards.weights_for(e.kind) for e in ro.examples]
+        m = {f"reward/{k}": v for k, v in component_means(ro.parts, row_weights).items()}
         m["reward"] = float(ro.rewards.mean())
         m["reward_std"] = float(ro.rewards.std()) if len(ro.rewards) > 1 else 0.0
         m["accuracy"] = m.get("reward/accuracy", 0.0)
-        fmt = ro.parts.get("format") or ro.parts.get("format_partial")
+        fmt_name = next((n for n in ("format", "format_partial") if ro.parts.get(n)), None)
+        fmt = [v for v, w in zip(ro.parts[fmt_name], row_weights) if fmt_name in w] if fmt_name else []
         m["format_rate"] = sum(1.0 for v in fmt if v >= 1.0) / len(fmt) if fmt else 0.0
+        if self.by_kind:
+            m.update(kind_metrics([e.kind for e in ro.examples], ro.rewards.tolist(), ro.parts, row_weights, lengths))
         m["length_mean"] = ntok / len(lengths)
         m["length_max"] = max(lengths)
         m["truncated"] = sum(not c.finished for c in ro.completions) / len(ro.completions)
@@ -299,7 +315,7 @@ class GRPOTrainer:
     # ----------------------------------------------------------------------------------------- run
     def dump_rollouts(self, step: int) -> None:
         ro = self._last_rollouts
-        rows = [{"step": step, "prompt": e.prompt, "answer": e.answer, "completion": c.text,
+        rows = [{"step": step, "kind": e.kind, "prompt": e.prompt, "answer": e.answer, "completion": c.text,
                  "reward": float(ro.rewards[i]), **{k: v[i] for k, v in ro.parts.items()},
                  "advantage": float(ro.advantages[i]), "finished": c.finished, "tokens": len(c.completion_ids)}
                 for i, (e, c) in enumerate(zip(ro.examples, ro.completions))]
@@ -340,19 +356,24 @@ class GRPOTrainer:
         return True
 
     def evaluate(self) -> dict:
-        """Held-out greedy accuracy and format rate (the R1-Zero accuracy curve)."""
+        """Held-out greedy accuracy and format rate (the R1-Zero accuracy curve); per kind when routed."""
         if not self.eval_examples:
             return {}
         greedy = SamplingConfig(temperature=0.0, max_new_tokens=self.sampling.max_new_tokens, stop=self.sampling.stop)
         groups = self.engine.generate([self.encode(e) for e in self.eval_examples], 1, greedy)
         comps = with_prefill([g[0] for g in groups], self.cfg.prefill)
-        _, parts = self.rewards.score(comps, self.eval_examples, step=self.step_no)
+        totals, parts = self.rewards.score(comps, self.eval_examples, step=self.step_no)
         lengths = [len(c.completion_ids) for c in comps]
+        row_weights = [self.rewards.weights_for(e.kind) for e in self.eval_examples]
+        means = component_means(parts, row_weights)
         out = {"eval/accuracy": 0.0}
         for name in ("accuracy", "accuracy_lenient", "format", "format_partial"):
-            if name in parts:
-                out[f"eval/{name}"] = sum(parts[name]) / len(parts[name])
+            if name in means:
+                out[f"eval/{name}"] = means[name]
         out["eval/length_mean"] = sum(lengths) / len(lengths)
+        if self.by_kind:
+            kinds = [e.kind for e in self.eval_examples]
+            out.update({f"eval/{k}": v for k, v in kind_metrics(kinds, totals, parts, row_weights, lengths).items()})
         return out
 
     def run(self) -> Path:

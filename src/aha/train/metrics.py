@@ -57,3 +57,30 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def component_means(parts: dict[str, list[float]], row_weights: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each reward component over the rows whose weights include it. Routing by kind leaves a
+    component at 0.0 on the rows it does not apply to; those rows must not dilute its mean. A component
+    that applies to no row has no mean (left out)."""
+    out = {}
+    for name, values in parts.items():
+        vals = [v for v, w in zip(values, row_weights, strict=True) if name in w]
+        if vals:
+            out[name] = sum(vals) / len(vals)
+    return out
+
+
+def kind_metrics(kinds: list[str], totals: list[float], parts: dict[str, list[float]],
+                 row_weights: list[dict[str, float]], lengths: list[int]) -> dict[str, float]:
+    """Per routing kind K present in the rows: `kind/K/reward`, `kind/K/length_mean`, and `kind/K/NAME` for
+    each reward component NAME that applies to K (e.g. kind/reasoning/accuracy, kind/general/helpful)."""
+    out = {}
+    for kind in sorted(set(kinds)):
+        rows = [i for i, k in enumerate(kinds) if k == kind]
+        out[f"kind/{kind}/reward"] = sum(totals[i] for i in rows) / len(rows)
+        out[f"kind/{kind}/length_mean"] = sum(lengths[i] for i in rows) / len(rows)
+        sub = {name: [values[i] for i in rows] for name, values in parts.items()}
+        for name, mean in component_means(sub, [row_weights[i] for i in rows]).items():
+            out[f"kind/{kind}/{name}"] = mean
+    return out

@@ -1,0 +1,285 @@
+"""`aha rm`: train a reward model on preference pairs with the Bradley-Terry loss.
+
+A causal LM's backbone gets a scalar head (transformers' sequence classification with one label, read
+at the last non-pad token); each pair `{prompt, chosen, rejected}` trains r(chosen) above r(rejected)
+with loss -log sigmoid(r_chosen - r_rejected) (InstructGPT; R1 §2.3.4 uses such models for
+helpfulness and harmlessness). Held-out pairs (the last `eval_size` rows) give the pairwise accuracy.
+The output folder is a run folder: `checkpoints/step_N` are `save_pretrained` folders that
+`AutoModelForSequenceClassification` loads, so the folder itself serves as a reward model
+(`rewards.reward_models.NAME.model`) or as an `aha eval`-style input; `metrics.jsonl` logs the curve.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from aha.errors import AhaError
+from aha.io import read_jsonl
+
+
+@dataclass
+class RMConfig:
+    model: str = "smollm2-135m-instruct"
+    """The backbone: a causal LM (registry name, .gguf, HF folder or run folder); its head is replaced by
+    a scalar one. A sequence-classification folder continues training with its own head."""
+    data: str = "recipes/data/preferences.jsonl"
+    """Preference pairs, JSONL rows {prompt, chosen, rejected} (strings; chosen is the better response)."""
+    eval_size: int = 8
+    """Held-out pairs: the file's last rows (at most half of it); their pairwise accuracy is the metric."""
+    out_dir: str = "runs/rm"
+    """Run folder: config, metrics.jsonl, checkpoints (the newest is the reward model)."""
+    epochs: int = 2
+    """Passes over the training pairs."""
+    batch_size: int = 4
+    """Pairs per optimizer step."""
+    lr: float = 1e-5
+    """Peak AdamW learning rate (constant after warm-up)."""
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    """Linear warm-up (optimizer steps)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (0 disables)."""
+    max_length: int = 512
+    """Longest pair member in tokens; longer ones keep their end (the score is read at the last token)."""
+    seed: int = 0
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype: bfloat16 autocasts over fp32 master weights, as in `aha train`."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+    eval_every: int = 0
+    """Held-out accuracy every N steps (0: before and after training only)."""
+    checkpoint_every: int = 50
+    """Save a checkpoint every N steps (and at the end)."""
+    keep_checkpoints: int = 1
+    """Keep the newest K checkpoints."""
+    resume: bool = False
+    """Continue from the newest checkpoint in out_dir."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+# ----------------------------------------------------------------------------------------- pure parts
+
+
+def bradley_terry_loss(chosen_rewards, rejected_rewards):
+    """(P,) scores of the preferred and the other response -> mean of -log sigmoid(r_chosen - r_rejected)."""
+    import torch.nn.functional as F
+
+    return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+
+
+def pairwise_accuracy(chosen: list[float], rejected: list[float]) -> float:
+    """Share of pairs whose chosen response scores strictly higher (a tie counts as wrong)."""
+    if not chosen:
+        return 0.0
+    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(chosen)
+
+
+def pair_from_row(row: dict, where: str) -> Pair:
+    fields = {}
+    for name in ("prompt", "chosen", "rejected"):
+        if name not in row:
+            raise AhaError(f"{where}: missing field '{name}' (a preference pair is {{prompt, chosen, rejected}})")
+        if not isinstance(row[name], str) or not row[name].strip():
+            raise AhaError(f"{where}: field '{name}' must be a non-empty string")
+        fields[name] = row[name]
+    if fields["chosen"] == fields["rejected"]:
+        raise AhaError(f"{where}: fields 'chosen' and 'rejected' are identical")
+    return Pair(**fields)
+
+
+def load_pairs(path: str) -> list[Pair]:
+    pairs = [pair_from_row(row, f"{path}:{lineno}") for lineno, row in read_jsonl(path)]
+    if not pairs:
+        raise AhaError(f"{path}: no preference pairs")
+    return pairs
+
+
+def split_pairs(pairs: list[Pair], eval_size: int) -> tuple[list[Pair], list[Pair]]:
+    """(train, held out): the last min(eval_size, half) rows are held out."""
+    n_eval = min(eval_size, len(pairs) // 2)
+    return pairs[: len(pairs) - n_eval], pairs[len(pairs) - n_eval:]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled order of one pass; a function of (seed, epoch) only, so resume needs no sampler state."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def batch_at(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """Indices of training step `step` (0-based): passes of ceil(n / batch_size) steps, reshuffled each pass."""
+    per_epoch = math.ceil(n / batch_size)
+    epoch, k = divmod(step, per_epoch)
+    return epoch_order(n, seed, epoch)[k * batch_size:(k + 1) * batch_size]
+
+
+# ----------------------------------------------------------------------------------------- model
+
+
+def load_backbone(model: str, device: str):
+    """(sequence-classification model with one label, tokenizer) from a causal LM or a reward model folder."""
+    from transformers import AutoModelForSequenceClassification
+
+    from aha.models import load_tokenizer, resolve
+
+    folder = resolve(model)
+    tok = load_tokenizer(model)
+    tok.truncation_side = "left"
+    try:
+        rm = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1)
+    except (OSError, ValueError) as e:
+        raise AhaError(f"{model}: cannot load as a reward model backbone: {str(e).splitlines()[0]}") from None
+    rm.config.pad_token_id = tok.pad_token_id  # batches > 1 need it to find each row's last token
+    return rm.to(device), tok
+
+
+class RMTrainer:
+    def __init__(self, cfg: RMConfig, model=None, tokenizer=None):
+        import torch
+
+        from aha.train.grpo_loop import pick_device
+
+        self.cfg = cfg
+        if cfg.batch_size < 1 or cfg.epochs < 1:
+            raise AhaError("batch_size and epochs must be >= 1")
+        self.train_pairs, self.eval_pairs = split_pairs(load_pairs(cfg.data), cfg.eval_size)
+        self.device = pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        if model is None:
+            model, tokenizer = load_backbone(cfg.model, self.device)
+        self.model, self.tok = model, tokenizer
+        self.run_dir = Path(cfg.out_dir)
+        self.total_steps = cfg.epochs * math.ceil(len(self.train_pairs) / cfg.batch_size)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warm = cfg.warmup_steps
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda i: (i + 1) / warm if warm and i < warm else 1.0)
+        self.step_no = 0
+
+    def scores(self, pairs: list[Pair], which: str):
+        """(P,) scores of each pair's `which` response (chosen or rejected), with gradients."""
+        import torch
+
+        from aha.rewards.rm import rm_input
+
+        texts = [rm_input(self.tok, p.prompt, getattr(p, which)) for p in pairs]
+        enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.cfg.max_length,
+                       add_special_tokens=False).to(self.device)
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16,
+                            enabled=self.cfg.dtype == "bfloat16"):
+            return self.model(**enc).logits[:, 0].float()
+
+    def step(self) -> dict:
+        import torch
+
+        self.model.train()
+        pairs = [self.train_pairs[i] for i in batch_at(self.step_no, len(self.train_pairs), self.cfg.batch_size,
+                                                       self.cfg.seed)]
+        chosen, rejected = self.scores(pairs, "chosen"), self.scores(pairs, "rejected")
+        loss = bradley_terry_loss(chosen, rejected)
+        if not torch.isfinite(loss):
+            raise AhaError(f"step {self.step_no + 1}: loss is {loss.item()}: training stopped")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm or float("inf"))
+        lr = self.sched.get_last_lr()[0]
+        self.opt.step()
+        self.sched.step()
+        self.step_no += 1
+        c, r = chosen.detach().tolist(), rejected.detach().tolist()
+        return {"loss": loss.item(), "accuracy": pairwise_accuracy(c, r),
+                "margin": sum(a - b for a, b in zip(c, r)) / len(c), "grad_norm": float(gn), "lr": lr}
+
+    def evaluate(self) -> dict:
+        """Held-out pairwise accuracy and mean margin r(chosen) - r(rejected)."""
+        import torch
+
+        if not self.eval_pairs:
+            return {}
+        self.model.eval()
+        c, r = [], []
+        with torch.no_grad():
+            for start in range(0, len(self.eval_pairs), self.cfg.batch_size):
+                chunk = self.eval_pairs[start:start + self.cfg.batch_size]
+                c += self.scores(chunk, "chosen").tolist()
+                r += self.scores(chunk, "rejected").tolist()
+        return {"eval/pairwise_accuracy": pairwise_accuracy(c, r),
+                "eval/margin": sum(a - b for a, b in zip(c, r)) / len(c)}
+
+    def save(self) -> Path:
+        from aha.train import checkpoint as ckpt
+
+        state = {"step": self.step_no, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                 "rng": ckpt.rng_state()}
+        return ckpt.save_checkpoint(self.run_dir, self.step_no, self.model, self.tok, state,
+                                    keep=self.cfg.keep_checkpoints)
+
+    def restore(self) -> bool:
+        from safetensors.torch import load_file
+
+        from aha.train import checkpoint as ckpt
+
+        found = ckpt.latest_checkpoint(self.run_dir)
+        if found is None:
+            return False
+        weights = {}
+        for f in sorted(found[1].glob("*.safetensors")):
+            weights.update(load_file(str(f)))
+        self.model.load_state_dict(weights, strict=False)
+        state = ckpt.load_state(found[1])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        self.step_no = state["step"]
+        return True
+
+    def run(self) -> Path:
+        from aha.config import save_config
+        from aha.train.metrics import MetricsLogger
+
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = cfg.resume and self.restore()
+        save_config(cfg, self.run_dir / "config.yaml")
+        logger = MetricsLogger(self.run_dir, tensorboard=False, truncate_after_step=self.step_no if resumed else None)
+        bar = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step_no, desc="aha rm", dynamic_ncols=True)
+        try:
+            if self.step_no == 0:
+                logger.log(0, self.evaluate())
+            while self.step_no < self.total_steps:
+                metrics = self.step()
+                s = self.step_no
+                if s == self.total_steps or (cfg.eval_every and s % cfg.eval_every == 0):
+                    metrics.update(self.evaluate())
+                logger.log(s, metrics)
+                if s % cfg.checkpoint_every == 0 or s == self.total_steps:
+                    self.save()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}", refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+            logger.close()
+        return self.run_dir
+
+
+def run(cfg: RMConfig) -> Path:
+    """Train the reward model; returns the run folder (its newest checkpoint is the reward model)."""
+    return RMTrainer(cfg).run()
