@@ -20,13 +20,15 @@ commands:
   train     GRPO with rule rewards (R1-Zero on SmolLM2-135M-Instruct on CPU by default)
   eval      pass@1 over k samples, cons@k, pass@k, lengths (the R1 paper's protocol)
   score     score a JSONL of completions offline; selftest=true checks the verifier on gold answers
-  plot      draw a run's R1-Zero figures (accuracy, response length, reflection words) as PNG
+  plot      draw a run's R1-Zero figures as PNG; a pipeline folder: every stage's accuracy and length
   models    list the model registry and what is cached
   tasks     list the available tasks
   sft       supervised fine-tuning on {prompt, completion} or chat JSONL (packed, loss on completions)
   sample    rejection sampling: k completions per prompt, verified and filtered, to JSONL
   coldstart build readable long-CoT samples in R1's form (from R1-Zero rollouts, few-shot or a file), then SFT
   distill   teacher -> sample -> sft on a student, in one command
+  rm        train a reward model on preference pairs {prompt, chosen, rejected} (Bradley-Terry)
+  pipeline  run a recipe's named stages in order (skip unchanged, resume interrupted; from=STAGE)
 
 `aha <command> --help` lists every key with its default and meaning.
 """
@@ -56,6 +58,19 @@ def _score(cfg):
     from aha.rewards.score_cli import run_score_config
 
     run_score_config(cfg)
+
+
+def _rm(cfg):
+    from aha.stages.rm import run
+
+    print(f"reward model run folder: {run(cfg)}  (use it as rewards.reward_models.NAME.model)")
+
+
+def _pipeline(pipeline):
+    from aha.stages.pipeline import run_pipeline
+
+    root = run_pipeline(pipeline)
+    print(f"pipeline folder: {root}  (manifest: {root}/manifest.json; plot it: aha plot {root})")
 
 
 def _plot(cfg):
@@ -109,6 +124,12 @@ def _commands() -> dict[str, Command]:
         "models": Command(None, _models, "model registry"),
         "tasks": Command(None, _tasks, "available tasks"),
     }
+    from aha.stages.pipeline import PipelineConfig
+    from aha.stages.rm import RMConfig
+
+    cmds["rm"] = Command(RMConfig, _rm, "reward model on preference pairs (Bradley-Terry loss)")
+    cmds["pipeline"] = Command(PipelineConfig, _pipeline, "named stages in order, each reading earlier "
+                               "outputs as @NAME; from=STAGE reruns from there")
     try:
         from aha.stages.evaluate import EvalConfig
 
@@ -192,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
 
                 if (Path(recipe) / "config.yaml").exists():  # `aha train|sft RUN_DIR resume=true`
                     recipe = str(Path(recipe) / "config.yaml")
-            cfg = load_config(cmd.config_cls, recipe, overrides)
+            if name == "pipeline":
+                from aha.stages.pipeline import load_pipeline
+
+                cfg = load_pipeline(recipe, overrides)  # every stage checked before the first runs
+            else:
+                cfg = load_config(cmd.config_cls, recipe, overrides)
         cmd.run(cfg)
         return 0
     except AhaError as e:

@@ -30,6 +30,7 @@ import dataclasses
 import datetime
 import hashlib
 import importlib
+import inspect
 import json
 import re
 import shutil
@@ -55,7 +56,7 @@ STAGES: dict[str, str | Callable[[Any], Path]] = {
     "eval": "aha.stages.pipeline:run_eval",
 }
 """Stage kind -> its function `run(cfg) -> Path`, as "module:function" (imported when a recipe uses the
-kind) or the function itself. The stage's config class is the type annotation of its parameter."""
+kind) or the function itself. The stage's config class is the type annotation of its first parameter."""
 
 MANIFEST = "manifest.json"
 NOT_HASHED = ("resume", "progress", "log.progress")
@@ -106,11 +107,11 @@ def stage_entry(kind: str) -> tuple[type, Callable[[Any], Path]]:
             fn = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as e:
             raise AhaError(f"stage kind '{kind}' needs {module}.{name}, which is not available ({e})") from None
-    hints = typing.get_type_hints(fn)
-    params = [h for k, h in hints.items() if k != "return"]
-    if len(params) != 1 or not dataclasses.is_dataclass(params[0]):
-        raise AhaError(f"stage kind '{kind}': {fn.__name__} must take one annotated dataclass config")
-    return params[0], fn
+    params = list(inspect.signature(fn).parameters)
+    cls = typing.get_type_hints(fn).get(params[0]) if params else None
+    if cls is None or not dataclasses.is_dataclass(cls):
+        raise AhaError(f"stage kind '{kind}': {fn.__name__}'s first parameter must be an annotated dataclass config")
+    return cls, fn
 
 
 def run_eval(cfg: EvalConfig) -> Path:
