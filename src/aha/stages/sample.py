@@ -1,0 +1,409 @@
+"""`aha sample`: rejection sampling (R1 §2.3.3). Sample `group_size` completions per prompt, verify each with
+the task's accuracy reward, and keep those that pass the filters, at most `max_per_prompt` per prompt.
+
+The filters are R1's: correct; in the output format; no mixed-language reasoning (the language-consistency
+score at least `min_language`); not truncated or over-long; no long repetition; optionally no code blocks
+in the reasoning; exact and near duplicates (of a completion already kept for the same prompt) dropped. A
+completion is counted under the first filter that rejects it, in that order.
+
+Outputs in `out_dir`: `samples.jsonl` (`{id, prompt, answer, completion, task, kind, source_model, accuracy,
+format, language, tokens, finished}`; `prompt` is the bare question and `completion` includes the prefill,
+as `aha sft` expects), `report.json` (generated, kept, dropped by each filter) and `done.jsonl`. Each batch
+of prompts is appended to samples.jsonl and then recorded in done.jsonl; a restart drops rows whose batch
+was never recorded and skips recorded batches, so a crash loses only the prompts in flight. Every batch
+samples under its own seed, so a resumed run writes what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from aha.data.example import Example
+from aha.data.tasks import TaskConfig, load_task
+from aha.data.templates import R1_SUMMARY_SYSTEM, R1_SYSTEM, render_prompt, with_prefill
+from aha.errors import AhaError
+from aha.io import atomic_write_jsonl, atomic_write_text
+from aha.rewards.extract import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, split_think
+from aha.rewards.format import TAGS
+from aha.rollout.base import Completion, SamplingConfig
+
+
+@dataclass
+class FilterConfig:
+    """What a sampled completion must satisfy to be kept (R1 §2.3.3's rejection sampling)."""
+
+    correct: bool = True
+    """Keep only completions the task's accuracy reward scores 1."""
+    format: Literal["strict", "r1", "none"] = "strict"
+    """strict: exactly `<think>…</think><answer>…</answer>` (the format reward); r1: R1's output form,
+    `<think>…</think>`, a readable summary, then `<answer>…</answer>`; none: any text."""
+    language: str = "en"
+    """Target language of the reasoning (en, zh, ja, ko, ru)."""
+    min_language: float = 0.9
+    """Least share of the reasoning's words in `language` (R1's language consistency); 0 disables. Reasoning
+    without any words (pure arithmetic) passes."""
+    truncated: bool = True
+    """Drop completions cut off at max_new_tokens."""
+    max_tokens: int = 0
+    """Drop completions longer than this many tokens (0: no limit below max_new_tokens)."""
+    repeat_ngram: int = 8
+    """Length in words of the n-grams checked for repetition."""
+    max_repeats: int = 3
+    """Drop a completion in which one repeat_ngram-word n-gram occurs more than this many times; 0 disables."""
+    no_code: bool = False
+    """Drop completions whose reasoning contains a code block (a ``` fence), as R1 does for its reasoning data."""
+    near_duplicate: float = 0.9
+    """Drop a completion whose word-trigram Jaccard similarity to one already kept for the same prompt is at
+    least this; 1.0 drops exact duplicates only (those are always dropped)."""
+    max_per_prompt: int = 4
+    """m: completions kept per prompt at most."""
+
+
+FILTERS = ("truncated", "overlong", "format", "correct", "language", "repetition", "code", "duplicate", "per_prompt")
+"""The filters in the order they are applied; a rejected completion is counted under the first that fails."""
+
+
+@dataclass
+class SampleConfig:
+    model: str = "smollm2-135m-instruct"
+    """The model to sample from: registry name, .gguf file, HF folder, or a run folder (its newest checkpoint)."""
+    task: str = "chain_sum"
+    """reasoning-gym name, JSONL path or hf:NAME (see `aha tasks`); its accuracy reward verifies."""
+    data: TaskConfig = field(default_factory=lambda: TaskConfig(
+        size=500, eval_size=100, args={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}))
+    """Task size, seeds and difficulty; the train split is sampled (held-out problems stay held out)."""
+    limit: int = 0
+    """Sample only the first N prompts (0: all)."""
+    group_size: int = 8
+    """k: completions sampled per prompt."""
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 256
+    stop: list[str] = field(default_factory=lambda: ["</answer>"])
+    """Completions also end when their text contains one of these."""
+    template: Literal["auto", "r1_zero", "chat", "r1", "plain"] = "auto"
+    """Prompt template, as in `aha train` (see aha.data.templates)."""
+    system_prompt: str = ""
+    """Overrides the template's system prompt."""
+    few_shot: bool = False
+    """Show one worked example before each question (as in `aha train`)."""
+    prefill: str = "<think>"
+    """Text that starts every completion; filters and the written completion see prefill + completion."""
+    demos: str = ""
+    """JSONL of {prompt, completion} worked examples shown as earlier chat turns before each question
+    (few-shot prompting with long chains of thought); replaces few_shot."""
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    batch_size: int = 64
+    """Sequences decoded at once; batch_size // group_size prompts are sampled, filtered and written together
+    (a crash loses at most that batch)."""
+    out_dir: str = "runs/sample"
+    """Output folder: samples.jsonl, report.json, done.jsonl, config.yaml."""
+    seed: int = 0
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    """Weights and compute dtype of the sampled model."""
+    device: str = "auto"
+    resume: bool = True
+    """Continue an interrupted run in out_dir (its config must match); false: refuse a non-empty out_dir."""
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------------------- filters
+
+
+def r1_form(text: str) -> bool:
+    """R1's output form: `<think>reasoning</think>`, a non-empty summary, then `<answer>answer</answer>` at the
+    end; each tag exactly once, non-empty reasoning and answer."""
+    if any(text.count(tag) != 1 for tag in TAGS):
+        return False
+    s = text.strip()
+    if not (s.startswith(THINK_OPEN) and s.endswith(ANSWER_CLOSE)):
+        return False
+    close, open_answer = s.find(THINK_CLOSE), s.find(ANSWER_OPEN)
+    reasoning, summary = s[len(THINK_OPEN):close], s[close + len(THINK_CLOSE):open_answer]
+    answer = s[open_answer + len(ANSWER_OPEN):-len(ANSWER_CLOSE)]
+    return close < open_answer and all(x.strip() for x in (reasoning, summary, answer))
+
+
+def format_ok(text: str, rule: str) -> bool:
+    from aha.rewards.format import format_strict
+
+    return rule == "none" or (r1_form(text) if rule == "r1" else format_strict(text) >= 1.0)
+
+
+_WORD = re.compile(r"\S+")
+
+
+def max_ngram_count(text: str, n: int) -> int:
+    """How often the most frequent n-word n-gram of `text` occurs (0 for fewer than n words)."""
+    words = _WORD.findall(text)
+    if len(words) < n:
+        return 0
+    return max(Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1)).values())
+
+
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def has_words(text: str) -> bool:
+    """Whether the reasoning (the whole text when there is no think block) has any letters: reasoning that is
+    pure arithmetic has no language to mix, so the language filter lets it pass."""
+    reasoning, _ = split_think(text)
+    return _LETTER.search(reasoning or text) is not None
+
+
+def has_code_block(text: str) -> bool:
+    """A ``` fence in the reasoning (the whole text when there is no think block)."""
+    reasoning, _ = split_think(text)
+    return "```" in (reasoning or text)
+
+
+def shingles(text: str, n: int = 3) -> frozenset:
+    words = _WORD.findall(text.lower())
+    return frozenset(tuple(words[i:i + n]) for i in range(max(1, len(words) - n + 1)))
+
+
+def similarity(a: frozenset, b: frozenset) -> float:
+    """Jaccard similarity of two shingle sets."""
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def rejection(c: Completion, accuracy: float, language: float, f: FilterConfig) -> str | None:
+    """The first filter (of FILTERS, before the duplicate and per-prompt checks) that rejects `c`, or None."""
+    if f.truncated and not c.finished:
+        return "truncated"
+    if f.max_tokens and c.num_tokens > f.max_tokens:
+        return "overlong"
+    if not format_ok(c.text, f.format):
+        return "format"
+    if f.correct and accuracy < 1.0:
+        return "correct"
+    if f.min_language > 0 and language < f.min_language and has_words(c.text):
+        return "language"
+    if f.max_repeats and max_ngram_count(c.text, f.repeat_ngram) > f.max_repeats:
+        return "repetition"
+    if f.no_code and has_code_block(c.text):
+        return "code"
+    return None
+
+
+def select(group: list[Completion], accuracy: list[float], language: list[float],
+           f: FilterConfig) -> tuple[list[int], Counter]:
+    """(indices kept, rejections per filter) for one prompt's completions, in sampling order."""
+    kept: list[int] = []
+    seen: list[tuple[str, frozenset]] = []
+    dropped: Counter = Counter()
+    for i, c in enumerate(group):
+        why = rejection(c, accuracy[i], language[i], f)
+        if why is None:
+            norm, sh = " ".join(c.text.split()), shingles(c.text)
+            if any(norm == n or similarity(sh, s) >= f.near_duplicate for n, s in seen):
+                why = "duplicate"
+            elif len(kept) >= f.max_per_prompt:
+                why = "per_prompt"
+            else:
+                kept.append(i)
+                seen.append((norm, sh))
+        if why is not None:
+            dropped[why] += 1
+    return kept, dropped
+
+
+# ----------------------------------------------------------------------------------------- prompts
+
+
+def prompt_text(question: str, tokenizer, cfg: SampleConfig, demos: list) -> str:
+    """The prompt for `question`: `render_prompt` with the template settings, or with `demos` (text samples
+    with `prompt` and `completion`) as earlier turns of the conversation."""
+    if not demos:
+        return render_prompt(question, tokenizer, cfg.template, cfg.system_prompt, cfg.few_shot, cfg.prefill)
+    system = cfg.system_prompt or (R1_SUMMARY_SYSTEM if cfg.template == "r1" else R1_SYSTEM)
+    if getattr(tokenizer, "chat_template", None) is None:
+        turns = "".join(f"User: {d.prompt}\nAssistant: {d.completion}\n" for d in demos)
+        return f"{system}\n\n{turns}User: {question}\nAssistant:" + cfg.prefill
+    messages = [{"role": "system", "content": system}]
+    for d in demos:
+        messages += [{"role": "user", "content": d.prompt}, {"role": "assistant", "content": d.completion}]
+    messages.append({"role": "user", "content": question})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + cfg.prefill
+
+
+# ----------------------------------------------------------------------------------------- resumable output
+
+
+def _read_lines(path: Path) -> list[dict]:
+    """Rows of a JSONL this stage wrote; a line torn by a crash (not valid JSON) is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Append rows with one write, flushed to disk before returning."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _config_tree(cfg: SampleConfig) -> dict:
+    tree = dataclasses.asdict(cfg)
+    for k in ("resume", "progress", "out_dir"):
+        tree.pop(k)
+    return tree
+
+
+def _first_difference(a, b, prefix: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(dict.fromkeys([*a, *b])):
+            d = _first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
+            if d:
+                return d
+        return None
+    return prefix.rstrip(".") if a != b else None
+
+
+def recover(out: Path, cfg: SampleConfig) -> list[dict]:
+    """The done records of an earlier run in `out` (checked against `cfg`), with samples.jsonl cut back to
+    the rows of recorded batches; [] for a fresh folder."""
+    import yaml
+
+    done = _read_lines(out / "done.jsonl")
+    saved = out / "config.yaml"
+    if not done and not (out / "samples.jsonl").exists():
+        return []
+    if not cfg.resume:
+        raise AhaError(f"{out}: holds an earlier sampling run; resume=true continues it, or choose another out_dir")
+    if saved.exists():
+        key = _first_difference(_config_tree(cfg), {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items()
+                                                     if k not in ("resume", "progress", "out_dir")})
+        if key:
+            raise AhaError(f"{saved}: {key}: differs from this run's setting; resume needs the same config "
+                           "(or choose another out_dir)")
+    done_ids = {i for d in done for i in d["ids"]}
+    rows = [r for r in _read_lines(out / "samples.jsonl") if r.get("id") in done_ids]
+    atomic_write_jsonl(out / "samples.jsonl", rows)
+    return done
+
+
+def summarize(done: list[dict], cfg: SampleConfig, source_model: str) -> dict:
+    dropped = Counter()
+    for d in done:
+        dropped.update(d["dropped"])
+    return {"source_model": source_model, "task": cfg.task, "prompts": sum(len(d["ids"]) for d in done),
+            "prompts_with_kept": sum(d["prompts_with_kept"] for d in done),
+            "generated": sum(d["generated"] for d in done), "kept": sum(d["kept"] for d in done),
+            "dropped": {k: dropped.get(k, 0) for k in FILTERS}, "filters": dataclasses.asdict(cfg.filters)}
+
+
+# ----------------------------------------------------------------------------------------- the stage
+
+
+def resolve_model(model: str) -> str:
+    """A run folder (with checkpoints) -> its newest checkpoint; anything else as given."""
+    if (Path(model) / "checkpoints").is_dir():
+        from aha.stages.sft import model_path
+
+        return str(model_path(model))
+    return model
+
+
+def sample_rows(examples: list[Example], groups: list[list[Completion]], parts: dict[str, list[float]],
+                cfg: SampleConfig, source_model: str) -> tuple[list[dict], Counter, int]:
+    """(kept rows, rejections per filter, prompts with at least one kept) for one batch."""
+    k = cfg.group_size
+    rows, dropped, with_kept = [], Counter(), 0
+    for g, (ex, group) in enumerate(zip(examples, groups)):
+        acc, lang = parts["accuracy"][g * k:(g + 1) * k], parts["language"][g * k:(g + 1) * k]
+        fmt = parts["format"][g * k:(g + 1) * k]
+        kept, why = select(group, acc, lang, cfg.filters)
+        dropped.update(why)
+        with_kept += bool(kept)
+        rows += [{"id": ex.id, "prompt": ex.prompt, "answer": ex.answer, "completion": group[i].text, "task": ex.task,
+                  "kind": ex.kind, "source_model": source_model, "accuracy": acc[i], "format": fmt[i],
+                  "language": lang[i], "tokens": group[i].num_tokens, "finished": group[i].finished} for i in kept]
+    return rows, dropped, with_kept
+
+
+def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
+    """Sample, verify, filter and write; returns out_dir. AhaError when nothing passes the filters."""
+    import torch
+
+    from aha.config import save_config
+    from aha.rewards import RewardSet
+    from aha.rewards.config import RewardsConfig
+
+    if cfg.group_size < 1 or cfg.filters.max_per_prompt < 1:
+        raise AhaError("group_size and filters.max_per_prompt must be at least 1")
+    out = Path(cfg.out_dir)
+    examples = load_task(cfg.task, cfg.data, "train")
+    examples = [dataclasses.replace(e, id=e.id or f"{cfg.task}:{i}") for i, e in enumerate(examples)]
+    if cfg.limit:
+        examples = examples[: cfg.limit]
+    from aha.stages.sft import read_samples
+
+    demos = read_samples(cfg.demos, what="demos") if cfg.demos else []
+    rewards = RewardSet(RewardsConfig(weights={"accuracy": 1.0, "format": 0.0, "language": 0.0},
+                                      language=cfg.filters.language))
+    rewards.prepare(examples[:1])
+    done = recover(out, cfg)
+    source_model = resolve_model(cfg.model)
+    if engine is None:
+        from aha.models import load_model
+        from aha.rollout.hf import HFEngine
+        from aha.train.grpo_loop import pick_device
+
+        model, tokenizer = load_model(source_model, dtype=cfg.dtype, device=pick_device(cfg.device))
+        engine = HFEngine(model, tokenizer, max_batch=cfg.batch_size)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    (out / "samples.jsonl").touch()
+    sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                              stop=tuple(cfg.stop))
+    per_batch = max(1, cfg.batch_size // cfg.group_size)
+    finished = {d["batch"] for d in done}
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(examples), initial=sum(len(d["ids"]) for d in done), desc="aha sample", dynamic_ncols=True)
+    for b, start in enumerate(range(0, len(examples), per_batch)):
+        if b in finished:
+            continue
+        batch = examples[start:start + per_batch]
+        torch.manual_seed(cfg.seed * 1_000_003 + b)  # per-batch seed: a resumed run samples what a full one would
+        prompts = [tokenizer(prompt_text(e.prompt, tokenizer, cfg, demos), add_special_tokens=False)["input_ids"]
+                   for e in batch]
+        groups = [with_prefill(g, cfg.prefill) for g in engine.generate(prompts, cfg.group_size, sampling)]
+        _, parts = rewards.score([c for g in groups for c in g], [e for e in batch for _ in range(cfg.group_size)])
+        rows, dropped, with_kept = sample_rows(batch, groups, parts, cfg, source_model)
+        append_rows(out / "samples.jsonl", rows)
+        record = {"batch": b, "ids": [e.id for e in batch], "generated": len(batch) * cfg.group_size,
+                  "kept": len(rows), "prompts_with_kept": with_kept, "dropped": dict(dropped)}
+        append_rows(out / "done.jsonl", [record])
+        done.append(record)
+        if bar is not None:
+            bar.update(len(batch))
+            bar.set_postfix(kept=sum(d["kept"] for d in done), refresh=False)
+    if bar is not None:
+        bar.close()
+    rewards.close()
+    report = summarize(done, cfg, source_model)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    if report["kept"] == 0:
+        reasons = ", ".join(f"{k} {v}" for k, v in report["dropped"].items() if v)
+        raise AhaError(f"{out / 'samples.jsonl'}: no completion passed the filters ({report['generated']} generated; "
+                       f"dropped by {reasons or 'nothing'}); see {out / 'report.json'}")
+    return out
