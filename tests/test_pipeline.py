@@ -297,3 +297,18 @@ stages:
     mtime = (root / "rl" / "metrics.jsonl").stat().st_mtime_ns
     run(recipe)
     assert (root / "rl" / "metrics.jsonl").stat().st_mtime_ns == mtime  # nothing reran
+
+
+@pytest.mark.parametrize("recipe", ["recipes/r1_zero.yaml", "recipes/r1.yaml", "recipes/r1_gpu.yaml"])
+def test_shipped_recipes_load(recipe):
+    p = pl.load_pipeline(recipe)
+    assert p.stages[-1].kind == "eval" and all(s.config.out_dir.endswith(s.name) for s in p.stages)
+
+
+def test_shipped_data_files_parse():
+    from aha.data.tasks import load_jsonl_task
+    from aha.stages.rm import load_pairs
+
+    assert {e.kind for e in load_jsonl_task("recipes/data/general_prompts.jsonl")} == {"general"}
+    assert len(load_pairs("recipes/data/preferences_helpful.jsonl")) >= 20
+    assert len(load_pairs("recipes/data/preferences_harmless.jsonl")) >= 20

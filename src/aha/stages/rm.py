@@ -26,7 +26,7 @@ class RMConfig:
     model: str = "smollm2-135m-instruct"
     """The backbone: a causal LM (registry name, .gguf, HF folder or run folder); its head is replaced by
     a scalar one. A sequence-classification folder continues training with its own head."""
-    data: str = "recipes/data/preferences.jsonl"
+    data: str = "recipes/data/preferences_helpful.jsonl"
     """Preference pairs, JSONL rows {prompt, chosen, rejected} (strings; chosen is the better response)."""
     eval_size: int = 8
     """Held-out pairs: the file's last rows (at most half of it); their pairwise accuracy is the metric."""
