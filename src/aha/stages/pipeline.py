@@ -330,7 +330,11 @@ def run_pipeline(p: Pipeline, log: Callable[[str], None] = print) -> Path:
         manifest["stages"][stage.name] = entry
         write()
         t0 = time.perf_counter()
-        result = fn(config)
+        try:
+            result = fn(config)
+        except BaseException:
+            log(f"[pipeline] {stage.name} stopped; rerun the same command to resume it (from={stage.name} restarts it)")
+            raise
         entry.update(status="done", output=str(result or out), finished=_now(),
                      seconds=round(time.perf_counter() - t0, 3))
         entry["artifact"] = hashlib.sha256(f"{fp}:{entry['finished']}:{time.time_ns()}".encode()).hexdigest()[:16]
