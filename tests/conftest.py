@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+# Tiny models gain nothing from a second thread, and a single-threaded suite leaves the other core to
+# whatever else runs (a benchmark, a second suite): threads of two processes fighting over two cores
+# slow both by far more than half.
+torch.set_num_threads(1)
 
 CORPUS = [
     "<think> 12 + 7 = 19 </think> <answer> 19 </answer>",
