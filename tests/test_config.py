@@ -92,14 +92,23 @@ def test_aha_train_without_arguments_is_the_cpu_recipe():
 
 
 def test_every_recipe_loads():
+    """A pipeline recipe (a `stages` mapping) loads every stage; any other recipe loads as the config of the
+    command its name starts with (eval_, sft_, sample_, coldstart_, distill_), else as `aha train`'s."""
     from pathlib import Path
 
-    from aha.stages.evaluate import EvalConfig
+    import yaml
+
+    from aha.cli import _commands
+    from aha.stages.pipeline import load_pipeline
     from aha.train.config import TrainConfig
 
+    cmds = _commands()
     for recipe in sorted(Path("recipes").glob("*.yaml")):
-        cls = EvalConfig if recipe.name.startswith("eval_") else TrainConfig
-        load_config(cls, recipe)
+        if "stages" in (yaml.safe_load(recipe.read_text()) or {}):
+            load_pipeline(str(recipe))
+            continue
+        cmd = cmds.get(recipe.name.split("_")[0])
+        load_config(cmd.config_cls if cmd and cmd.config_cls else TrainConfig, recipe)
 
 
 def test_nested_overrides_keep_the_other_defaults(tmp_path):
