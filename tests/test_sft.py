@@ -199,6 +199,7 @@ def test_sft_trains_and_validates(tiny_model_dir, samples_file, tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert json.loads((out / "data.json").read_text())["held_out"] == 4
     assert (sft.model_path(out) / "config.json").exists()
+    assert sft.resolve_model(str(out)) == str(sft.model_path(out)) and sft.resolve_model("name") == "name"
 
 
 def test_sft_bf16_keeps_fp32_master_weights(tiny_model_dir, samples_file, tmp_path):

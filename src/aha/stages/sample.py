@@ -311,15 +311,6 @@ def summarize(done: list[dict], cfg: SampleConfig, source_model: str) -> dict:
 # ----------------------------------------------------------------------------------------- the stage
 
 
-def resolve_model(model: str) -> str:
-    """A run folder (with checkpoints) -> its newest checkpoint; anything else as given."""
-    if (Path(model) / "checkpoints").is_dir():
-        from aha.stages.sft import model_path
-
-        return str(model_path(model))
-    return model
-
-
 def sample_rows(examples: list[Example], groups: list[list[Completion]], parts: dict[str, list[float]],
                 cfg: SampleConfig, source_model: str) -> tuple[list[dict], Counter, int]:
     """(kept rows, rejections per filter, prompts with at least one kept) for one batch."""
@@ -359,6 +350,8 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
                                       language=cfg.filters.language))
     rewards.prepare(examples[:1])
     done = recover(out, cfg)
+    from aha.stages.sft import resolve_model
+
     source_model = resolve_model(cfg.model)
     if engine is None:
         from aha.models import load_model

@@ -246,7 +246,7 @@ def run(cfg: SFTConfig, model=None, tokenizer=None) -> Path:
     if model is None:
         from aha.models import load_model
 
-        model, tokenizer = load_model(cfg.model, dtype="float32")
+        model, tokenizer = load_model(resolve_model(cfg.model), dtype="float32")
     train, held, report = prepare(cfg, tokenizer, texts)
     atomic_write_text(Path(cfg.out_dir) / "data.json", json.dumps(report, indent=2))
     torch.manual_seed(cfg.seed)
@@ -261,3 +261,8 @@ def model_path(run_dir: str | Path) -> Path:
     if found is None:
         raise AhaError(f"{run_dir}: run folder has no checkpoints")
     return found[1]
+
+
+def resolve_model(model: str) -> str:
+    """A run folder (with checkpoints, e.g. a pipeline's `@stage`) -> its newest checkpoint; anything else as given."""
+    return str(model_path(model)) if (Path(model) / "checkpoints").is_dir() else model
