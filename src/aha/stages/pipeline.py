@@ -180,9 +180,10 @@ def load_pipeline(recipe: str | None, overrides: list[str] | None = None) -> Pip
             cls, _ = stage_entry(str(body["kind"]))
         except AhaError as e:
             raise AhaError(f"{src.where(key + '.kind')}: {key}.kind: {e}") from None
-        if "out_dir" in tree or "out_dir" not in {f.name for f in dataclasses.fields(cls)}:
-            raise AhaError(f"{src.where(key + '.out_dir')}: {key}: the pipeline sets out_dir ({root / name})"
-                           if "out_dir" in tree else f"{key}: stage kind '{body['kind']}' has no out_dir")
+        if "out_dir" in tree:
+            raise AhaError(f"{src.where(key + '.out_dir')}: {key}: the pipeline sets out_dir ({root / name})")
+        if "out_dir" not in {f.name for f in dataclasses.fields(cls)}:
+            raise AhaError(f"{src.where(key)}: {key}: stage kind '{body['kind']}' has no out_dir to write to")
         found: list[str] = []
         try:
             tree = resolve_refs(tree, outputs, found)
