@@ -312,3 +312,16 @@ def test_shipped_data_files_parse():
     assert {e.kind for e in load_jsonl_task("recipes/data/general_prompts.jsonl")} == {"general"}
     assert len(load_pairs("recipes/data/preferences_helpful.jsonl")) >= 20
     assert len(load_pairs("recipes/data/preferences_harmless.jsonl")) >= 20
+
+
+def test_cli_runs_a_pipeline_and_reports_bad_input_in_one_line(tmp_path, capsys):
+    from aha.cli import main
+
+    recipe = three(tmp_path)
+    assert main(["pipeline", recipe]) == 0 and names() == ["a", "b", "c"]
+    CALLS.clear()
+    assert main(["pipeline", recipe, "from=c"]) == 0 and names() == ["c"]
+    assert "pipeline folder:" in capsys.readouterr().out
+    assert main(["pipeline", recipe, "stages.b.valu=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aha: command line: stages.b.valu: unknown key") and "\n" not in err
