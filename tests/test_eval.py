@@ -109,5 +109,7 @@ def test_run_folder_is_prompted_the_way_it_trained(tiny_model_dir, tmp_path):
     assert all(s["prompt"]["few_shot"] and s["prompt"]["prefill"] == "<think>" for s in summaries)
     records = [json.loads(line) for line in (tmp_path / "eval" / "model_1" / "samples.jsonl").read_text().splitlines()]
     assert all(c.startswith("<think>") for r in records for c in r["completions"])  # verdicts see the prefill
+    cfg.model = [str(run), str(run)]
+    assert len(evaluate(cfg)) == 2  # the same model under the same prompt is evaluated once
     cfg.prompt_from_run = False
     assert evaluate(cfg)[0]["prompt"]["prefill"] == ""

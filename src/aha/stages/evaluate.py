@@ -276,7 +276,10 @@ def evaluate(cfg: EvalConfig) -> list[dict]:
     jobs = []  # (model, config with the prompt settings it is evaluated under)
     for m in cfg.model:
         prompt = run_prompt_settings(m) if cfg.prompt_from_run else {}
-        jobs += [(name, dataclasses.replace(cfg, **prompt)) for name in expand_models([m])]
+        for name in expand_models([m]):
+            job = (name, dataclasses.replace(cfg, **prompt))
+            if job not in jobs:  # a base model shared by several runs is evaluated once per prompt format
+                jobs.append(job)
     for i, (name, model_cfg) in enumerate(jobs):
         summary, records = evaluate_model(name, examples, model_cfg, reward_set)
         summaries.append(summary)
