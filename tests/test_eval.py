@@ -63,19 +63,18 @@ def test_end_to_end_tiny_model(tiny_model_dir, tmp_path):
     data = tmp_path / "t.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "eval"
-    cfg = EvalConfig(model=[tiny_model_dir, tiny_model_dir], task=str(data), split="train", samples=3,
+    cfg = EvalConfig(model=[tiny_model_dir], task=str(data), split="train", samples=3,
                      max_new_tokens=8, out_dir=str(out), dtype="float32", progress=False, seed=1)
     cfg.data.eval_size = 0
     s1 = evaluate(cfg)
-    assert len(s1) == 2 and s1[0]["problems"] == 6 and s1[0]["samples"] == 3
+    assert len(s1) == 1 and s1[0]["problems"] == 6 and s1[0]["samples"] == 3
     for key in ("pass@1", "pass@1_se", "cons@3", "pass@2", "format_rate", "length_mean", "truncated"):
         assert key in s1[0]
-    assert s1[0]["pass@1"] == s1[1]["pass@1"] and s1[0]["length_mean"] == s1[1]["length_mean"]  # seeded
-    records = [json.loads(line) for line in (out / "model_0" / "samples.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 6 and len(records[0]["completions"]) == 3 and "extracted" in records[0]
     assert json.loads((out / "summary.json").read_text())[0]["model"] == tiny_model_dir
     assert "| model |" in markdown_table(s1)
-    s2 = evaluate(cfg)
+    s2 = evaluate(cfg)  # seeded: the same numbers again
     assert s2[0]["pass@1"] == s1[0]["pass@1"] and s2[0]["length_mean"] == s1[0]["length_mean"]
 
 
