@@ -65,7 +65,7 @@ class StagesBench:
 
 def held_out(model: str, b: StagesBench, task_cfg: TrainConfig, out: Path) -> dict:
     common = dict(task=task_cfg.task, data=dataclasses.replace(task_cfg.data, eval_size=b.eval_size),
-                  max_new_tokens=b.max_new_tokens, progress=False, dtype="bfloat16", prompt_from_run=False, **PROMPT)
+                  max_new_tokens=b.max_new_tokens, progress=False, dtype="auto", prompt_from_run=False, **PROMPT)
     greedy = evaluate(EvalConfig(model=[model], samples=1, temperature=0.0, out_dir=str(out / "greedy"), **common))[0]
     sampled = evaluate(EvalConfig(model=[model], samples=b.samples, out_dir=str(out / "sampled"), **common))[0]
     return {"model": model, "greedy_accuracy": greedy["pass@1"], "format_rate": greedy["format_rate"],

@@ -24,7 +24,7 @@ from aha.train.plot import plot_run
 def held_out(model: str, cfg: TrainConfig, out: Path, samples: int) -> dict:
     common = dict(task=cfg.task, data=cfg.data, max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.template,
                   few_shot=cfg.few_shot, prefill=cfg.prefill,
-                  system_prompt=cfg.system_prompt, progress=False, dtype="bfloat16", seed=cfg.seed)
+                  system_prompt=cfg.system_prompt, progress=False, dtype="auto", seed=cfg.seed)
     greedy = evaluate(EvalConfig(model=[model], samples=1, temperature=0.0, out_dir=str(out / "greedy"), **common))[0]
     sampled = evaluate(EvalConfig(model=[model], samples=samples, temperature=0.6, top_p=0.95,
                                   out_dir=str(out / "sampled"), **common))[0]

@@ -104,3 +104,15 @@ def test_missing_weights_package_gives_install_command(monkeypatch, aha_home):
 def test_registry_listing(aha_home):
     names = [r["name"] for r in list_models()]
     assert names[:2] == list(REGISTRY)
+
+
+def test_auto_dtype_follows_the_hardware(monkeypatch):
+    import aha.models as m
+
+    monkeypatch.setattr(m, "fast_bf16", lambda device="cpu": True)
+    assert m.resolve_dtype("auto") == "bfloat16"
+    monkeypatch.setattr(m, "fast_bf16", lambda device="cpu": False)
+    assert m.resolve_dtype("auto") == "float32" and m.resolve_dtype("bfloat16") == "bfloat16"
+    assert str(m.torch_dtype("auto")) == "torch.float32"
+    with pytest.raises(m.AhaError, match="did you mean 'bfloat16'"):
+        m.torch_dtype("bfloat61")

@@ -46,8 +46,8 @@ class EvalConfig:
     """Evaluate only the first N problems (0: all)."""
     seed: int = 0
     out_dir: str = "runs/eval"
-    dtype: str = "bfloat16"
-    """float32 or bfloat16 (weights and compute)."""
+    dtype: str = "auto"
+    """float32, bfloat16 or auto (bfloat16 where the hardware computes it fast), for weights and compute."""
     device: str = "auto"
     template: str = "auto"
     system_prompt: str = ""

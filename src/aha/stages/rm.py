@@ -19,6 +19,7 @@ from typing import Literal
 
 from aha.errors import AhaError
 from aha.io import read_jsonl
+from aha.models import resolve_dtype
 
 
 @dataclass
@@ -46,7 +47,7 @@ class RMConfig:
     max_length: int = 512
     """Longest pair member in tokens; longer ones keep their end (the score is read at the last token)."""
     seed: int = 0
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16"] = "float32"
     """Compute dtype: bfloat16 autocasts over fp32 master weights, as in `aha train`."""
     device: str = "auto"
     """cpu, cuda or auto."""
@@ -178,7 +179,7 @@ class RMTrainer:
         enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.cfg.max_length,
                        add_special_tokens=False).to(self.device)
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16,
-                            enabled=self.cfg.dtype == "bfloat16"):
+                            enabled=resolve_dtype(self.cfg.dtype, self.device) == "bfloat16"):
             return self.model(**enc).logits[:, 0].float()
 
     def step(self) -> dict:

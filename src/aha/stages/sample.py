@@ -106,8 +106,8 @@ class SampleConfig:
     out_dir: str = "runs/sample"
     """Output folder: samples.jsonl, report.json, done.jsonl, config.yaml."""
     seed: int = 0
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    """Weights and compute dtype of the sampled model."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Weights and compute dtype of the sampled model (auto: bfloat16 where the hardware computes it fast)."""
     device: str = "auto"
     resume: bool = True
     """Continue an interrupted run in out_dir (its config must match); false: refuse a non-empty out_dir."""

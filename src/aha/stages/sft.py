@@ -83,8 +83,9 @@ class SFTConfig:
     out_dir: str = "runs/sft"
     """Run folder: config, metrics, TensorBoard events, checkpoints (HF folders)."""
     seed: int = 0
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    """Compute dtype. bfloat16: fp32 master weights with bf16 autocast."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Compute dtype. bfloat16: fp32 master weights with bf16 autocast; auto: bfloat16 where the hardware
+    computes it fast (see aha.models.fast_bf16), else float32."""
     device: str = "auto"
     """cpu, cuda or auto."""
     threads: int = 0

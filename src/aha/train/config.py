@@ -109,11 +109,13 @@ class TrainConfig:
     """Text that starts every completion ("" for none); rewards and logs see prefill + completion."""
     out_dir: str = "runs/r1_zero_smollm2"
     """Run folder: config, metrics, rollouts, checkpoints, TensorBoard events."""
-    steps: int = 60
+    steps: int = 40
     """Optimisation steps (each on prompts_per_step * group_size completions)."""
     seed: int = 0
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    """Compute dtype. bfloat16: fp32 master weights with bf16 autocast for training and a bf16 copy for rollouts."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Compute dtype. bfloat16: fp32 master weights with bf16 autocast for training and a bf16 copy for rollouts.
+    auto: bfloat16 on GPUs and on CPUs with bf16 matrix units (AMX, AVX512-BF16), else float32 (bf16 is ~4x
+    slower than fp32 on CPUs without them)."""
     device: str = "auto"
     """cpu, cuda or auto."""
     threads: int = 0

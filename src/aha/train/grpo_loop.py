@@ -28,6 +28,7 @@ from aha.data.templates import render_prompt, with_prefill
 from aha.errors import AhaError
 from aha.grpo import group_advantages, grpo_loss
 from aha.io import atomic_write_jsonl
+from aha.models import resolve_dtype
 from aha.rewards import RewardSet
 from aha.rollout import make_engine
 from aha.rollout.base import Completion, SamplingConfig
@@ -131,7 +132,7 @@ class GRPOTrainer:
         self.policy, self.tok = model, tokenizer
         self.policy.train()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.autocast = cfg.dtype == "bfloat16"
+        self.autocast = resolve_dtype(cfg.dtype, self.device) == "bfloat16"
         self.ref = None
         if cfg.grpo.kl_coef > 0:  # the reference model exists only when the KL term does
             self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from aha.config import save_config
 from aha.errors import AhaError
+from aha.models import resolve_dtype
 from aha.train import checkpoint as ckpt
 from aha.train.grpo_loop import PromptSampler, pick_device
 from aha.train.metrics import MetricsLogger
@@ -139,7 +140,7 @@ class SFTTrainer:
         self.policy, self.tok = model.to(self.device), tokenizer
         self.policy.train()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.autocast = cfg.dtype == "bfloat16"
+        self.autocast = resolve_dtype(cfg.dtype, self.device) == "bfloat16"
         self.steps = cfg.steps or math.ceil(cfg.epochs * len(train) / cfg.samples_per_step)
         self.sampler = PromptSampler(len(train), cfg.seed)
         o = cfg.optim
