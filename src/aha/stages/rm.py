@@ -228,17 +228,12 @@ class RMTrainer:
                                     keep=self.cfg.keep_checkpoints)
 
     def restore(self) -> bool:
-        from safetensors.torch import load_file
-
         from aha.train import checkpoint as ckpt
 
         found = ckpt.latest_checkpoint(self.run_dir)
         if found is None:
             return False
-        weights = {}
-        for f in sorted(found[1].glob("*.safetensors")):
-            weights.update(load_file(str(f)))
-        self.model.load_state_dict(weights, strict=False)
+        ckpt.load_weights(self.model, found[1])
         state = ckpt.load_state(found[1])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])

@@ -71,5 +71,30 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     return final
 
 
+def load_weights(model, ckpt: Path) -> None:
+    """Load a checkpoint's safetensors weights into `model` (in place); one line naming the folder when they do
+    not belong to it. Tied weights are re-tied afterwards (the checkpoint stores them once)."""
+    from safetensors.torch import load_file
+
+    from aha.errors import AhaError
+
+    weights = {}
+    for f in sorted(Path(ckpt).glob("*.safetensors")):
+        weights.update(load_file(str(f)))
+    _, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise AhaError(f"{ckpt}: checkpoint does not match the model (unexpected {unexpected[:3]})")
+    model.tie_weights()
+
+
+def stopped_by_nan(run_dir: Path, error: Exception):
+    """The one-line error for a non-finite loss or gradient, naming the last good checkpoint."""
+    from aha.errors import AhaError
+
+    last = latest_checkpoint(run_dir)
+    where = f"; last good checkpoint: {last[1]}" if last else "; no checkpoint was saved yet"
+    return AhaError(f"{error}: training stopped{where}")
+
+
 def load_state(ckpt: Path) -> dict:
     return torch.load(Path(ckpt) / STATE_FILE, weights_only=False)

@@ -335,15 +335,7 @@ class GRPOTrainer:
         if found is None:
             return False
         _, path = found
-        from safetensors.torch import load_file
-
-        weights = {}
-        for f in sorted(path.glob("*.safetensors")):
-            weights.update(load_file(str(f)))
-        missing, unexpected = self.policy.load_state_dict(weights, strict=False)
-        if unexpected:
-            raise AhaError(f"{path}: checkpoint does not match the model (unexpected {unexpected[:3]})")
-        self.policy.tie_weights()
+        ckpt.load_weights(self.policy, path)
         state = ckpt.load_state(path)
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -401,9 +393,7 @@ class GRPOTrainer:
                 try:
                     metrics = self.step()
                 except FloatingPointError as e:
-                    last = ckpt.latest_checkpoint(self.run_dir)
-                    where = f"; last good checkpoint: {last[1]}" if last else "; no checkpoint was saved yet"
-                    raise AhaError(f"{e}: training stopped{where}") from None
+                    raise ckpt.stopped_by_nan(self.run_dir, e) from None
                 s = self.step_no
                 if cfg.log.eval_every and s % cfg.log.eval_every == 0 and s < cfg.steps:
                     metrics.update(self.evaluate())

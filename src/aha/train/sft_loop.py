@@ -214,15 +214,7 @@ class SFTTrainer:
         found = ckpt.latest_checkpoint(self.run_dir)
         if found is None:
             return False
-        from safetensors.torch import load_file
-
-        weights = {}
-        for f in sorted(found[1].glob("*.safetensors")):
-            weights.update(load_file(str(f)))
-        _, unexpected = self.policy.load_state_dict(weights, strict=False)
-        if unexpected:
-            raise AhaError(f"{found[1]}: checkpoint does not match the model (unexpected {unexpected[:3]})")
-        self.policy.tie_weights()
+        ckpt.load_weights(self.policy, found[1])
         state = ckpt.load_state(found[1])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -254,9 +246,7 @@ class SFTTrainer:
                 try:
                     metrics = self.step()
                 except FloatingPointError as e:
-                    last = ckpt.latest_checkpoint(self.run_dir)
-                    where = f"; last good checkpoint: {last[1]}" if last else "; no checkpoint was saved yet"
-                    raise AhaError(f"{e}: training stopped{where}") from None
+                    raise ckpt.stopped_by_nan(self.run_dir, e) from None
                 s = self.step_no
                 if s == self.steps or (cfg.log.eval_every and s % cfg.log.eval_every == 0):
                     metrics.update(self.validate())
