@@ -14,7 +14,7 @@ from aha.rewards import REGISTRY, RewardsConfig, RewardSet, extract_answer, spli
 from aha.rewards.base import GoldError, RewardSpec
 from aha.rewards.config import BudgetSchedule, OverlongConfig
 from aha.rewards.countdown import countdown_accuracy, evaluate, solve
-from aha.rewards.format import format_partial, format_strict
+from aha.rewards.format import format_partial, format_r1, format_strict
 from aha.rewards.guard import call_guarded, time_limit
 from aha.rewards.language import language_reward, language_share
 from aha.rewards.length import budget_band, budget_reward, overlong_penalty, render_schedule
@@ -221,6 +221,19 @@ def test_format_strict(text, want):
 ])
 def test_format_partial(text, want):
     assert format_partial(text) == want
+
+
+@pytest.mark.parametrize("text,want", [
+    ("<think>2 + 3 = 5</think>\nThe sum is 5.\n<answer>5</answer>", 1.0),
+    ("<think>2 + 3 = 5</think><answer>5</answer>", 0.0),                   # no summary
+    ("<think>2 + 3 = 5\nThe sum is 5.\n<answer>5</answer>", 0.0),         # </think> dropped
+    ("<think> </think> summary <answer>5</answer>", 0.0),                  # empty reasoning
+    ("<think>r</think> summary <answer> </answer>", 0.0),                  # empty answer
+    ("<think>r</think> summary <answer>5</answer> more", 0.0),             # text after the answer
+    ("<think>r</think> s <answer>5</answer><think>", 0.0),                 # a tag twice
+])
+def test_format_r1(text, want):
+    assert format_r1(text) == want
 
 
 # -- language ------------------------------------------------------------------------------------

@@ -118,6 +118,10 @@ def test_stage_with_scripted_completions(tiny_model_dir, task_file, tmp_path):
     assert report["generated"] == 18 and report["kept"] == 1 and report["prompts_with_kept"] == 1
     assert report["dropped"]["correct"] == 6 + 5 and report["dropped"]["format"] == 6
     assert report["generated"] == report["kept"] + sum(report["dropped"].values())
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == 17 and {r["rejected_by"] for r in rejected} == {"correct", "format"}
+    assert sum(r["rejected_by"] == "format" for r in rejected) == 6
+    assert all(r["completion"] == "<think>" + texts[2] for r in rejected if r["rejected_by"] == "format")
 
 
 def test_empty_result_is_a_one_line_error_and_report_is_written(tiny_model_dir, task_file, tmp_path):
@@ -180,8 +184,21 @@ def test_resume_refuses_a_changed_config(tiny_model_dir, task_file, tmp_path):
     sample.run(make_cfg(tiny_model_dir, task_file, tmp_path / "s", *open_filters(), "limit=2"))
     with pytest.raises(AhaError, match=r"config.yaml: group_size: differs"):
         sample.run(make_cfg(tiny_model_dir, task_file, tmp_path / "s", *open_filters(), "limit=2", "group_size=2"))
+    with pytest.raises(AhaError, match=r"config.yaml: filters.format: differs"):
+        sample.run(make_cfg(tiny_model_dir, task_file, tmp_path / "s", *open_filters(), "limit=2", "filters.format=r1"))
     with pytest.raises(AhaError, match="resume=true continues it"):
         sample.run(make_cfg(tiny_model_dir, task_file, tmp_path / "s", *open_filters(), "limit=2", "resume=false"))
+
+
+def test_resume_refuses_a_retrained_model_at_the_same_path(tiny_model_dir, task_file, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    sample.run(make_cfg(str(model), task_file, tmp_path / "s", *open_filters(), "limit=2"))
+    (model / "config.json").write_text((model / "config.json").read_text() + " ")  # "retrained" in place
+    with pytest.raises(AhaError, match=r"source.json: the model at .* changed since this run sampled from it"):
+        sample.run(make_cfg(str(model), task_file, tmp_path / "s", *open_filters(), "limit=2"))
 
 
 def test_cli_sample_end_to_end_and_bad_task(tiny_model_dir, task_file, tmp_path, capsys):

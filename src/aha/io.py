@@ -3,6 +3,7 @@ every output is written to a temporary name in the same folder and renamed into 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -54,3 +55,15 @@ def append_jsonl(path: Path, row: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
         f.flush()
+
+
+def path_signature(path: Path) -> str:
+    """A file's content hash (size and mtime for files over 16 MB); a folder's listing with sizes and mtimes."""
+    if path.is_file():
+        st = path.stat()
+        if st.st_size > 16 << 20:
+            return f"stat:{st.st_size}:{st.st_mtime_ns}"
+        return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    listing = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
+                     for p in path.rglob("*") if p.is_file())
+    return "dir:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()

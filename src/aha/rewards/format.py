@@ -6,6 +6,10 @@ answer block with a non-empty answer, and NOTHING after `</answer>` (whitespace 
 a policy learns to keep talking (and hedge) after committing. A template that prefills `<think>` puts it
 back in front of the completion before scoring (`aha.data.templates.with_prefill`), so the rule is the same.
 
+`format_r1` is R1's final output form (§2.3.1, cold start onward): the think block, then a non-empty
+readable summary, then the answer block. `format_strict` gives it 0 (text between `</think>` and
+`<answer>`); use `format_r1` for stages whose outputs carry a summary.
+
 `format_partial` is shaping for small models that rarely write tags: 0.25 for each of the four tags
 that appears exactly once, in any order. Both are plain `str.count`/`find`: linear time.
 """
@@ -38,3 +42,17 @@ def format_strict(text: str) -> float:
 def format_partial(text: str) -> float:
     """0.25 for each of `<think>`, `</think>`, `<answer>`, `</answer>` present exactly once: in [0, 1]."""
     return sum(0.25 for tag in TAGS if text.count(tag) == 1)
+
+
+def format_r1(text: str) -> float:
+    """1.0 when `text` is `<think>reasoning</think>`, a non-empty summary, then `<answer>answer</answer>` at the
+    end; each tag exactly once, non-empty reasoning and answer. Else 0.0."""
+    if any(text.count(tag) != 1 for tag in TAGS):
+        return 0.0
+    s = text.strip()
+    if not (s.startswith(THINK_OPEN) and s.endswith(ANSWER_CLOSE)):
+        return 0.0
+    close, open_answer = s.find(THINK_CLOSE), s.find(ANSWER_OPEN)
+    reasoning, summary = s[len(THINK_OPEN):close], s[close + len(THINK_CLOSE):open_answer]
+    answer = s[open_answer + len(ANSWER_OPEN):-len(ANSWER_CLOSE)]
+    return 1.0 if close < open_answer and all(x.strip() for x in (reasoning, summary, answer)) else 0.0

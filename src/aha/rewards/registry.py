@@ -147,6 +147,10 @@ def format_partial(completion: Completion, example: Example, step: int = 0) -> f
     return _format.format_partial(completion.text)
 
 
+def format_r1(completion: Completion, example: Example, step: int = 0) -> float:
+    return _format.format_r1(completion.text)
+
+
 def language(completion: Completion, example: Example, step: int = 0, lang: str = "en") -> float:
     return _language.language_reward(completion.text, lang)
 
@@ -181,6 +185,7 @@ REGISTRY: dict[str, Callable[[RewardsConfig], RewardSpec]] = {
                                                         fn=accuracy_lenient),
     "format": lambda cfg: RewardSpec("format", format_strict, 0.0, 1.0),
     "format_partial": lambda cfg: RewardSpec("format_partial", format_partial, 0.0, 1.0),
+    "format_r1": lambda cfg: RewardSpec("format_r1", format_r1, 0.0, 1.0),
     "language": _build_language,
     "overlong": _build_overlong,
     "budget": _build_budget,

@@ -43,7 +43,7 @@ from typing import Any
 
 from aha.config import build_section, load_config, recipe_source, to_dict
 from aha.errors import AhaError, closest
-from aha.io import atomic_write_text
+from aha.io import atomic_write_text, path_signature
 from aha.stages.evaluate import EvalConfig, evaluate
 
 STAGES: dict[str, str | Callable[[Any], Path]] = {
@@ -212,18 +212,6 @@ def _drop(tree: dict, dotted: str) -> None:
             _drop(tree[head], rest)
     else:
         tree.pop(head, None)
-
-
-def path_signature(path: Path) -> str:
-    """A file's content hash (size and mtime for files over 16 MB); a folder's listing with sizes and mtimes."""
-    if path.is_file():
-        st = path.stat()
-        if st.st_size > 16 << 20:
-            return f"stat:{st.st_size}:{st.st_mtime_ns}"
-        return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-    listing = sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
-                     for p in path.rglob("*") if p.is_file())
-    return "dir:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def _strings(value: Any):

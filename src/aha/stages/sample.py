@@ -8,7 +8,8 @@ completion is counted under the first filter that rejects it, in that order.
 
 Outputs in `out_dir`: `samples.jsonl` (`{id, prompt, answer, completion, task, kind, source_model, accuracy,
 format, language, tokens, finished}`; `prompt` is the bare question and `completion` includes the prefill,
-as `aha sft` expects), `report.json` (generated, kept, dropped by each filter) and `done.jsonl`. Each batch
+as `aha sft` expects), `rejected.jsonl` (dropped completions, the same fields plus `rejected_by`),
+`report.json` (generated, kept, dropped by each filter) and `done.jsonl`. Each batch
 of prompts is appended to samples.jsonl and then recorded in done.jsonl; a restart drops rows whose batch
 was never recorded and skips recorded batches, so a crash loses only the prompts in flight. Every batch
 samples under its own seed, so a resumed run writes what an uninterrupted one would.
@@ -29,9 +30,9 @@ from aha.data.example import Example
 from aha.data.tasks import TaskConfig, load_task
 from aha.data.templates import R1_SUMMARY_SYSTEM, R1_SYSTEM, render_prompt, with_prefill
 from aha.errors import AhaError
-from aha.io import atomic_write_jsonl, atomic_write_text
-from aha.rewards.extract import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, split_think
-from aha.rewards.format import TAGS
+from aha.io import atomic_write_jsonl, atomic_write_text, path_signature
+from aha.rewards.extract import split_think
+from aha.rewards.format import format_r1
 from aha.rollout.base import Completion, SamplingConfig
 
 
@@ -109,6 +110,9 @@ class SampleConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Weights and compute dtype of the sampled model (auto: bfloat16 where the hardware computes it fast)."""
     device: str = "auto"
+    save_rejected: bool = True
+    """Also write rejected.jsonl: every dropped completion with `rejected_by` (the first filter it failed), to
+    see why a filter drops what it drops."""
     resume: bool = True
     """Continue an interrupted run in out_dir (its config must match); false: refuse a non-empty out_dir."""
     progress: bool = True
@@ -118,17 +122,8 @@ class SampleConfig:
 
 
 def r1_form(text: str) -> bool:
-    """R1's output form: `<think>reasoning</think>`, a non-empty summary, then `<answer>answer</answer>` at the
-    end; each tag exactly once, non-empty reasoning and answer."""
-    if any(text.count(tag) != 1 for tag in TAGS):
-        return False
-    s = text.strip()
-    if not (s.startswith(THINK_OPEN) and s.endswith(ANSWER_CLOSE)):
-        return False
-    close, open_answer = s.find(THINK_CLOSE), s.find(ANSWER_OPEN)
-    reasoning, summary = s[len(THINK_OPEN):close], s[close + len(THINK_CLOSE):open_answer]
-    answer = s[open_answer + len(ANSWER_OPEN):-len(ANSWER_CLOSE)]
-    return close < open_answer and all(x.strip() for x in (reasoning, summary, answer))
+    """R1's output form: think block, non-empty summary, answer block (`aha.rewards.format.format_r1`)."""
+    return format_r1(text) >= 1.0
 
 
 def format_ok(text: str, rule: str) -> bool:
@@ -193,26 +188,30 @@ def rejection(c: Completion, accuracy: float, language: float, f: FilterConfig) 
     return None
 
 
-def select(group: list[Completion], accuracy: list[float], language: list[float],
-           f: FilterConfig) -> tuple[list[int], Counter]:
-    """(indices kept, rejections per filter) for one prompt's completions, in sampling order."""
-    kept: list[int] = []
+def verdicts(group: list[Completion], accuracy: list[float], language: list[float],
+             f: FilterConfig) -> list[str | None]:
+    """For each of one prompt's completions, in sampling order, the filter that rejects it or None (kept)."""
+    out: list[str | None] = []
     seen: list[tuple[str, frozenset]] = []
-    dropped: Counter = Counter()
     for i, c in enumerate(group):
         why = rejection(c, accuracy[i], language[i], f)
         if why is None:
             norm, sh = " ".join(c.text.split()), shingles(c.text)
             if any(norm == n or similarity(sh, s) >= f.near_duplicate for n, s in seen):
                 why = "duplicate"
-            elif len(kept) >= f.max_per_prompt:
+            elif len(seen) >= f.max_per_prompt:
                 why = "per_prompt"
             else:
-                kept.append(i)
                 seen.append((norm, sh))
-        if why is not None:
-            dropped[why] += 1
-    return kept, dropped
+        out.append(why)
+    return out
+
+
+def select(group: list[Completion], accuracy: list[float], language: list[float],
+           f: FilterConfig) -> tuple[list[int], Counter]:
+    """(indices kept, rejections per filter) for one prompt's completions, in sampling order."""
+    why = verdicts(group, accuracy, language, f)
+    return [i for i, w in enumerate(why) if w is None], Counter(w for w in why if w is not None)
 
 
 # ----------------------------------------------------------------------------------------- prompts
@@ -260,7 +259,7 @@ def append_rows(path: Path, rows: list[dict]) -> None:
 
 def _config_tree(cfg: SampleConfig) -> dict:
     tree = dataclasses.asdict(cfg)
-    for k in ("resume", "progress", "out_dir"):
+    for k in ("resume", "progress", "out_dir", "save_rejected"):
         tree.pop(k)
     return tree
 
@@ -275,9 +274,16 @@ def _first_difference(a, b, prefix: str = "") -> str | None:
     return prefix.rstrip(".") if a != b else None
 
 
-def recover(out: Path, cfg: SampleConfig) -> list[dict]:
-    """The done records of an earlier run in `out` (checked against `cfg`), with samples.jsonl cut back to
-    the rows of recorded batches; [] for a fresh folder."""
+def model_signature(source_model: str) -> str:
+    """What identifies the sampled weights: the signature of the model's file or folder (a retrained model at
+    the same path differs), or the name itself for a registry name."""
+    p = Path(source_model)
+    return path_signature(p) if p.exists() else source_model
+
+
+def recover(out: Path, cfg: SampleConfig, source_model: str) -> list[dict]:
+    """The done records of an earlier run in `out` (checked against `cfg` and the sampled model's weights),
+    with samples.jsonl and rejected.jsonl cut back to the rows of recorded batches; [] for a fresh folder."""
     import yaml
 
     done = _read_lines(out / "done.jsonl")
@@ -288,13 +294,18 @@ def recover(out: Path, cfg: SampleConfig) -> list[dict]:
         raise AhaError(f"{out}: holds an earlier sampling run; resume=true continues it, or choose another out_dir")
     if saved.exists():
         key = _first_difference(_config_tree(cfg), {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items()
-                                                     if k not in ("resume", "progress", "out_dir")})
+                                                     if k not in ("resume", "progress", "out_dir", "save_rejected")})
         if key:
             raise AhaError(f"{saved}: {key}: differs from this run's setting; resume needs the same config "
                            "(or choose another out_dir)")
+    source = out / "source.json"
+    if source.exists() and json.loads(source.read_text()).get("signature") != model_signature(source_model):
+        raise AhaError(f"{source}: the model at {source_model} changed since this run sampled from it; "
+                       "resume needs the same weights (or choose another out_dir)")
     done_ids = {i for d in done for i in d["ids"]}
-    rows = [r for r in _read_lines(out / "samples.jsonl") if r.get("id") in done_ids]
-    atomic_write_jsonl(out / "samples.jsonl", rows)
+    for name in ("samples.jsonl", "rejected.jsonl"):
+        if (out / name).exists():
+            atomic_write_jsonl(out / name, [r for r in _read_lines(out / name) if r.get("id") in done_ids])
     return done
 
 
@@ -312,20 +323,27 @@ def summarize(done: list[dict], cfg: SampleConfig, source_model: str) -> dict:
 
 
 def sample_rows(examples: list[Example], groups: list[list[Completion]], parts: dict[str, list[float]],
-                cfg: SampleConfig, source_model: str) -> tuple[list[dict], Counter, int]:
-    """(kept rows, rejections per filter, prompts with at least one kept) for one batch."""
+                cfg: SampleConfig, source_model: str) -> tuple[list[dict], list[dict], Counter, int]:
+    """(kept rows, rejected rows with `rejected_by`, rejections per filter, prompts with at least one kept) for
+    one batch."""
     k = cfg.group_size
-    rows, dropped, with_kept = [], Counter(), 0
+    rows, rejected, dropped, with_kept = [], [], Counter(), 0
     for g, (ex, group) in enumerate(zip(examples, groups)):
         acc, lang = parts["accuracy"][g * k:(g + 1) * k], parts["language"][g * k:(g + 1) * k]
         fmt = parts["format"][g * k:(g + 1) * k]
-        kept, why = select(group, acc, lang, cfg.filters)
-        dropped.update(why)
-        with_kept += bool(kept)
-        rows += [{"id": ex.id, "prompt": ex.prompt, "answer": ex.answer, "completion": group[i].text, "task": ex.task,
-                  "kind": ex.kind, "source_model": source_model, "accuracy": acc[i], "format": fmt[i],
-                  "language": lang[i], "tokens": group[i].num_tokens, "finished": group[i].finished} for i in kept]
-    return rows, dropped, with_kept
+        why = verdicts(group, acc, lang, cfg.filters)
+        dropped.update(w for w in why if w is not None)
+        with_kept += any(w is None for w in why)
+        for i, w in enumerate(why):
+            row = {"id": ex.id, "prompt": ex.prompt, "answer": ex.answer, "completion": group[i].text,
+                   "task": ex.task, "kind": ex.kind, "source_model": source_model, "accuracy": acc[i],
+                   "format": fmt[i], "language": lang[i], "tokens": group[i].num_tokens,
+                   "finished": group[i].finished}
+            if w is None:
+                rows.append(row)
+            else:
+                rejected.append({**row, "rejected_by": w})
+    return rows, rejected, dropped, with_kept
 
 
 def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
@@ -349,10 +367,10 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
     rewards = RewardSet(RewardsConfig(weights={"accuracy": 1.0, "format": 0.0, "language": 0.0},
                                       language=cfg.filters.language))
     rewards.prepare(examples[:1])
-    done = recover(out, cfg)
     from aha.stages.sft import resolve_model
 
     source_model = resolve_model(cfg.model)
+    done = recover(out, cfg, source_model)
     if engine is None:
         from aha.models import load_model
         from aha.rollout.hf import HFEngine
@@ -362,6 +380,7 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
         engine = HFEngine(model, tokenizer, max_batch=cfg.batch_size)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    atomic_write_text(out / "source.json", json.dumps({"model": source_model, "signature": model_signature(source_model)}))
     (out / "samples.jsonl").touch()
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                               stop=tuple(cfg.stop))
@@ -381,8 +400,10 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
                    for e in batch]
         groups = [with_prefill(g, cfg.prefill) for g in engine.generate(prompts, cfg.group_size, sampling)]
         _, parts = rewards.score([c for g in groups for c in g], [e for e in batch for _ in range(cfg.group_size)])
-        rows, dropped, with_kept = sample_rows(batch, groups, parts, cfg, source_model)
+        rows, rejected, dropped, with_kept = sample_rows(batch, groups, parts, cfg, source_model)
         append_rows(out / "samples.jsonl", rows)
+        if cfg.save_rejected:
+            append_rows(out / "rejected.jsonl", rejected)
         record = {"batch": b, "ids": [e.id for e in batch], "generated": len(batch) * cfg.group_size,
                   "kept": len(rows), "prompts_with_kept": with_kept, "dropped": dict(dropped)}
         append_rows(out / "done.jsonl", [record])
@@ -398,5 +419,5 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
     if report["kept"] == 0:
         reasons = ", ".join(f"{k} {v}" for k, v in report["dropped"].items() if v)
         raise AhaError(f"{out / 'samples.jsonl'}: no completion passed the filters ({report['generated']} generated; "
-                       f"dropped by {reasons or 'nothing'}); see {out / 'report.json'}")
+                       f"dropped by {reasons or 'nothing'}); see {out / 'rejected.jsonl'}")
     return out
