@@ -112,3 +112,20 @@ def test_run_folder_is_prompted_the_way_it_trained(tiny_model_dir, tmp_path):
     assert len(evaluate(cfg)) == 2  # the same model under the same prompt is evaluated once
     cfg.prompt_from_run = False
     assert evaluate(cfg)[0]["prompt"]["prefill"] == ""
+
+
+def test_a_run_built_on_another_run_lists_each_checkpoint_once(tmp_path):
+    from aha.stages.evaluate import expand_models
+    from aha.train.checkpoint import STATE_FILE
+
+    def run(name: str, base: str) -> tuple[str, str]:
+        ckpt = tmp_path / name / "checkpoints" / "step_000002"
+        ckpt.mkdir(parents=True)
+        (ckpt / STATE_FILE).write_bytes(b"")
+        (tmp_path / name / "config.yaml").write_text(f"model: {base}\n")
+        return str(tmp_path / name), str(ckpt)
+
+    sft, sft_ckpt = run("sft", "base-model")
+    rl, rl_ckpt = run("rl", sft)  # as a pipeline writes it: the base is the earlier stage's run folder
+    assert expand_models([sft, rl]) == ["base-model", sft_ckpt, rl_ckpt]
+    assert expand_models([rl]) == [sft_ckpt, rl_ckpt]

@@ -1,6 +1,7 @@
 """`aha eval`: the R1 paper's protocol. k samples per problem at T=0.6, top-p 0.95; pass@1 as the mean
 correctness over the k samples (with its standard error), cons@k by majority vote, pass@k' by the
-unbiased estimator (Chen et al. 2021), response lengths, format and reflection rates.
+unbiased estimator (Chen et al. 2021), response lengths, format rates (strict R1-Zero form, and R1's form with
+a summary: `format_r1`) and reflection rates.
 
 Correctness comes from the same accuracy reward that training uses (one place decides what
 "correct" means), and the majority vote groups answers with that same equivalence, so `1/2` and
@@ -138,6 +139,10 @@ def expand_models(models: list[str]) -> list[str]:
             cfg_path = p / "config.yaml"
             if cfg_path.exists():
                 base = (yaml.safe_load(cfg_path.read_text()) or {}).get("model")
+                if base and (Path(base) / "checkpoints").is_dir():  # another run: its newest checkpoint, by
+                    from aha.stages.sft import resolve_model     # the name it has when listed itself
+
+                    base = resolve_model(base)
                 if base and base not in out:
                     out.append(base)
             from aha.train.checkpoint import list_checkpoints
@@ -192,6 +197,7 @@ def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, re
                 "id": ex.id, "prompt": ex.prompt, "answer": ex.answer,
                 "completions": [c.text for c in group], "extracted": answers, "correct": verdicts,
                 "format": [float(v) for v in parts.get("format", [0.0] * k)],
+                "format_r1": [float(v) for v in parts.get("format_r1", [0.0] * k)],
                 "lengths": [len(c.completion_ids) for c in group],
                 "finished": [c.finished for c in group],
                 "reflections": [reflection_count(c.text) for c in group],
@@ -215,6 +221,7 @@ def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, re
         f"cons@{k}": sum(r["cons_correct"] for r in records) / max(len(records), 1),
         **{f"pass@{kk}": sum(r["pass_at"][str(kk)] for r in records) / max(len(records), 1) for kk in ks if kk > 1},
         "format_rate": sum(f >= 1.0 for r in records for f in r["format"]) / max(len(lengths), 1),
+        "r1_form_rate": sum(f >= 1.0 for r in records for f in r.get("format_r1", [])) / max(len(lengths), 1),
         "length_mean": ntok / max(len(lengths), 1), "length_max": max(lengths, default=0),
         "truncated": sum(not f for r in records for f in r["finished"]) / max(len(lengths), 1),
         "reflection_per_1k_tokens": 1000.0 * sum(sum(r["reflections"]) for r in records) / max(ntok, 1),
@@ -229,7 +236,7 @@ def markdown_table(summaries: list[dict]) -> str:
         return ""
     k = summaries[0]["samples"]
     cols = ["pass@1", f"cons@{k}"] + [c for c in summaries[0] if c.startswith("pass@") and c not in ("pass@1", "pass@1_se")]
-    cols += ["format_rate", "length_mean", "truncated", "reflection_per_1k_tokens", "seconds"]
+    cols += ["format_rate", "r1_form_rate", "length_mean", "truncated", "reflection_per_1k_tokens", "seconds"]
     head = "| model | " + " | ".join(cols) + " |"
     sep = "|---|" + "---|" * len(cols)
     lines = [head, sep]
@@ -270,7 +277,7 @@ def evaluate(cfg: EvalConfig) -> list[dict]:
     examples = load_task(cfg.task, cfg.data, cfg.split)
     if cfg.limit:
         examples = examples[: cfg.limit]
-    reward_set = RewardSet(RewardsConfig(weights={"accuracy": 1.0, "format": 0.0}))
+    reward_set = RewardSet(RewardsConfig(weights={"accuracy": 1.0, "format": 0.0, "format_r1": 0.0}))
     out = Path(cfg.out_dir)
     summaries = []
     jobs = []  # (model, config with the prompt settings it is evaluated under)

@@ -120,6 +120,9 @@ class TrainConfig:
     """cpu, cuda or auto."""
     threads: int = 0
     """torch intra-op threads (0: torch's default)."""
+    malloc: Literal["tuned", "default"] = "tuned"
+    """tuned: glibc keeps freed memory for reuse instead of unmapping it (aha.runtime.tune_malloc; see
+    bench/README.md for what it buys); default: leave the allocator alone."""
     resume: bool = False
     """Continue from the newest checkpoint in out_dir."""
     selftest: bool = True

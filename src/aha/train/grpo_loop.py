@@ -115,6 +115,10 @@ class GRPOTrainer:
         self.device = pick_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if cfg.malloc == "tuned" and self.device == "cpu":
+            from aha.runtime import tune_malloc
+
+            tune_malloc()
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.run_dir = Path(cfg.out_dir)
@@ -245,6 +249,9 @@ class GRPOTrainer:
                 if self.ref is not None:
                     ref[i] = self.forward_logprobs(self.ref, b)[0]
         stats = defaultdict(float, {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0})
+        # Tokens the training forward passes see: real (prompt + completion) and with padding.
+        stats["train_tokens"] = float(sum(int(b.attention_mask.sum()) for _, _, b in batches))
+        stats["train_tokens_padded"] = float(sum(b.attention_mask.numel() for _, _, b in batches))
         t1 = time.perf_counter()
         # All groups flat and no KL term: the gradient is exactly zero, so skip the forward/backward passes
         # (common in early R1-Zero steps) but still take the optimizer step, as the full computation would.

@@ -1,0 +1,184 @@
+"""aha vs TRL's GRPOTrainer on identical GRPO work, side by side, alternating. See README.md.
+
+    .venv/bin/python bench/grpo_vs_trl/run.py [--steps 2] [--rounds 1] [--trl-venv DIR] [--only aha|trl]
+
+Creates TRL's virtual environment on first use (torch 2.13.0 CPU, trl 1.16.0, datasets, and aha itself for
+the shared rewards). Each run is a fresh process; its peak RSS comes from wait4. Every run does one warm-up
+step and then --steps measured steps; medians are over the measured steps of all rounds. Writes
+bench/results/grpo_vs_trl.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+TRL_VERSION = "1.16.0"
+
+
+def ensure_trl_venv(venv: Path) -> Path:
+    py = venv / "bin" / "python"
+    probe = [str(py), "-c", f"import trl, aha, datasets; assert trl.__version__ == {TRL_VERSION!r}"]
+    if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return py
+    print(f"[bench] creating TRL's environment in {venv} (once)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(py), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True)  # the CPU build on this disk, as aha's venv has
+    subprocess.run([*pip, f"trl=={TRL_VERSION}", "datasets"], check=True)
+    subprocess.run([*pip, "-e", str(REPO)], check=True)
+    return py
+
+
+def matmul_tflops(dtype_name: str, n: int = 2048, reps: int = 8) -> float:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e12
+
+
+def run_worker(cmd: list[str]) -> dict:
+    """Run one worker process; its JSON line plus wall time and peak RSS (GiB, from wait4)."""
+    import tempfile
+
+    t = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-4000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - t
+    result["peak_rss_gib"] = usage.ru_maxrss / 2 ** 20  # KiB on Linux
+    return result
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians over the measured steps (each run's first step is its warm-up) of all runs of one kind."""
+    steps = [s for r in runs for s in r["steps"][1:]]
+    step_s = statistics.median(s["seconds"] for s in steps)
+    out = {"runs": len(runs), "measured_steps": len(steps), "step_s": step_s,
+           "step_s_all": [round(s["seconds"], 2) for s in steps],
+           "completion_tokens_per_step": statistics.median(s["completion_tokens"] for s in steps),
+           "completion_tokens_per_s": sum(s["completion_tokens"] for s in steps) / sum(s["seconds"] for s in steps),
+           "train_tokens_per_step": statistics.median(s.get("train_tokens", 0.0) for s in steps),
+           "peak_rss_gib": max(r["peak_rss_gib"] for r in runs),
+           "warmup_step_s": statistics.median(r["steps"][0]["seconds"] for r in runs)}
+    if all("generate_s" in s for s in steps):
+        for k in ("generate_s", "score_s", "train_s"):
+            out[k] = statistics.median(s[k] for s in steps)
+        out["generate_tokens_per_s"] = sum(s["completion_tokens"] for s in steps) / sum(s["generate_s"] for s in steps)
+        out["train_tokens_per_s"] = sum(s["train_tokens"] for s in steps) / sum(s["train_s"] for s in steps)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=2, help="measured steps per run (after one warm-up step)")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of [aha, TRL default, aha, TRL best, aha]")
+    ap.add_argument("--trl-venv", default=str(Path(os.environ.get("AHA_HOME") or Path.home() / ".cache" / "aha")
+                                              / "venvs" / f"trl-{TRL_VERSION}"))
+    ap.add_argument("--only", choices=["aha", "trl"], help="run one side only (e.g. to measure an aha lever)")
+    ap.add_argument("--aha", nargs="*", default=[], help="key=value overrides for aha's runs (one lever at a time)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "grpo_vs_trl.json"))
+    a = ap.parse_args()
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    import work
+
+    rates = {"float32": matmul_tflops("float32"), "bfloat16": matmul_tflops("bfloat16")}
+    print(f"[bench] matmul TFLOP/s with {torch.get_num_threads()} threads: fp32 {rates['float32']:.3f}, "
+          f"bf16 {rates['bfloat16']:.3f}", flush=True)
+    total = a.steps + 1
+    aha_cmd = [sys.executable, str(HERE / "aha_worker.py"), str(total), *a.aha]
+    plan = []
+    for _ in range(a.rounds):
+        if a.only == "aha":
+            plan += [("aha", aha_cmd)]
+            continue
+        trl_py = str(ensure_trl_venv(Path(a.trl_venv)))
+        trl = [(f"trl_{s}", [trl_py, str(HERE / "trl_worker.py"), str(total), s]) for s in ("default", "best")]
+        plan += trl if a.only == "trl" else [("aha", aha_cmd), trl[0], ("aha", aha_cmd), trl[1]]
+    if a.only is None:
+        plan.append(("aha", aha_cmd))
+    runs: dict[str, list[dict]] = {}
+    for name, cmd in plan:
+        print(f"[bench] {name}: {total} steps ...", flush=True)
+        r = run_worker(cmd)
+        runs.setdefault(name, []).append(r)
+        print(f"[bench] {name}: steps {[round(s['seconds'], 1) for s in r['steps']]} s, "
+              f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
+    summary = {k: summarize(v) for k, v in runs.items()}
+    result = {"machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "python": platform.python_version(),
+                          "torch": torch.__version__, "matmul_tflops": rates},
+              "work": {k: getattr(work, k) for k in ("MODEL", "TASK", "TASK_ARGS", "PROMPTS_PER_STEP", "GROUP_SIZE",
+                                                    "MAX_NEW_TOKENS", "BETA", "MU", "TEMPERATURE", "TOP_P",
+                                                    "REWARD_WEIGHTS", "FEW_SHOT", "PREFILL")},
+              "aha_overrides": a.aha, "summary": summary, "runs": runs,
+              "date": time.strftime("%Y-%m-%d")}
+    if "aha" in summary:
+        s = summary["aha"]
+        n = runs["aha"][0]["params"]
+        best = max(rates.values())
+        for label, rate in (("bf16", rates["bfloat16"]), ("best", best)):
+            # Training floor: 6N FLOP per token (forward + backward); the KL reference forward adds 2N more.
+            s[f"train_floor_fraction_{label}"] = s["train_tokens_per_s"] / (rate * 1e12 / (6 * n))
+            # Decode bound: 2N FLOP per generated token at the matmul rate (batched decoding is compute-bound).
+            s[f"generate_bound_fraction_{label}"] = s["generate_tokens_per_s"] / (rate * 1e12 / (2 * n))
+        for k in ("trl_default", "trl_best"):
+            if k in summary:
+                s[f"speedup_vs_{k}"] = summary[k]["step_s"] / s["step_s"]
+                s[f"rss_ratio_vs_{k}"] = s["peak_rss_gib"] / summary[k]["peak_rss_gib"]
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2))
+    print(table(summary))
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def table(summary: dict) -> str:
+    lines = ["| run | s/step (median) | completion tok/s | peak RSS GiB | aha speed-up |", "|---|---|---|---|---|"]
+    aha = summary.get("aha", {})
+    for k, s in summary.items():
+        ratio = f"{aha['step_s'] and s['step_s'] / aha['step_s']:.2f}x" if aha and k != "aha" else ""
+        lines.append(f"| {k} | {s['step_s']:.1f} | {s['completion_tokens_per_s']:.1f} | {s['peak_rss_gib']:.2f} | {ratio} |")
+    if aha.get("train_s") is not None:
+        lines.append("")
+        lines.append(f"aha: generate {aha['generate_s']:.1f} s, score {aha['score_s']:.2f} s, train {aha['train_s']:.1f} s "
+                     f"per step; training {aha['train_tokens_per_s']:.0f} tok/s = {aha['train_floor_fraction_bf16']:.0%} of "
+                     f"the bf16 6N floor ({aha['train_floor_fraction_best']:.0%} of the fastest dtype's); generation "
+                     f"{aha['generate_tokens_per_s']:.1f} tok/s = {aha['generate_bound_fraction_best']:.0%} of the 2N "
+                     "decode bound")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
