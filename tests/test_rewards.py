@@ -246,12 +246,23 @@ def test_language_english_and_mixed():
     assert language_reward("<think>Привет мир hello</think>", "ru") == pytest.approx(2 / 3)
 
 
-def test_language_scores_reasoning_only_and_empty_is_zero():
+def test_language_scores_reasoning_only_and_wordless_reasoning_is_consistent():
     assert language_reward("<think>English only</think><answer>答案</answer>") == 1.0
-    assert language_reward("<think></think><answer>five</answer>") == 0.0
-    assert language_reward("<think>12 + 7 = 19</think>") == 0.0
+    assert language_reward("<think>12 + 7 = 19</think>") == 1.0  # no words: nothing mixed
+    assert language_reward("<think></think><answer>five</answer>") == 1.0
     assert language_reward("no tags at all") == 1.0  # no think part: the whole text
+    assert language_reward("全部中文") == 0.0
     assert language_share("", "en") == 0.0
+
+
+def test_language_reward_pays_nothing_for_dropping_the_think_close_tag():
+    """The hack recipes/r1.yaml's final stage found: tag names counted as English words, so the same
+    arithmetic scored 0 inside <think>...</think> and 1 once </think> was dropped."""
+    closed = "<think>\n23 - 60 = 8\n</think>\n23 - 60 = 8.\n<answer>8</answer>"
+    dropped = "<think>\n23 - 60 = 8\n<answer>8</answer>"
+    assert language_reward(closed) == language_reward(dropped) == 1.0
+    assert language_reward("<think>计算 7 + 5<answer>12</answer>") == 0.0  # unclosed: reasoning ends at <answer>
+    assert language_reward("<think>Let me 计算</think>") == 0.5  # Let, me of Let, me, 计, 算
 
 
 def test_language_unknown_is_aha_error():

@@ -55,6 +55,20 @@ def test_one_step_with_scripted_engine(tiny_model_dir, task_file, tmp_path):
     assert math.isfinite(m["loss"]) and m["grad_norm"] > 0
     assert m["reward/format_partial"] > 0 and 0 <= m["accuracy"] <= 1
     assert changed(before, trainer.policy), "parameters did not change"
+    # every sequence's prompt and completion tokens, counted once; padding only adds
+    real = sum(len(c.prompt_ids) + len(c.completion_ids) for c in trainer._last_rollouts.completions)
+    assert m["train_tokens"] == real and m["train_tokens_padded"] >= real
+
+
+def test_malloc_tuning_is_applied_once_on_glibc():
+    import platform
+
+    from aha.runtime import tune_malloc
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert tune_malloc() is True and tune_malloc() is True
+    torch.ones(64 << 20, dtype=torch.uint8).sum()  # a 64 MiB tensor still allocates and frees
 
 
 def test_real_steps_hf_engine_with_kl_and_mu(tiny_model_dir, task_file, tmp_path):

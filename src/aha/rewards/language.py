@@ -4,7 +4,12 @@ R1 adds this reward because RL-trained chains of thought drift between languages
 letters; in scripts written without spaces (CJK ideographs, kana, hangul syllables) each character counts
 as one word, as R1 does for Chinese. A word counts for the target language when all its letters are in
 that language's script ranges (SCRIPTS; add an entry to support another language). The reasoning is the
-`<think>` part, or the whole text when there is none; no words at all scores 0.
+`<think>` part (up to `<answer>` when `</think>` is missing), or the whole text when there is none; tag
+names are markup, not words. Reasoning with no words at all (pure arithmetic) has nothing to mix and scores 1.
+
+Both rules close a reward hack seen in recipes/r1.yaml's final stage: when "answer" inside `<answer>` counted
+as an English word and word-free reasoning scored 0, `23 - 60 = 8` scored 0 inside `<think>…</think>` and 1
+once the model dropped `</think>`, so six RL steps taught it to drop the tag.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import re
 
 from aha.errors import AhaError, closest
-from aha.rewards.extract import split_think
+from aha.rewards.extract import ANSWER_OPEN, THINK_CLOSE, THINK_OPEN, split_think
 
 # Unicode ranges per target language (inclusive). Latin covers ASCII letters and Latin-1/Extended-A/B
 # so that "naïve" or "Schrödinger" stay English words.
@@ -68,9 +73,16 @@ def language_share(text: str, lang: str = "en") -> float:
     return target / total if total else 0.0
 
 
+_TAG = re.compile(r"</?(?:think|answer)>")
+
+
 def language_reward(text: str, lang: str = "en") -> float:
-    """`language_share` of the `<think>` part (the whole text when there is none)."""
+    """`language_share` of the reasoning: the `<think>` part, ending at `<answer>` when `</think>` is missing
+    (the whole text when there is no think part); tags removed. 1.0 when the reasoning has no words."""
     reasoning, _ = split_think(text)
-    if not reasoning and "<think>" not in text and "</think>" not in text:
+    if THINK_OPEN not in text and THINK_CLOSE not in text:
         reasoning = text
-    return language_share(reasoning, lang)
+    elif THINK_CLOSE not in text and ANSWER_OPEN in reasoning:
+        reasoning = reasoning[:reasoning.find(ANSWER_OPEN)]
+    reasoning = _TAG.sub(" ", reasoning)
+    return language_share(reasoning, lang) if _RUN.search(reasoning) else 1.0
