@@ -55,9 +55,13 @@ def test_one_step_with_scripted_engine(tiny_model_dir, task_file, tmp_path):
     assert math.isfinite(m["loss"]) and m["grad_norm"] > 0
     assert m["reward/format_partial"] > 0 and 0 <= m["accuracy"] <= 1
     assert changed(before, trainer.policy), "parameters did not change"
-    # every sequence's prompt and completion tokens, counted once; padding only adds
-    real = sum(len(c.prompt_ids) + len(c.completion_ids) for c in trainer._last_rollouts.completions)
+    # shared prompts: each micro-batch runs its prompt once, then its completions; padding only adds
+    comps = trainer._last_rollouts.completions
+    real = sum(len(comps[mb[0]].prompt_ids) + sum(len(comps[j].completion_ids) for j in mb)
+               for mb in trainer.micro_batches(comps))
+    assert all(len({comps[j].prompt_ids for j in mb}) == 1 for mb in trainer.micro_batches(comps))
     assert m["train_tokens"] == real and m["train_tokens_padded"] >= real
+    assert real < sum(len(c.prompt_ids) + len(c.completion_ids) for c in comps)
 
 
 def test_malloc_tuning_is_applied_once_on_glibc():
@@ -247,16 +251,17 @@ def test_micro_batching_does_not_change_the_gradient(tiny_model_dir, task_file, 
 
     texts = ["<think> 1 </think>", "a b c d e f g h", "<answer> 3 </answer>", "x", "1 2 3 4 5", "<think>", "7 7", "ok"]
     results = []
-    for mbs in (8, 3):
-        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}", f"optim.micro_batch_size={mbs}",
-                       f"grpo.loss_agg={agg}")
+    for mbs, share in ((8, "false"), (3, "false"), (3, "true"), (8, "true")):
+        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}{share}", f"optim.micro_batch_size={mbs}",
+                       f"grpo.loss_agg={agg}", f"optim.share_prompt={share}", "grpo.kl_coef=0.1")
         model, tok = load_model(tiny_model_dir)
         trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=ScriptedEngine(tok, texts))
         trainer.rewards.score = lambda comps, exs, step=0: ([float(len(c.text) % 3) for c in comps], {"accuracy": [0.0] * len(comps)})
         m = trainer.step()
-        results.append((m["loss"], m["grad_norm"]))
-    assert results[0][0] == pytest.approx(results[1][0], rel=1e-4, abs=1e-6)
-    assert results[0][1] == pytest.approx(results[1][1], rel=1e-3)
+        results.append((m["loss"], m["grad_norm"], m["kl"]))
+    for loss, grad_norm, _ in results[1:]:  # micro-batch size and the shared-prompt forward change nothing
+        assert loss == pytest.approx(results[0][0], rel=1e-4, abs=1e-6)
+        assert grad_norm == pytest.approx(results[0][1], rel=1e-3)
 
 
 def test_prefill_is_scored_as_part_of_the_completion(tiny_model_dir, task_file, tmp_path):

@@ -33,7 +33,13 @@ from aha.rewards import RewardSet
 from aha.rollout import make_engine
 from aha.rollout.base import Completion, SamplingConfig
 from aha.train import checkpoint as ckpt
-from aha.train.batch import collate, completion_logprobs
+from aha.train.batch import (
+    SharedPromptBatch,
+    collate,
+    collate_shared,
+    completion_logprobs,
+    shared_prompt_logprobs,
+)
 from aha.train.config import TrainConfig
 from aha.train.metrics import MetricsLogger, component_means, kind_metrics, reflection_count
 
@@ -219,8 +225,28 @@ class GRPOTrainer:
 
     # ----------------------------------------------------------------------------------------- step
     def forward_logprobs(self, model, batch, with_entropy=False):
+        fn = shared_prompt_logprobs if isinstance(batch, SharedPromptBatch) else completion_logprobs
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
-            return completion_logprobs(model, batch, with_entropy)
+            return fn(model, batch, with_entropy)
+
+    def micro_batches(self, completions: list[Completion]) -> list[list[int]]:
+        """Indices of each micro-batch. Shared prompts: the completions of one prompt (a group), longest
+        first, in chunks of micro_batch_size. Otherwise: all rows sorted by length, so that a micro-batch
+        wastes little on padding. The loss uses whole-step normalisers, so the grouping does not change the
+        gradient."""
+        mbs = self.cfg.optim.micro_batch_size
+        n = len(completions)
+        if not self.cfg.optim.share_prompt:
+            order = sorted(range(n), key=lambda j: len(completions[j].prompt_ids) + len(completions[j].completion_ids))
+            return [order[i:i + mbs] for i in range(0, n, mbs)]
+        groups: dict[tuple, list[int]] = {}
+        for j, c in enumerate(completions):
+            groups.setdefault(c.prompt_ids, []).append(j)
+        out = []
+        for idx in groups.values():
+            idx = sorted(idx, key=lambda j: -len(completions[j].completion_ids))
+            out += [idx[i:i + mbs] for i in range(0, len(idx), mbs)]
+        return out
 
     def step(self) -> dict:
         """One GRPO step: rollouts -> rewards -> advantages -> mu x (micro-batched loss, AdamW update)."""
@@ -229,15 +255,11 @@ class GRPOTrainer:
         ro, info = self.collect()
         t_gen = time.perf_counter() - t0  # includes scoring; scoring time is measured below
         n = len(ro.completions)
-        mbs = cfg.optim.micro_batch_size
         mask_keep = [0.0 if (g.mask_truncated and not c.finished) else 1.0 for c in ro.completions]
-        # Micro-batches of similar lengths waste little on padding; the loss uses whole-batch normalisers,
-        # so the grouping does not change the gradient.
-        order = sorted(range(n), key=lambda j: len(ro.completions[j].prompt_ids) + len(ro.completions[j].completion_ids))
-        batches = []  # (index tensor into the step's sequences, Batch)
-        for i in range(0, n, mbs):
-            idx = order[i:i + mbs]
-            b = collate([ro.completions[j] for j in idx], self.pad_id).to(self.device)
+        make = collate_shared if cfg.optim.share_prompt else collate
+        batches = []  # (micro-batch number, index tensor into the step's sequences, batch)
+        for i, idx in enumerate(self.micro_batches(ro.completions)):
+            b = make([ro.completions[j] for j in idx], self.pad_id).to(self.device)
             b.completion_mask *= torch.tensor([mask_keep[j] for j in idx], device=self.device).unsqueeze(-1)
             batches.append((i, torch.tensor(idx), b))
         num_tokens = float(sum(b.completion_mask.sum().item() for _, _, b in batches))
@@ -250,8 +272,8 @@ class GRPOTrainer:
                     ref[i] = self.forward_logprobs(self.ref, b)[0]
         stats = defaultdict(float, {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0})
         # Tokens the training forward passes see: real (prompt + completion) and with padding.
-        stats["train_tokens"] = float(sum(int(b.attention_mask.sum()) for _, _, b in batches))
-        stats["train_tokens_padded"] = float(sum(b.attention_mask.numel() for _, _, b in batches))
+        stats["train_tokens"] = float(sum(b.tokens for _, _, b in batches))
+        stats["train_tokens_padded"] = float(sum(b.padded_tokens for _, _, b in batches))
         t1 = time.perf_counter()
         # All groups flat and no KL term: the gradient is exactly zero, so skip the forward/backward passes
         # (common in early R1-Zero steps) but still take the optimizer step, as the full computation would.
