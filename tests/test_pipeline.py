@@ -213,6 +213,27 @@ def test_an_interrupted_stage_resumes_and_the_rest_follow(tmp_path):
     assert json.loads((root / "manifest.json").read_text())["stages"]["b"]["status"] == "done"
 
 
+def test_an_interrupted_rerun_keeps_the_records_of_stages_it_never_reached(tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("seed")
+    recipe = write_recipe(tmp_path, THREE.replace("DATA", str(data)) + f"  d: {{kind: fake, source: {data}, value: 4}}\n")
+    run(recipe)
+    FAIL_ONCE.add("b")
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe, "from=b")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert list(manifest["stages"]) == ["a", "b", "c", "d"] and manifest["stages"]["d"]["status"] == "done"
+    CALLS.clear()
+    run(recipe)
+    assert CALLS == [("b", True), ("c", False)]  # d reads only data.txt: still valid, skipped
+
+
+def test_speed_settings_do_not_change_the_fingerprint():
+    base = {"model": "m", "threads": 0, "malloc": "tuned", "optim": {"share_prompt": True, "lr": 1.0}}
+    fast = {"model": "m", "threads": 2, "malloc": "default", "optim": {"share_prompt": False, "lr": 1.0}}
+    assert pl.fingerprint("train", base, {}, {}) == pl.fingerprint("train", fast, {}, {})
+
+
 def test_from_restarts_a_stage_and_every_later_one(tmp_path):
     recipe = three(tmp_path)
     root = run(recipe)

@@ -59,8 +59,10 @@ STAGES: dict[str, str | Callable[[Any], Path]] = {
 kind) or the function itself. The stage's config class is the type annotation of its first parameter."""
 
 MANIFEST = "manifest.json"
-NOT_HASHED = ("resume", "progress", "log.progress")
-"""Config keys that do not change what a stage produces (dotted for nested ones)."""
+NOT_HASHED = ("resume", "progress", "log.progress", "threads", "malloc", "optim.share_prompt", "save_rejected",
+              "sample.save_rejected")
+"""Config keys that do not change what a stage produces, only how fast or what else it writes (dotted for
+nested ones)."""
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _REF = re.compile(r"^@([A-Za-z][A-Za-z0-9_-]*)(/.*)?$")
 
@@ -288,7 +290,10 @@ def run_pipeline(p: Pipeline, log: Callable[[str], None] = print) -> Path:
     root = Path(p.config.out_dir)
     root.mkdir(parents=True, exist_ok=True)
     old = read_manifest(root)["stages"]
-    manifest: dict[str, Any] = {"recipe": p.recipe, "out_dir": str(root), "stages": {}}
+    # Earlier records stay until their stage is decided again: an interrupted run must not forget the stages
+    # it never reached (those that do not read the interrupted one are still valid).
+    manifest: dict[str, Any] = {"recipe": p.recipe, "out_dir": str(root),
+                                "stages": {s.name: old[s.name] for s in p.stages if s.name in old}}
 
     def write() -> None:
         atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2, default=str) + "\n")
