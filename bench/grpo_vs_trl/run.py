@@ -98,7 +98,9 @@ def main() -> None:
     ap.add_argument("--trl-venv", default=str(Path(os.environ.get("AHA_HOME") or Path.home() / ".cache" / "aha")
                                               / "venvs" / f"trl-{TRL_VERSION}"))
     ap.add_argument("--only", choices=["aha", "trl"], help="run one side only (e.g. to measure an aha lever)")
-    ap.add_argument("--aha", nargs="*", default=[], help="key=value overrides for aha's runs (one lever at a time)")
+    ap.add_argument("--aha", nargs="*", default=[], help="key=value overrides for all of aha's runs")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:key=value[,key=value]",
+                    help="an aha run with one lever changed, interleaved with the others (repeatable)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "grpo_vs_trl.json"))
     a = ap.parse_args()
     import torch
@@ -111,19 +113,30 @@ def main() -> None:
           f"bf16 {rates['bfloat16']:.3f}", flush=True)
     total = a.steps + 1
     aha_cmd = [sys.executable, str(HERE / "aha_worker.py"), str(total), *a.aha]
+    variants = []
+    for v in a.variant:
+        name, _, kv = v.partition(":")
+        variants.append((f"aha_{name}", [*aha_cmd, *kv.split(",")]))
     plan = []
     for _ in range(a.rounds):
-        if a.only == "aha":
-            plan += [("aha", aha_cmd)]
+        others = variants[:]
+        if a.only != "aha":
+            trl_py = str(ensure_trl_venv(Path(a.trl_venv)))
+            trl = [(f"trl_{s}", [trl_py, str(HERE / "trl_worker.py"), str(total), s]) for s in ("default", "best")]
+            others = trl if a.only == "trl" else [x for pair in zip(trl + [None] * len(variants),
+                                                                    variants + [None] * 2) for x in pair if x]
+        if a.only == "trl":
+            plan += others
             continue
-        trl_py = str(ensure_trl_venv(Path(a.trl_venv)))
-        trl = [(f"trl_{s}", [trl_py, str(HERE / "trl_worker.py"), str(total), s]) for s in ("default", "best")]
-        plan += trl if a.only == "trl" else [("aha", aha_cmd), trl[0], ("aha", aha_cmd), trl[1]]
-    if a.only is None:
+        for other in others:  # aha, other, aha, other, ...: every comparison has aha runs on both sides
+            plan += [("aha", aha_cmd), other]
+        if not others:
+            plan.append(("aha", aha_cmd))
+    if a.only != "trl" and plan and plan[-1][0] != "aha":
         plan.append(("aha", aha_cmd))
     runs: dict[str, list[dict]] = {}
     for name, cmd in plan:
-        print(f"[bench] {name}: {total} steps ...", flush=True)
+        print(f"[bench] {name}: {total} steps ... {' '.join(cmd[2:])}", flush=True)
         r = run_worker(cmd)
         runs.setdefault(name, []).append(r)
         print(f"[bench] {name}: steps {[round(s['seconds'], 1) for s in r['steps']]} s, "

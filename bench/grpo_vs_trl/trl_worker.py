@@ -1,10 +1,11 @@
 """One TRL GRPOTrainer run on the work of `work.py`; prints one JSON line with per-step timings.
 Runs in TRL's own virtual environment (see run.py), which also has aha installed for the shared rewards.
 
-    python bench/grpo_vs_trl/trl_worker.py STEPS SETTING      # SETTING: default | best
+    python bench/grpo_vs_trl/trl_worker.py STEPS SETTING      # SETTING: default | best | best_cb
 
 default: TRL's defaults as users run them on CPU, in fp32 (gradient checkpointing on).
 best:    no gradient checkpointing, and bf16 autocast only where this CPU computes bf16 fast (as aha decides).
+best_cb: best, generating with transformers' continuous batching (`use_transformers_continuous_batching`).
 """
 
 from __future__ import annotations
@@ -45,14 +46,16 @@ def main(argv: list[str]) -> None:
         totals, _ = rewards.score(comps, [by_id[i] for i in id])
         return [float(t) for t in totals]
 
-    bf16 = setting == "best" and fast_bf16("cpu")
+    bf16 = setting.startswith("best") and fast_bf16("cpu")
+    extra = {"use_transformers_continuous_batching": True} if setting == "best_cb" else {}
     args = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="trl_vs_aha_"), use_cpu=True, report_to="none", save_strategy="no",
         logging_steps=1, disable_tqdm=True, seed=0, max_steps=steps, learning_rate=work.LR,
         per_device_train_batch_size=work.GROUP_SIZE, gradient_accumulation_steps=work.PROMPTS_PER_STEP,
         num_generations=work.GROUP_SIZE, max_completion_length=work.MAX_NEW_TOKENS, beta=work.BETA,
         num_iterations=work.MU, temperature=work.TEMPERATURE, top_p=work.TOP_P,
-        bf16=bf16, gradient_checkpointing=(setting == "default"), model_init_kwargs={"dtype": torch.float32})
+        bf16=bf16, gradient_checkpointing=(setting == "default"), model_init_kwargs={"dtype": torch.float32},
+        **extra)
 
     class Timer(TrainerCallback):
         def __init__(self):

@@ -71,7 +71,8 @@ class HFEngine:
         ids, mask = ids.to(device), mask.to(device)
         cache = DynamicCache()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)  # only the last position's logits: P x V per prompt would be wasted
         # Prefill once per prompt, then fan the cache out to G rows per prompt.
         logits = out.logits[:, -1, :].repeat_interleave(n, dim=0)
         cache = out.past_key_values
