@@ -32,3 +32,14 @@ def tune_malloc() -> bool:
         return False
     _tuned = ok
     return ok
+
+
+def adamw(params, fused: bool = True, **kwargs):
+    """torch's AdamW, fused where torch has a fused kernel for the parameters' device (CPU and CUDA): on the
+    2-core CPU, 0.10 s instead of 0.50 s per step for 128M parameters and 0.5 GiB less peak memory than the
+    default multi-tensor version (bench/grpo_vs_trl/README.md)."""
+    import torch
+
+    params = [p for p in params]
+    ok = fused and params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, fused=True, **kwargs) if ok else torch.optim.AdamW(params, **kwargs)

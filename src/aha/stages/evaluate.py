@@ -140,7 +140,7 @@ def expand_models(models: list[str]) -> list[str]:
             if cfg_path.exists():
                 base = (yaml.safe_load(cfg_path.read_text()) or {}).get("model")
                 if base and (Path(base) / "checkpoints").is_dir():  # another run: its newest checkpoint, by
-                    from aha.stages.sft import resolve_model     # the name it has when listed itself
+                    from aha.stages.sft import resolve_model  # the name it has when listed itself
 
                     base = resolve_model(base)
                 if base and base not in out:

@@ -20,6 +20,7 @@ from typing import Literal
 from aha.errors import AhaError
 from aha.io import read_jsonl
 from aha.models import resolve_dtype
+from aha.runtime import adamw
 
 
 @dataclass
@@ -164,7 +165,7 @@ class RMTrainer:
         self.model, self.tok = model, tokenizer
         self.run_dir = Path(cfg.out_dir)
         self.total_steps = cfg.epochs * math.ceil(len(self.train_pairs) / cfg.batch_size)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = adamw(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = cfg.warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda i: (i + 1) / warm if warm and i < warm else 1.0)
         self.step_no = 0

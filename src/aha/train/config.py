@@ -69,6 +69,8 @@ class OptimConfig:
     """Gradient clipping by global norm (0 disables)."""
     micro_batch_size: int = 16
     """Sequences per forward/backward; gradients accumulate over the step's B*G sequences."""
+    fused: bool = True
+    """AdamW with torch's fused kernel (CPU and CUDA): faster and less memory than the multi-tensor default."""
     share_prompt: bool = True
     """Run each group's prompt once per micro-batch and repeat its keys and values for the group's
     completions (exact, gradients included; aha.train.batch.SharedPromptBatch). A micro-batch then holds

@@ -32,6 +32,7 @@ from aha.models import resolve_dtype
 from aha.rewards import RewardSet
 from aha.rollout import make_engine
 from aha.rollout.base import Completion, SamplingConfig
+from aha.runtime import adamw
 from aha.train import checkpoint as ckpt
 from aha.train.batch import (
     SharedPromptBatch,
@@ -159,7 +160,7 @@ class GRPOTrainer:
                                        stop=tuple(cfg.rollout.stop))
         self.sampler = PromptSampler(len(self.examples), cfg.seed)
         o = cfg.optim
-        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
+        self.opt = adamw(self.policy.parameters(), fused=o.fused, lr=o.lr, betas=(o.beta1, o.beta2),
                                      weight_decay=o.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.step_no = 0
@@ -323,7 +324,7 @@ class GRPOTrainer:
         m["reward"] = float(ro.rewards.mean())
         m["reward_std"] = float(ro.rewards.std()) if len(ro.rewards) > 1 else 0.0
         m["accuracy"] = m.get("reward/accuracy", 0.0)
-        fmt_name = next((n for n in ("format", "format_partial") if ro.parts.get(n)), None)
+        fmt_name = next((n for n in ("format", "format_r1", "format_partial") if ro.parts.get(n)), None)
         fmt = [v for v, w in zip(ro.parts[fmt_name], row_weights) if fmt_name in w] if fmt_name else []
         m["format_rate"] = sum(1.0 for v in fmt if v >= 1.0) / len(fmt) if fmt else 0.0
         if self.by_kind:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from aha.config import save_config
 from aha.errors import AhaError
 from aha.models import resolve_dtype
+from aha.runtime import adamw
 from aha.train import checkpoint as ckpt
 from aha.train.grpo_loop import PromptSampler, pick_device
 from aha.train.metrics import MetricsLogger
@@ -144,7 +145,7 @@ class SFTTrainer:
         self.steps = cfg.steps or math.ceil(cfg.epochs * len(train) / cfg.samples_per_step)
         self.sampler = PromptSampler(len(train), cfg.seed)
         o = cfg.optim
-        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=o.lr, betas=(o.beta1, o.beta2),
+        self.opt = adamw(self.policy.parameters(), fused=o.fused, lr=o.lr, betas=(o.beta1, o.beta2),
                                      weight_decay=o.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda i: lr_factor(i, self.steps, o.warmup_steps, o.schedule))
