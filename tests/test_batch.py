@@ -57,28 +57,8 @@ def test_shared_prompt_gradients_equal_the_padded_batch(model_and_group):
         assert torch.allclose(got[name], want[name], atol=1e-5, rtol=1e-4), name
 
 
-def test_several_prompts_in_one_shared_batch_equal_the_padded_batch(model_and_group):
-    """Two groups with prompts of different lengths (left-padded), rows interleaved: log-probs and gradients
-    as if every row ran its own prompt."""
-    model, tok, group = model_and_group
-    longer = group[0].prompt_ids + (17, 18, 19, 20)
-    other = [Completion(text="", prompt_ids=longer, completion_ids=c.completion_ids[::-1] or (5,)) for c in group[:3]]
-    rows = [group[0], other[0], group[1], other[1], other[2], group[2], group[3]]
-    shared = collate_shared(rows, tok.pad_token_id)
-    assert shared.prompt_ids.shape[0] == 2 and shared.row_prompt.tolist() == [0, 1, 0, 1, 1, 0, 0]
-    weights = torch.linspace(-1.0, 2.0, len(rows)).unsqueeze(-1)
-
-    def run(fn, batch):
-        model.zero_grad(set_to_none=True)
-        logp, _ = fn(model, batch)
-        C = batch.completion_mask.shape[1]
-        logp = logp[:, :C] * batch.completion_mask
-        (logp * weights).sum().backward()
-        return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    want_logp, want = run(completion_logprobs, collate(rows, tok.pad_token_id))
-    got_logp, got = run(shared_prompt_logprobs, shared)
-    assert torch.allclose(got_logp, want_logp, atol=1e-5)
-    for name in want:
-        assert torch.allclose(got[name], want[name], atol=1e-5, rtol=1e-4), name
-    assert shared.tokens == len(group[0].prompt_ids) + len(longer) + sum(len(c.completion_ids) for c in rows)
+def test_collate_shared_refuses_mixed_prompts():
+    a = Completion(text="", prompt_ids=(1, 2), completion_ids=(3,))
+    b = Completion(text="", prompt_ids=(1, 5), completion_ids=(3,))
+    with pytest.raises(ValueError, match="different prompts"):
+        collate_shared([a, b], 0)

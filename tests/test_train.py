@@ -55,12 +55,11 @@ def test_one_step_with_scripted_engine(tiny_model_dir, task_file, tmp_path):
     assert math.isfinite(m["loss"]) and m["grad_norm"] > 0
     assert m["reward/format_partial"] > 0 and 0 <= m["accuracy"] <= 1
     assert changed(before, trainer.policy), "parameters did not change"
-    # shared prompts: each micro-batch runs each of its prompts once, then its completions; padding only adds
+    # shared prompts: each micro-batch runs its prompt once, then its completions; padding only adds
     comps = trainer._last_rollouts.completions
-    mbs = trainer.micro_batches(comps)
-    real = sum(sum(len(p) for p in {comps[j].prompt_ids for j in mb}) + sum(len(comps[j].completion_ids) for j in mb)
-               for mb in mbs)
-    assert sorted(j for mb in mbs for j in mb) == list(range(len(comps))) and all(len(mb) <= 3 for mb in mbs)
+    real = sum(len(comps[mb[0]].prompt_ids) + sum(len(comps[j].completion_ids) for j in mb)
+               for mb in trainer.micro_batches(comps))
+    assert all(len({comps[j].prompt_ids for j in mb}) == 1 for mb in trainer.micro_batches(comps))
     assert m["train_tokens"] == real and m["train_tokens_padded"] >= real
     assert real < sum(len(c.prompt_ids) + len(c.completion_ids) for c in comps)
 

@@ -4,8 +4,8 @@
 completion region starts at one column for all rows and the LM head runs only on completion positions
 (`logits_to_keep`): the prompt's logits are never materialised.
 
-`SharedPromptBatch`: completions of one or more prompts (whole GRPO groups). Each prompt runs once, its keys
-and values are repeated for each of its completions, and only the completion tokens run per row. Exact, gradients included
+`SharedPromptBatch`: completions of ONE prompt (a GRPO group). The prompt runs once, its keys and values
+are repeated for every completion, and only the completion tokens run per row. Exact, gradients included
 (the repeated cache is part of the autograd graph, so each row's gradient reaches the prompt's
 activations and sums there), and far cheaper when prompts are long and groups large: with the R1 prompt
 and a worked example, prompt tokens were ~60% of what a GRPO step's forward and backward passes processed.
@@ -79,38 +79,29 @@ def completion_logprobs(model, batch: Batch, with_entropy: bool = False):
 
 @dataclass
 class SharedPromptBatch:
-    prompt_ids: torch.Tensor  # (K, P) the distinct prompts, left-padded
-    prompt_mask: torch.Tensor  # (K, P)
-    row_prompt: torch.Tensor  # (N,) which prompt each completion continues
+    prompt_ids: torch.Tensor  # (1, P)
     completion_ids: torch.Tensor  # (N, C) right-padded
     completion_mask: torch.Tensor  # (N, C) 1 for real completion tokens
 
     def to(self, device) -> SharedPromptBatch:
-        return SharedPromptBatch(self.prompt_ids.to(device), self.prompt_mask.to(device), self.row_prompt.to(device),
-                                 self.completion_ids.to(device), self.completion_mask.to(device))
+        return SharedPromptBatch(self.prompt_ids.to(device), self.completion_ids.to(device),
+                                 self.completion_mask.to(device))
 
     @property
     def tokens(self) -> int:
-        """Real tokens the forward passes process (each prompt once)."""
-        return int(self.prompt_mask.sum()) + int(self.completion_mask.sum())
+        """Real tokens the forward pass processes (the prompt once)."""
+        return self.prompt_ids.shape[1] + int(self.completion_mask.sum())
 
     @property
     def padded_tokens(self) -> int:
-        return self.prompt_ids.numel() + self.completion_ids.numel()
+        return self.prompt_ids.shape[1] + self.completion_ids.numel()
 
 
 def collate_shared(completions: list[Completion], pad_id: int) -> SharedPromptBatch:
-    """Completions of one or more prompts (GRPO groups); each distinct prompt is stored once."""
-    prompts: dict[tuple, int] = {}
-    for c in completions:
-        prompts.setdefault(c.prompt_ids, len(prompts))
-    P = max(len(p) for p in prompts)
-    pids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
-    pmask = torch.zeros((len(prompts), P), dtype=torch.long)
-    for p, r in prompts.items():
-        if p:
-            pids[r, P - len(p):] = torch.tensor(p, dtype=torch.long)
-            pmask[r, P - len(p):] = 1
+    """Completions that share one prompt (ValueError otherwise)."""
+    prompt = completions[0].prompt_ids
+    if any(c.prompt_ids != prompt for c in completions):
+        raise ValueError("collate_shared: completions of different prompts")
     C = max(1, max(len(c.completion_ids) for c in completions))
     ids = torch.full((len(completions), C), pad_id, dtype=torch.long)
     cmask = torch.zeros((len(completions), C), dtype=torch.float32)
@@ -119,26 +110,21 @@ def collate_shared(completions: list[Completion], pad_id: int) -> SharedPromptBa
         if k:
             ids[r, :k] = torch.tensor(c.completion_ids, dtype=torch.long)
             cmask[r, :k] = 1.0
-    rows = torch.tensor([prompts[c.prompt_ids] for c in completions], dtype=torch.long)
-    return SharedPromptBatch(pids, pmask, rows, ids, cmask)
+    return SharedPromptBatch(torch.tensor([prompt], dtype=torch.long), ids, cmask)
 
 
 def shared_prompt_logprobs(model, batch: SharedPromptBatch, with_entropy: bool = False):
-    """(N, C) log-probs of the completion tokens, each prompt run once for all its rows (and their entropy)."""
+    """(N, C) log-probs of the completion tokens, the prompt run once for all N rows (and their entropy)."""
     from transformers.cache_utils import DynamicCache
 
     n, C = batch.completion_ids.shape
-    pmask = batch.prompt_mask
-    ppos = (pmask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=batch.prompt_ids, attention_mask=pmask, position_ids=ppos, past_key_values=DynamicCache(),
-                use_cache=True, logits_to_keep=1)
-    rows = batch.row_prompt
-    first = out.logits[:, -1:, :].index_select(0, rows)  # a prompt's last position predicts completion token 0
+    P = batch.prompt_ids.shape[1]
+    out = model(input_ids=batch.prompt_ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+    first = out.logits[:, -1:, :].expand(n, 1, -1)  # the prompt's last position predicts completion token 0
     cache = out.past_key_values
-    cache.batch_select_indices(rows)  # each prompt's keys and values, once per completion (differentiable)
-    mask = torch.cat([pmask.index_select(0, rows), batch.completion_mask.long()], dim=1)
-    start = pmask.sum(-1).index_select(0, rows).unsqueeze(-1)
-    positions = start + torch.arange(C, device=batch.completion_ids.device)
+    cache.batch_repeat_interleave(n)
+    mask = torch.cat([batch.completion_mask.new_ones(n, P), batch.completion_mask], dim=1).long()
+    positions = torch.arange(P, P + C, device=batch.completion_ids.device).expand(n, C)
     rest = model(input_ids=batch.completion_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                  use_cache=True, logits_to_keep=C).logits[:, :-1, :]  # position t predicts token t+1
     logp = torch.cat([token_logprobs(first, batch.completion_ids[:, :1]),

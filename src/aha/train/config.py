@@ -74,7 +74,7 @@ class OptimConfig:
     share_prompt: bool = True
     """Run each group's prompt once per micro-batch and repeat its keys and values for the group's
     completions (exact, gradients included; aha.train.batch.SharedPromptBatch). A micro-batch then holds
-    whole groups, up to micro_batch_size rows. False: rows of any prompts, each with its prompt, sorted by length."""
+    completions of one prompt only. False: rows of any prompts, each with its prompt, sorted by length."""
 
 
 @dataclass

@@ -231,10 +231,10 @@ class GRPOTrainer:
             return fn(model, batch, with_entropy)
 
     def micro_batches(self, completions: list[Completion]) -> list[list[int]]:
-        """Indices of each micro-batch. Shared prompts: whole groups (completions of one prompt), longest first,
-        packed up to micro_batch_size rows (a larger group is split). Otherwise: all rows sorted by length, so
-        that a micro-batch wastes little on padding. The loss uses whole-step normalisers, so the grouping
-        does not change the gradient."""
+        """Indices of each micro-batch. Shared prompts: the completions of one prompt (a group), longest
+        first, in chunks of micro_batch_size. Otherwise: all rows sorted by length, so that a micro-batch
+        wastes little on padding. The loss uses whole-step normalisers, so the grouping does not change the
+        gradient."""
         mbs = self.cfg.optim.micro_batch_size
         n = len(completions)
         if not self.cfg.optim.share_prompt:
@@ -243,16 +243,11 @@ class GRPOTrainer:
         groups: dict[tuple, list[int]] = {}
         for j, c in enumerate(completions):
             groups.setdefault(c.prompt_ids, []).append(j)
-        out: list[list[int]] = []
-        current: list[int] = []
+        out = []
         for idx in groups.values():
             idx = sorted(idx, key=lambda j: -len(completions[j].completion_ids))
-            for chunk in (idx[i:i + mbs] for i in range(0, len(idx), mbs)):
-                if current and len(current) + len(chunk) > mbs:
-                    out.append(current)
-                    current = []
-                current = current + chunk
-        return out + ([current] if current else [])
+            out += [idx[i:i + mbs] for i in range(0, len(idx), mbs)]
+        return out
 
     def step(self) -> dict:
         """One GRPO step: rollouts -> rewards -> advantages -> mu x (micro-batched loss, AdamW update)."""
