@@ -70,6 +70,39 @@ def test_stop_string_ends_a_completion(tiny_model_dir):
         assert c.finished and "e" not in tok.decode(list(c.completion_ids[:-1]))
 
 
+class ChainModel(torch.nn.Module):
+    """A batch-invariant stand-in for a causal LM: the next token is the last token + 1, and token 40 is
+    followed by EOS, so a prompt ending in token k yields a completion of 41 - k tokens whatever else is
+    in the batch."""
+
+    def __init__(self, vocab: int, eos: int):
+        super().__init__()
+        table = torch.full((vocab, vocab), -1e4)
+        for t in range(vocab):
+            table[t, eos if t == 40 else min(t + 1, vocab - 1)] = 0.0
+        self.table = torch.nn.Parameter(table, requires_grad=False)
+        self.generation_config = type("GC", (), {"eos_token_id": eos})()
+
+    def forward(self, input_ids, past_key_values=None, **kwargs):
+        return type("Out", (), {"logits": self.table[input_ids[:, -1:]], "past_key_values": past_key_values})()
+
+
+@pytest.mark.parametrize("share", [0.25, 0.5, 1.0])
+def test_keeping_finished_rows_in_the_batch_changes_no_completion(tiny_model_dir, share):
+    """Finished rows that stay in the decode batch (decoding thrown-away padding) until `compact_finished` of
+    the batch has finished leave every completion as dropping them at once does."""
+    from aha.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = ChainModel(len(tok), tok.eos_token_id)
+    prompts = [[5, 6, k] for k in (38, 30, 25, 39, 33, 20)]
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=30, stop=())
+    want = HFEngine(model, tok).generate(prompts, 2, sampling)
+    got = HFEngine(model, tok, compact_finished=share).generate(prompts, 2, sampling)
+    assert [len(g[0].completion_ids) for g in want] == [3, 11, 16, 2, 8, 21]
+    assert [[(c.completion_ids, c.finished) for c in g] for g in got] == [[(c.completion_ids, c.finished) for c in g] for g in want]
+
+
 @pytest.mark.gpu
 def test_vllm_engine_generates_groups(tiny_model_dir):
     pytest.importorskip("vllm")

@@ -37,11 +37,14 @@ def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch
 class HFEngine:
     """Batched sampling from a transformers causal LM (the policy itself: no weight copy needed)."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 64):
+    def __init__(self, model, tokenizer, max_batch: int = 64, compact_finished: float = 0.0):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         """Most sequences decoded at once; larger requests are split."""
+        self.compact_finished = compact_finished
+        """Finished rows leave the decode batch (a copy of the whole KV cache) once this share of the batch
+        has finished; until then they decode padding that is thrown away. 0: at once."""
         self.eos_ids = {i for i in [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
                         if i is not None for i in (i if isinstance(i, list) else [i])}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
@@ -86,11 +89,13 @@ class HFEngine:
         finished = [False] * total
         stops = [s for s in sampling.stop if s]
         tail = max((len(s) for s in stops), default=0) + 8
+        live = [True] * total  # per cache row: still generating
         for step in range(sampling.max_new_tokens):
             nxt = sample_next(logits, sampling)
             nxt_list = nxt.tolist()
-            keep = []
             for j, (row, tok) in enumerate(zip(alive.tolist(), nxt_list)):
+                if not live[j]:
+                    continue
                 tokens[row].append(tok)
                 done = tok in self.eos_ids
                 if not done and stops:
@@ -98,15 +103,16 @@ class HFEngine:
                     done = any(s in text_tail for s in stops)
                 if done:
                     finished[row] = True
-                else:
-                    keep.append(j)
-            if not keep or step == sampling.max_new_tokens - 1:
+                    live[j] = False
+            n_live = sum(live)
+            if not n_live or step == sampling.max_new_tokens - 1:
                 break
-            if len(keep) < len(nxt_list):
-                idx = torch.tensor(keep, device=device)
+            if n_live < len(live) and len(live) - n_live >= self.compact_finished * len(live):
+                idx = torch.tensor([j for j, a in enumerate(live) if a], device=device)
                 cache.batch_select_indices(idx)
                 alive, nxt, mask, next_pos = alive[idx], nxt[idx], mask[idx], next_pos[idx]
-            mask = torch.cat([mask, mask.new_ones(len(keep), 1)], dim=1)
+                live = [True] * n_live
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
             out = model(input_ids=nxt.unsqueeze(-1), attention_mask=mask, position_ids=next_pos.unsqueeze(-1),
                         past_key_values=cache, use_cache=True)
             cache = out.past_key_values

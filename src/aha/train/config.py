@@ -52,6 +52,9 @@ class RolloutConfig:
     """Completions also end when their text contains one of these."""
     max_batch: int = 64
     """Most sequences decoded at once."""
+    compact_finished: float = 0.0
+    """hf engine: finished completions leave the decode batch (which copies the KV cache) once this share of
+    the batch has finished; 0 drops them at once."""
 
 
 @dataclass

@@ -153,7 +153,9 @@ class GRPOTrainer:
         if engine is None:
             if self.autocast:  # rollouts from a bf16 copy, re-synced after every update
                 self.rollout_model = copy.deepcopy(self.policy).to(torch.bfloat16).eval().requires_grad_(False)
-            engine = make_engine(cfg.rollout.engine, self.rollout_model, tokenizer, max_batch=cfg.rollout.max_batch)
+            extra = {"compact_finished": cfg.rollout.compact_finished} if cfg.rollout.engine == "hf" else {}
+            engine = make_engine(cfg.rollout.engine, self.rollout_model, tokenizer, max_batch=cfg.rollout.max_batch,
+                                 **extra)
         self.engine = engine
         self.sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                        top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
