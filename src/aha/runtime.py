@@ -40,6 +40,6 @@ def adamw(params, fused: bool = True, **kwargs):
     default multi-tensor version (bench/grpo_vs_trl/README.md)."""
     import torch
 
-    params = [p for p in params]
+    params = list(params)
     ok = fused and params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, fused=True, **kwargs) if ok else torch.optim.AdamW(params, **kwargs)

@@ -32,7 +32,7 @@ from aha.models import resolve_dtype
 from aha.rewards import RewardSet
 from aha.rollout import make_engine
 from aha.rollout.base import Completion, SamplingConfig
-from aha.runtime import adamw
+from aha.runtime import adamw, tune_malloc
 from aha.train import checkpoint as ckpt
 from aha.train.batch import (
     SharedPromptBatch,
@@ -123,8 +123,6 @@ class GRPOTrainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if cfg.malloc == "tuned" and self.device == "cpu":
-            from aha.runtime import tune_malloc
-
             tune_malloc()
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -163,7 +161,7 @@ class GRPOTrainer:
         self.sampler = PromptSampler(len(self.examples), cfg.seed)
         o = cfg.optim
         self.opt = adamw(self.policy.parameters(), fused=o.fused, lr=o.lr, betas=(o.beta1, o.beta2),
-                                     weight_decay=o.weight_decay)
+                         weight_decay=o.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.step_no = 0
 

@@ -146,7 +146,7 @@ class SFTTrainer:
         self.sampler = PromptSampler(len(train), cfg.seed)
         o = cfg.optim
         self.opt = adamw(self.policy.parameters(), fused=o.fused, lr=o.lr, betas=(o.beta1, o.beta2),
-                                     weight_decay=o.weight_decay)
+                         weight_decay=o.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda i: lr_factor(i, self.steps, o.warmup_steps, o.schedule))
         self.step_no = 0
