@@ -21,22 +21,26 @@ from aha.rewards.extract import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE, THINK_OP
 TAGS = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 
 
+def _blocks(text: str) -> tuple[str, str, str] | None:
+    """(reasoning, between, answer) of `<think>reasoning</think>between<answer>answer</answer>` filling the
+    whole text (whitespace aside), each tag exactly once and in that order; None for any other shape."""
+    if any(text.count(tag) != 1 for tag in TAGS):
+        return None
+    s = text.strip()
+    if not (s.startswith(THINK_OPEN) and s.endswith(ANSWER_CLOSE)):
+        return None
+    close, open_answer = s.find(THINK_CLOSE), s.find(ANSWER_OPEN)
+    if open_answer < close:
+        return None
+    return (s[len(THINK_OPEN):close], s[close + len(THINK_CLOSE):open_answer],
+            s[open_answer + len(ANSWER_OPEN):-len(ANSWER_CLOSE)])
+
+
 def format_strict(text: str) -> float:
     """1.0 when `text` is `<think>…</think>` then `<answer>…</answer>` (non-empty answer) and nothing else
     but whitespace; each tag exactly once. Else 0.0."""
-    if any(text.count(tag) != 1 for tag in TAGS):
-        return 0.0
-    s = text.strip()
-    if not (s.startswith(THINK_OPEN) and s.endswith(ANSWER_CLOSE)):
-        return 0.0
-    think_close = s.find(THINK_CLOSE)
-    answer_open = s.find(ANSWER_OPEN)
-    if answer_open < think_close:
-        return 0.0
-    if s[think_close + len(THINK_CLOSE) : answer_open].strip():
-        return 0.0
-    answer = s[answer_open + len(ANSWER_OPEN) : len(s) - len(ANSWER_CLOSE)]
-    return 1.0 if answer.strip() else 0.0
+    parts = _blocks(text)
+    return 1.0 if parts and not parts[1].strip() and parts[2].strip() else 0.0
 
 
 def format_partial(text: str) -> float:
@@ -47,12 +51,5 @@ def format_partial(text: str) -> float:
 def format_r1(text: str) -> float:
     """1.0 when `text` is `<think>reasoning</think>`, a non-empty summary, then `<answer>answer</answer>` at the
     end; each tag exactly once, non-empty reasoning and answer. Else 0.0."""
-    if any(text.count(tag) != 1 for tag in TAGS):
-        return 0.0
-    s = text.strip()
-    if not (s.startswith(THINK_OPEN) and s.endswith(ANSWER_CLOSE)):
-        return 0.0
-    close, open_answer = s.find(THINK_CLOSE), s.find(ANSWER_OPEN)
-    reasoning, summary = s[len(THINK_OPEN):close], s[close + len(THINK_CLOSE):open_answer]
-    answer = s[open_answer + len(ANSWER_OPEN):-len(ANSWER_CLOSE)]
-    return 1.0 if close < open_answer and all(x.strip() for x in (reasoning, summary, answer)) else 0.0
+    parts = _blocks(text)
+    return 1.0 if parts and all(x.strip() for x in parts) else 0.0

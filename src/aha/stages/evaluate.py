@@ -139,8 +139,9 @@ def expand_models(models: list[str]) -> list[str]:
             cfg_path = p / "config.yaml"
             if cfg_path.exists():
                 base = (yaml.safe_load(cfg_path.read_text()) or {}).get("model")
-                if base and (Path(base) / "checkpoints").is_dir():  # another run: its newest checkpoint, by
-                    from aha.stages.sft import resolve_model  # the name it has when listed itself
+                if base and (Path(base) / "checkpoints").is_dir():
+                    # the base is another run: name its newest checkpoint as that run's own listing does
+                    from aha.stages.sft import resolve_model
 
                     base = resolve_model(base)
                 if base and base not in out:

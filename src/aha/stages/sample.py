@@ -257,9 +257,13 @@ def append_rows(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
+NOT_COMPARED = ("resume", "progress", "out_dir", "save_rejected")
+"""Settings a resumed run may change: they do not change what is sampled."""
+
+
 def _config_tree(cfg: SampleConfig) -> dict:
     tree = dataclasses.asdict(cfg)
-    for k in ("resume", "progress", "out_dir", "save_rejected"):
+    for k in NOT_COMPARED:
         tree.pop(k)
     return tree
 
@@ -281,7 +285,7 @@ def model_signature(source_model: str) -> str:
     return path_signature(p) if p.exists() else source_model
 
 
-def recover(out: Path, cfg: SampleConfig, source_model: str) -> list[dict]:
+def recover(out: Path, cfg: SampleConfig, source_model: str, signature: str) -> list[dict]:
     """The done records of an earlier run in `out` (checked against `cfg` and the sampled model's weights),
     with samples.jsonl and rejected.jsonl cut back to the rows of recorded batches; [] for a fresh folder."""
     import yaml
@@ -294,12 +298,12 @@ def recover(out: Path, cfg: SampleConfig, source_model: str) -> list[dict]:
         raise AhaError(f"{out}: holds an earlier sampling run; resume=true continues it, or choose another out_dir")
     if saved.exists():
         key = _first_difference(_config_tree(cfg), {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items()
-                                                     if k not in ("resume", "progress", "out_dir", "save_rejected")})
+                                                     if k not in NOT_COMPARED})
         if key:
             raise AhaError(f"{saved}: {key}: differs from this run's setting; resume needs the same config "
                            "(or choose another out_dir)")
     source = out / "source.json"
-    if source.exists() and json.loads(source.read_text()).get("signature") != model_signature(source_model):
+    if source.exists() and json.loads(source.read_text()).get("signature") != signature:
         raise AhaError(f"{source}: the model at {source_model} changed since this run sampled from it; "
                        "resume needs the same weights (or choose another out_dir)")
     done_ids = {i for d in done for i in d["ids"]}
@@ -370,7 +374,8 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
     from aha.stages.sft import resolve_model
 
     source_model = resolve_model(cfg.model)
-    done = recover(out, cfg, source_model)
+    signature = model_signature(source_model)
+    done = recover(out, cfg, source_model, signature)
     if engine is None:
         from aha.models import load_model
         from aha.rollout.hf import HFEngine
@@ -380,7 +385,7 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
         engine = HFEngine(model, tokenizer, max_batch=cfg.batch_size)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    atomic_write_text(out / "source.json", json.dumps({"model": source_model, "signature": model_signature(source_model)}))
+    atomic_write_text(out / "source.json", json.dumps({"model": source_model, "signature": signature}))
     (out / "samples.jsonl").touch()
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                               stop=tuple(cfg.stop))
