@@ -45,6 +45,7 @@ def main(argv: list[str]) -> None:
         m = trainer.step()
         rows.append({"seconds": time.perf_counter() - t, "completion_tokens": m["length_mean"] * work.GROUP_SIZE
                      * work.PROMPTS_PER_STEP, "train_tokens": m.get("train_tokens", 0.0),
+                     "train_tokens_padded": m.get("train_tokens_padded", 0.0),
                      "generate_s": m["time/generate_s"], "score_s": m["time/score_s"], "train_s": m["time/train_s"],
                      "loss": m["loss"], "reward": m["reward"]})
     params = sum(p.numel() for p in trainer.policy.parameters())

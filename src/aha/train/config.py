@@ -78,6 +78,10 @@ class OptimConfig:
     """Run each group's prompt once per micro-batch and repeat its keys and values for the group's
     completions (exact, gradients included; aha.train.batch.SharedPromptBatch). A micro-batch then holds
     completions of one prompt only. False: rows of any prompts, each with its prompt, sorted by length."""
+    pack: bool = True
+    """With share_prompt: a micro-batch's completions run end to end in ONE row after their prompt, with a
+    block attention mask and no padding (exact; aha.train.batch.PackedBatch). False: one row per completion,
+    padded to the longest, the prompt's keys and values repeated for each."""
 
 
 @dataclass

@@ -35,10 +35,13 @@ from aha.rollout.base import Completion, SamplingConfig
 from aha.runtime import adamw, tune_malloc
 from aha.train import checkpoint as ckpt
 from aha.train.batch import (
+    PackedBatch,
     SharedPromptBatch,
     collate,
+    collate_packed,
     collate_shared,
     completion_logprobs,
+    packed_logprobs,
     shared_prompt_logprobs,
 )
 from aha.train.config import TrainConfig
@@ -226,7 +229,8 @@ class GRPOTrainer:
 
     # ----------------------------------------------------------------------------------------- step
     def forward_logprobs(self, model, batch, with_entropy=False):
-        fn = shared_prompt_logprobs if isinstance(batch, SharedPromptBatch) else completion_logprobs
+        fn = (packed_logprobs if isinstance(batch, PackedBatch) else
+              shared_prompt_logprobs if isinstance(batch, SharedPromptBatch) else completion_logprobs)
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
             return fn(model, batch, with_entropy)
 
@@ -257,7 +261,7 @@ class GRPOTrainer:
         t_gen = time.perf_counter() - t0  # includes scoring; scoring time is measured below
         n = len(ro.completions)
         mask_keep = [0.0 if (g.mask_truncated and not c.finished) else 1.0 for c in ro.completions]
-        make = collate_shared if cfg.optim.share_prompt else collate
+        make = (collate if not cfg.optim.share_prompt else collate_packed if cfg.optim.pack else collate_shared)
         batches = []  # (micro-batch number, index tensor into the step's sequences, batch)
         for i, idx in enumerate(self.micro_batches(ro.completions)):
             b = make([ro.completions[j] for j in idx], self.pad_id).to(self.device)
