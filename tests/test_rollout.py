@@ -25,6 +25,17 @@ def test_sample_next_matches_the_distribution():
     assert torch.allclose(counts, torch.tensor([0.2, 0.5, 0.3]), atol=0.02)
 
 
+def test_sample_next_draws_each_row_from_its_own_distribution():
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.0, 0.7, 0.3, 0.0], [0.1, 0.0, 0.0, 0.9], [0.0, 0.0, 0.0, 1.0]])
+    logits = torch.log(probs).repeat(10000, 1)  # log 0 = -inf: never drawn, also at the ends of the row
+    draws = sample_next(logits, SamplingConfig(temperature=1.0)).view(10000, 3)
+    for r in range(3):
+        freq = torch.bincount(draws[:, r], minlength=4).float() / 10000
+        assert torch.allclose(freq, probs[r], atol=0.02), r
+        assert (freq[probs[r] == 0] == 0).all()
+
+
 def test_hf_engine_groups_truncation_and_seed(tiny_model_dir):
     from aha.models import load_model
 
