@@ -47,6 +47,7 @@ def main(argv: list[str]) -> None:
                      * work.PROMPTS_PER_STEP, "train_tokens": m.get("train_tokens", 0.0),
                      "train_tokens_padded": m.get("train_tokens_padded", 0.0),
                      "generate_s": m["time/generate_s"], "score_s": m["time/score_s"], "train_s": m["time/train_s"],
+                     "logprob_s": m["time/logprob_s"], "decode_steps": m["length_max"],
                      "loss": m["loss"], "reward": m["reward"]})
     params = sum(p.numel() for p in trainer.policy.parameters())
     print(json.dumps({"trainer": "aha", "setup_s": setup_s, "steps": rows, "params": params,

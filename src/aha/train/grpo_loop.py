@@ -269,6 +269,7 @@ class GRPOTrainer:
             batches.append((i, torch.tensor(idx), b))
         num_tokens = float(sum(b.completion_mask.sum().item() for _, _, b in batches))
         old, ref = {}, {}
+        t_lp = time.perf_counter()
         with torch.no_grad():
             for i, _, b in (batches if bool((ro.advantages != 0).any()) or self.ref is not None else []):
                 if g.mu > 1:  # with mu=1 the ratio is 1 by construction: no extra forward
@@ -276,6 +277,7 @@ class GRPOTrainer:
                 if self.ref is not None:
                     ref[i] = self.forward_logprobs(self.ref, b)[0]
         stats = defaultdict(float, {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0})
+        stats["time/logprob_s"] = time.perf_counter() - t_lp  # old-policy and reference passes (no gradient)
         # Tokens the training forward passes see: real (prompt + completion) and with padding.
         stats["train_tokens"] = float(sum(b.tokens for _, _, b in batches))
         stats["train_tokens_padded"] = float(sum(b.padded_tokens for _, _, b in batches))
