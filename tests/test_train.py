@@ -251,16 +251,15 @@ def test_micro_batching_does_not_change_the_gradient(tiny_model_dir, task_file, 
 
     texts = ["<think> 1 </think>", "a b c d e f g h", "<answer> 3 </answer>", "x", "1 2 3 4 5", "<think>", "7 7", "ok"]
     results = []
-    for mbs, share, pack in ((8, "false", "true"), (3, "false", "true"), (3, "true", "false"), (8, "true", "false"),
-                             (3, "true", "true"), (8, "true", "true")):
-        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}{share}{pack}", f"optim.micro_batch_size={mbs}",
-                       f"grpo.loss_agg={agg}", f"optim.share_prompt={share}", f"optim.pack={pack}", "grpo.kl_coef=0.1")
+    for mbs, share in ((8, "false"), (3, "false"), (3, "true"), (8, "true")):
+        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}{share}", f"optim.micro_batch_size={mbs}",
+                       f"grpo.loss_agg={agg}", f"optim.share_prompt={share}", "grpo.kl_coef=0.1")
         model, tok = load_model(tiny_model_dir)
         trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=ScriptedEngine(tok, texts))
         trainer.rewards.score = lambda comps, exs, step=0: ([float(len(c.text) % 3) for c in comps], {"accuracy": [0.0] * len(comps)})
         m = trainer.step()
         results.append((m["loss"], m["grad_norm"], m["kl"]))
-    for loss, grad_norm, _ in results[1:]:  # micro-batch size, the shared prompt and packing change nothing
+    for loss, grad_norm, _ in results[1:]:  # micro-batch size and packing change nothing
         assert loss == pytest.approx(results[0][0], rel=1e-4, abs=1e-6)
         assert grad_norm == pytest.approx(results[0][1], rel=1e-3)
 

@@ -10,6 +10,8 @@ decode time, 15x the cost of this draw). Left padding keeps every row's last tok
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers.cache_utils import DynamicCache
 
@@ -35,6 +37,13 @@ def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch
     cdf = torch.softmax(logits, dim=-1).cumsum(-1, dtype=torch.float64)
     u = torch.rand((logits.shape[0], 1), generator=generator, dtype=torch.float64, device=logits.device)
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+
+
+def cache_kwarg(model) -> str:
+    """The name a model's forward takes its KV cache by: `cache` (transformers 5.x deprecates and will drop
+    `past_key_values`), or `past_key_values` for models that only know that."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 class HFEngine:
@@ -75,13 +84,13 @@ class HFEngine:
             ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
             mask[r, width - len(p):] = 1
         ids, mask = ids.to(device), mask.to(device)
-        cache = DynamicCache()
+        cache = DynamicCache()  # filled in place by every forward call
+        use = {cache_kwarg(model): cache, "use_cache": True}
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
-                    logits_to_keep=1)  # only the last position's logits: P x V per prompt would be wasted
-        # Prefill once per prompt, then fan the cache out to G rows per prompt.
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **use)
+        # Only the last position's logits (P x V per prompt would be wasted). Prefill once per prompt, then fan
+        # the cache out to G rows per prompt.
         logits = out.logits[:, -1, :].repeat_interleave(n, dim=0)
-        cache = out.past_key_values
         if n > 1:
             cache.batch_repeat_interleave(n)
         mask = mask.repeat_interleave(n, dim=0)
@@ -116,9 +125,7 @@ class HFEngine:
                 alive, nxt, mask, next_pos = alive[idx], nxt[idx], mask[idx], next_pos[idx]
                 live = [True] * n_live
             mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-            out = model(input_ids=nxt.unsqueeze(-1), attention_mask=mask, position_ids=next_pos.unsqueeze(-1),
-                        past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(input_ids=nxt.unsqueeze(-1), attention_mask=mask, position_ids=next_pos.unsqueeze(-1), **use)
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
         if was_training:

@@ -4,11 +4,11 @@
 completion region starts at one column for all rows and the LM head runs only on completion positions
 (`logits_to_keep`): the prompt's logits are never materialised.
 
-`SharedPromptBatch`: completions of ONE prompt (a GRPO group). The prompt runs once, its keys and values
-are repeated for every completion, and only the completion tokens run per row. Exact, gradients included
-(the repeated cache is part of the autograd graph, so each row's gradient reaches the prompt's
-activations and sums there), and far cheaper when prompts are long and groups large: with the R1 prompt
-and a worked example, prompt tokens were ~60% of what a GRPO step's forward and backward passes processed.
+`PackedGroups`: completions packed end to end in one row, each prompt once before its completions, with a
+block attention mask: no padding, and a group's prompt runs once for all its completions. Exact, gradients
+included (each completion's gradient reaches its prompt's activations and sums there). With the R1 prompt and
+a worked example, prompt tokens were ~60% of what a GRPO step's padded passes processed, and the padding
+of ragged completions more than doubled the rest.
 """
 
 from __future__ import annotations
@@ -78,66 +78,7 @@ def completion_logprobs(model, batch: Batch, with_entropy: bool = False):
 
 
 @dataclass
-class SharedPromptBatch:
-    prompt_ids: torch.Tensor  # (1, P)
-    completion_ids: torch.Tensor  # (N, C) right-padded
-    completion_mask: torch.Tensor  # (N, C) 1 for real completion tokens
-
-    def to(self, device) -> SharedPromptBatch:
-        return SharedPromptBatch(self.prompt_ids.to(device), self.completion_ids.to(device),
-                                 self.completion_mask.to(device))
-
-    @property
-    def tokens(self) -> int:
-        """Real tokens the forward pass processes (the prompt once)."""
-        return self.prompt_ids.shape[1] + int(self.completion_mask.sum())
-
-    @property
-    def padded_tokens(self) -> int:
-        return self.prompt_ids.shape[1] + self.completion_ids.numel()
-
-
-def collate_shared(completions: list[Completion], pad_id: int) -> SharedPromptBatch:
-    """Completions that share one prompt (ValueError otherwise)."""
-    prompt = completions[0].prompt_ids
-    if any(c.prompt_ids != prompt for c in completions):
-        raise ValueError("collate_shared: completions of different prompts")
-    C = max(1, max(len(c.completion_ids) for c in completions))
-    ids = torch.full((len(completions), C), pad_id, dtype=torch.long)
-    cmask = torch.zeros((len(completions), C), dtype=torch.float32)
-    for r, c in enumerate(completions):
-        k = len(c.completion_ids)
-        if k:
-            ids[r, :k] = torch.tensor(c.completion_ids, dtype=torch.long)
-            cmask[r, :k] = 1.0
-    return SharedPromptBatch(torch.tensor([prompt], dtype=torch.long), ids, cmask)
-
-
-def shared_prompt_logprobs(model, batch: SharedPromptBatch, with_entropy: bool = False):
-    """(N, C) log-probs of the completion tokens, the prompt run once for all N rows (and their entropy)."""
-    from transformers.cache_utils import DynamicCache
-
-    n, C = batch.completion_ids.shape
-    P = batch.prompt_ids.shape[1]
-    out = model(input_ids=batch.prompt_ids, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
-    first = out.logits[:, -1:, :].expand(n, 1, -1)  # the prompt's last position predicts completion token 0
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(n)
-    mask = torch.cat([batch.completion_mask.new_ones(n, P), batch.completion_mask], dim=1).long()
-    positions = torch.arange(P, P + C, device=batch.completion_ids.device).expand(n, C)
-    rest = model(input_ids=batch.completion_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                 use_cache=True, logits_to_keep=C).logits[:, :-1, :]  # position t predicts token t+1
-    logp = torch.cat([token_logprobs(first, batch.completion_ids[:, :1]),
-                      token_logprobs(rest, batch.completion_ids[:, 1:])], dim=1)
-    if not with_entropy:
-        return logp, None
-    with torch.no_grad():
-        ent = torch.cat([token_entropy(first.detach()), token_entropy(rest.detach())], dim=1)
-    return logp, ent
-
-
-@dataclass
-class PackedBatch:
+class PackedGroups:
     """Completions packed end to end in ONE row, no padding: each prompt once, then its completions.
 
     Row layout `[prompt_a | a1 | a2 | ... | prompt_b | b1 | ...]`. A block attention mask lets each
@@ -157,8 +98,8 @@ class PackedBatch:
     completion_ids: torch.Tensor  # (N, C) right-padded, as in Batch
     completion_mask: torch.Tensor  # (N, C)
 
-    def to(self, device) -> PackedBatch:
-        return PackedBatch(*(t.to(device) for t in (self.input_ids, self.position_ids, self.segment, self.owner,
+    def to(self, device) -> PackedGroups:
+        return PackedGroups(*(t.to(device) for t in (self.input_ids, self.position_ids, self.segment, self.owner,
                                                     self.keep, self.source, self.completion_ids,
                                                     self.completion_mask)))
 
@@ -182,7 +123,7 @@ class PackedBatch:
             ~allowed, torch.finfo(dtype).min)[None, None]
 
 
-def collate_packed(completions: list[Completion], pad_id: int) -> PackedBatch:
+def collate_groups(completions: list[Completion], pad_id: int) -> PackedGroups:
     """Completions of any prompts; the completions of one prompt share one copy of it, in order of first
     appearance. `completion_ids`/`completion_mask` keep the caller's row order."""
     by_prompt: dict[tuple, list[int]] = {}
@@ -224,12 +165,12 @@ def collate_packed(completions: list[Completion], pad_id: int) -> PackedBatch:
         if c.completion_ids:
             comp_ids[r, :len(c.completion_ids)] = torch.tensor(c.completion_ids, dtype=torch.long)
             cmask[r, :len(c.completion_ids)] = 1.0
-    return PackedBatch(torch.tensor([ids], dtype=torch.long), torch.tensor([pos], dtype=torch.long),
+    return PackedGroups(torch.tensor([ids], dtype=torch.long), torch.tensor([pos], dtype=torch.long),
                        torch.tensor(seg, dtype=torch.long), torch.tensor(owner, dtype=torch.long),
                        torch.tensor(keep, dtype=torch.long), source, comp_ids, cmask)
 
 
-def packed_logprobs(model, batch: PackedBatch, with_entropy: bool = False):
+def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = False):
     """(N, C) log-probs of the completion tokens from one packed row (and their entropy when asked)."""
     eager = getattr(model.config, "_attn_implementation", "sdpa") == "eager"  # eager adds the mask: float
     dtype = next(model.parameters()).dtype if eager else None

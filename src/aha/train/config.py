@@ -75,13 +75,10 @@ class OptimConfig:
     fused: bool = True
     """AdamW with torch's fused kernel (CPU and CUDA): faster and less memory than the multi-tensor default."""
     share_prompt: bool = True
-    """Run each group's prompt once per micro-batch and repeat its keys and values for the group's
-    completions (exact, gradients included; aha.train.batch.SharedPromptBatch). A micro-batch then holds
-    completions of one prompt only. False: rows of any prompts, each with its prompt, sorted by length."""
-    pack: bool = True
-    """With share_prompt: a micro-batch's completions run end to end in ONE row after their prompt, with a
-    block attention mask and no padding (exact; aha.train.batch.PackedBatch). False: one row per completion,
-    padded to the longest, the prompt's keys and values repeated for each."""
+    """Pack each micro-batch's completions end to end in ONE row, each prompt once before its completions,
+    with a block attention mask: no padding, and a group's prompt runs once (exact, gradients included;
+    aha.train.batch.PackedGroups). False: one padded row per completion, each with its own prompt, rows sorted
+    by length."""
 
 
 @dataclass

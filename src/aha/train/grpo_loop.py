@@ -35,14 +35,11 @@ from aha.rollout.base import Completion, SamplingConfig
 from aha.runtime import adamw, tune_malloc
 from aha.train import checkpoint as ckpt
 from aha.train.batch import (
-    PackedBatch,
-    SharedPromptBatch,
+    PackedGroups,
     collate,
-    collate_packed,
-    collate_shared,
+    collate_groups,
     completion_logprobs,
-    packed_logprobs,
-    shared_prompt_logprobs,
+    packed_groups_logprobs,
 )
 from aha.train.config import TrainConfig
 from aha.train.metrics import MetricsLogger, component_means, kind_metrics, reflection_count
@@ -229,14 +226,13 @@ class GRPOTrainer:
 
     # ----------------------------------------------------------------------------------------- step
     def forward_logprobs(self, model, batch, with_entropy=False):
-        fn = (packed_logprobs if isinstance(batch, PackedBatch) else
-              shared_prompt_logprobs if isinstance(batch, SharedPromptBatch) else completion_logprobs)
+        fn = packed_groups_logprobs if isinstance(batch, PackedGroups) else completion_logprobs
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
             return fn(model, batch, with_entropy)
 
     def micro_batches(self, completions: list[Completion]) -> list[list[int]]:
-        """Indices of each micro-batch. Shared prompts: the completions of one prompt (a group), longest
-        first, in chunks of micro_batch_size. Otherwise: all rows sorted by length, so that a micro-batch
+        """Indices of each micro-batch. Shared prompts: the completions of one prompt (a group), in chunks of
+        micro_batch_size, packed in one row. Otherwise: all rows sorted by length, so that a micro-batch
         wastes little on padding. The loss uses whole-step normalisers, so the grouping does not change the
         gradient."""
         mbs = self.cfg.optim.micro_batch_size
@@ -249,7 +245,6 @@ class GRPOTrainer:
             groups.setdefault(c.prompt_ids, []).append(j)
         out = []
         for idx in groups.values():
-            idx = sorted(idx, key=lambda j: -len(completions[j].completion_ids))
             out += [idx[i:i + mbs] for i in range(0, len(idx), mbs)]
         return out
 
@@ -261,7 +256,7 @@ class GRPOTrainer:
         t_gen = time.perf_counter() - t0  # includes scoring; scoring time is measured below
         n = len(ro.completions)
         mask_keep = [0.0 if (g.mask_truncated and not c.finished) else 1.0 for c in ro.completions]
-        make = (collate if not cfg.optim.share_prompt else collate_packed if cfg.optim.pack else collate_shared)
+        make = collate_groups if cfg.optim.share_prompt else collate
         batches = []  # (micro-batch number, index tensor into the step's sequences, batch)
         for i, idx in enumerate(self.micro_batches(ro.completions)):
             b = make([ro.completions[j] for j in idx], self.pad_id).to(self.device)
