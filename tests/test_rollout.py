@@ -1,6 +1,8 @@
 """Rollout engines: the HF decode loop on a tiny model (grouping, stop strings, truncation flags, seeding,
 sampling filters) and the vLLM engine behind the gpu marker."""
 
+import math
+
 import pytest
 import torch
 
@@ -84,13 +86,16 @@ def test_stop_string_ends_a_completion(tiny_model_dir):
 class ChainModel(torch.nn.Module):
     """A batch-invariant stand-in for a causal LM: the next token is the last token + 1, and token 40 is
     followed by EOS, so a prompt ending in token k yields a completion of 41 - k tokens whatever else is
-    in the batch."""
+    in the batch. With `p_eos` > 0, sampled completions also end early, at any token with that probability."""
 
-    def __init__(self, vocab: int, eos: int):
+    def __init__(self, vocab: int, eos: int, p_eos: float = 0.0):
         super().__init__()
         table = torch.full((vocab, vocab), -1e4)
         for t in range(vocab):
             table[t, eos if t == 40 else min(t + 1, vocab - 1)] = 0.0
+            if p_eos and t != 40:
+                table[t, min(t + 1, vocab - 1)] = math.log(1 - p_eos)
+                table[t, eos] = math.log(p_eos)
         self.table = torch.nn.Parameter(table, requires_grad=False)
         self.generation_config = type("GC", (), {"eos_token_id": eos})()
 
@@ -112,6 +117,24 @@ def test_keeping_finished_rows_in_the_batch_changes_no_completion(tiny_model_dir
     got = HFEngine(model, tok, compact_finished=share).generate(prompts, 2, sampling)
     assert [len(g[0].completion_ids) for g in want] == [3, 11, 16, 2, 8, 21]
     assert [[(c.completion_ids, c.finished) for c in g] for g in got] == [[(c.completion_ids, c.finished) for c in g] for g in want]
+
+
+@pytest.mark.parametrize("share", [0.25, 1.0])
+def test_sampled_completions_do_not_depend_on_the_rest_of_the_batch(tiny_model_dir, share):
+    """Each output row draws its own random number every step, so with a batch-invariant model the sampled
+    completions are the same whether finished rows leave the batch at once or later."""
+    from aha.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = ChainModel(len(tok), tok.eos_token_id, p_eos=0.15)
+    prompts = [[5, 6, k] for k in (10, 20, 30)]
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=40, stop=())
+    torch.manual_seed(3)
+    want = HFEngine(model, tok).generate(prompts, 4, sampling)
+    torch.manual_seed(3)
+    got = HFEngine(model, tok, compact_finished=share).generate(prompts, 4, sampling)
+    assert len({len(c.completion_ids) for g in want for c in g}) > 3  # rows really finished at different steps
+    assert [[c.completion_ids for c in g] for g in got] == [[c.completion_ids for c in g] for g in want]
 
 
 @pytest.mark.gpu

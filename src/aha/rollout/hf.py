@@ -18,8 +18,10 @@ from transformers.cache_utils import DynamicCache
 from aha.rollout.base import Completion, SamplingConfig
 
 
-def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None):
-    """(n, V) logits -> (n,) token ids, with temperature, top-k and top-p (nucleus) filtering."""
+def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None,
+                uniform: torch.Tensor | None = None):
+    """(n, V) logits -> (n,) token ids, with temperature, top-k and top-p (nucleus) filtering. `uniform`: the
+    (n,) random numbers in [0, 1) to draw with (drawn here when not given)."""
     if sampling.temperature <= 0:
         return logits.argmax(-1)
     logits = logits.float() / sampling.temperature
@@ -35,7 +37,9 @@ def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch
     # Inverse-CDF draw: one uniform number per row, located in the row's cumulative distribution (float64,
     # so that a rare token keeps its share). Masked tokens have probability 0, an empty interval: never drawn.
     cdf = torch.softmax(logits, dim=-1).cumsum(-1, dtype=torch.float64)
-    u = torch.rand((logits.shape[0], 1), generator=generator, dtype=torch.float64, device=logits.device)
+    if uniform is None:
+        uniform = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64, device=logits.device)
+    u = uniform.to(torch.float64).unsqueeze(-1)
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
 
 
@@ -103,7 +107,9 @@ class HFEngine:
         tail = max((len(s) for s in stops), default=0) + 8
         live = [True] * total  # per cache row: still generating
         for step in range(sampling.max_new_tokens):
-            nxt = sample_next(logits, sampling)
+            # One number per output row, drawn for all rows every step: a row's tokens do not depend on
+            # which other rows are still in the batch (so compaction settings do not change the samples).
+            nxt = sample_next(logits, sampling, uniform=torch.rand(total, dtype=torch.float64, device=device)[alive])
             nxt_list = nxt.tolist()
             for j, (row, tok) in enumerate(zip(alive.tolist(), nxt_list)):
                 if not live[j]:
