@@ -245,21 +245,37 @@ def test_flat_groups_skip_backward_without_changing_weights(tiny_model_dir, task
     assert not changed(before, trainer.policy)
 
 
+def test_packed_micro_batches_keep_to_the_size_and_token_budget(tiny_model_dir, task_file, tmp_path):
+    from types import SimpleNamespace
+
+    from aha.rollout.base import Completion
+
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "optim.micro_batch_size=3", "optim.pack_tokens=20")
+    a, b = (1, 2, 3, 4, 5), (9, 9, 9, 9, 9)  # two prompts of 5 tokens
+    lengths = [(a, 10), (b, 2), (a, 4), (a, 3), (a, 12), (b, 2), (a, 20), (b, 2), (b, 2), (b, 2)]
+    comps = [Completion(text="", prompt_ids=p, completion_ids=tuple(range(k))) for p, k in lengths]
+    chunks = GRPOTrainer.micro_batches(SimpleNamespace(cfg=cfg), comps)
+    # a: 5+10+4 = 19; 5+3+12 = 20; the 20-token completion alone (over budget, but never split); b: 3 per row
+    assert chunks == [[0, 2], [3, 4], [6], [1, 5, 7], [8, 9]]
+
+
 @pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
 def test_micro_batching_does_not_change_the_gradient(tiny_model_dir, task_file, tmp_path, agg):
     from aha.models import load_model
 
     texts = ["<think> 1 </think>", "a b c d e f g h", "<answer> 3 </answer>", "x", "1 2 3 4 5", "<think>", "7 7", "ok"]
     results = []
-    for mbs, share in ((8, "false"), (3, "false"), (3, "true"), (8, "true")):
-        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}{share}", f"optim.micro_batch_size={mbs}",
-                       f"grpo.loss_agg={agg}", f"optim.share_prompt={share}", "grpo.kl_coef=0.1")
+    for mbs, share, budget in ((8, "false", 4096), (3, "false", 4096), (3, "true", 4096), (8, "true", 4096),
+                               (8, "true", 1)):
+        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}{share}{budget}", f"optim.micro_batch_size={mbs}",
+                       f"grpo.loss_agg={agg}", f"optim.share_prompt={share}", f"optim.pack_tokens={budget}",
+                       "grpo.kl_coef=0.1")
         model, tok = load_model(tiny_model_dir)
         trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=ScriptedEngine(tok, texts))
         trainer.rewards.score = lambda comps, exs, step=0: ([float(len(c.text) % 3) for c in comps], {"accuracy": [0.0] * len(comps)})
         m = trainer.step()
         results.append((m["loss"], m["grad_norm"], m["kl"]))
-    for loss, grad_norm, _ in results[1:]:  # micro-batch size and packing change nothing
+    for loss, grad_norm, _ in results[1:]:  # micro-batch size, packing and its token budget change nothing
         assert loss == pytest.approx(results[0][0], rel=1e-4, abs=1e-6)
         assert grad_norm == pytest.approx(results[0][1], rel=1e-3)
 

@@ -59,8 +59,8 @@ STAGES: dict[str, str | Callable[[Any], Path]] = {
 kind) or the function itself. The stage's config class is the type annotation of its first parameter."""
 
 MANIFEST = "manifest.json"
-NOT_HASHED = ("resume", "progress", "log.progress", "threads", "malloc", "optim.share_prompt", "save_rejected",
-              "sample.save_rejected")
+NOT_HASHED = ("resume", "progress", "log.progress", "threads", "malloc", "optim.share_prompt", "optim.pack_tokens",
+              "save_rejected", "sample.save_rejected")
 """Config keys that do not change what a stage produces, only how fast or what else it writes (dotted for
 nested ones)."""
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")

@@ -232,10 +232,10 @@ class GRPOTrainer:
 
     def micro_batches(self, completions: list[Completion]) -> list[list[int]]:
         """Indices of each micro-batch. Shared prompts: the completions of one prompt (a group), in chunks of
-        micro_batch_size, packed in one row. Otherwise: all rows sorted by length, so that a micro-batch
-        wastes little on padding. The loss uses whole-step normalisers, so the grouping does not change the
-        gradient."""
-        mbs = self.cfg.optim.micro_batch_size
+        at most micro_batch_size completions and pack_tokens tokens (prompt included), each packed in one row.
+        Otherwise: all rows sorted by length, so that a micro-batch wastes little on padding. The loss uses
+        whole-step normalisers, so the grouping does not change the gradient."""
+        mbs, budget = self.cfg.optim.micro_batch_size, self.cfg.optim.pack_tokens
         n = len(completions)
         if not self.cfg.optim.share_prompt:
             order = sorted(range(n), key=lambda j: len(completions[j].prompt_ids) + len(completions[j].completion_ids))
@@ -244,8 +244,16 @@ class GRPOTrainer:
         for j, c in enumerate(completions):
             groups.setdefault(c.prompt_ids, []).append(j)
         out = []
-        for idx in groups.values():
-            out += [idx[i:i + mbs] for i in range(0, len(idx), mbs)]
+        for prompt, idx in groups.items():
+            chunk, size = [], len(prompt)
+            for j in idx:
+                k = len(completions[j].completion_ids)
+                if chunk and (len(chunk) == mbs or size + k > budget):
+                    out.append(chunk)
+                    chunk, size = [], len(prompt)
+                chunk.append(j)
+                size += k
+            out.append(chunk)
         return out
 
     def step(self) -> dict:
