@@ -51,3 +51,10 @@ def test_packed_logprobs_and_gradients_equal_the_padded_batch(model_and_group, a
         assert torch.allclose(got_g[name], want_g[name], atol=1e-5, rtol=1e-4), name
     real = len(group[0].prompt_ids) + len(other[0].prompt_ids) + sum(len(c.completion_ids) for c in rows)
     assert packed.tokens == packed.padded_tokens == real < full.padded_tokens
+
+
+def test_packed_groups_refuse_attention_without_arbitrary_masks(model_and_group):
+    model, tok, group = model_and_group
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="share_prompt=false"):
+        packed_groups_logprobs(model, collate_groups(group, tok.pad_token_id))

@@ -172,7 +172,10 @@ def collate_groups(completions: list[Completion], pad_id: int) -> PackedGroups:
 
 def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = False):
     """(N, C) log-probs of the completion tokens from one packed row (and their entropy when asked)."""
-    eager = getattr(model.config, "_attn_implementation", "sdpa") == "eager"  # eager adds the mask: float
+    impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    if impl not in ("sdpa", "eager"):  # flash-attention kernels take no arbitrary mask
+        raise ValueError(f"packed groups need sdpa or eager attention, not {impl}: set optim.share_prompt=false")
+    eager = impl == "eager"  # eager adds the mask: float
     dtype = next(model.parameters()).dtype if eager else None
     if eager and torch.is_autocast_enabled(batch.input_ids.device.type):
         dtype = torch.get_autocast_dtype(batch.input_ids.device.type)
