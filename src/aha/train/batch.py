@@ -82,8 +82,8 @@ class PackedGroups:
     """Completions packed end to end in ONE row, no padding: each prompt once, then its completions.
 
     Row layout `[prompt_a | a1 | a2 | ... | prompt_b | b1 | ...]`. A block attention mask lets each
-    completion token see its own prompt and the earlier tokens of its own completion, nothing else; position
-    ids restart after each prompt, so every completion sees exactly the positions it had when sampled. The
+    completion token see its own prompt and the earlier tokens of its own completion, nothing else; every
+    completion's position ids continue from its prompt's end, exactly the positions it had when sampled. The
     LM head runs only on the positions whose logits are needed (each prompt's last token, which predicts the
     first token of all its completions, and every completion token but the last). Exact, gradients included:
     the same numbers as `Batch` up to float rounding, for the real tokens only (a padded group of ragged
