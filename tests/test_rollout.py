@@ -149,3 +149,71 @@ def test_vllm_engine_generates_groups(tiny_model_dir):
     engine = VLLMEngine(model, tok)
     groups = engine.generate([tok("Hi")["input_ids"]], 3, SamplingConfig(max_new_tokens=5))
     assert len(groups) == 1 and len(groups[0]) == 3
+
+
+def _tiny_family(kind: str, tok):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                  num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512,
+                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=True, rope_theta=500.0))
+    else:  # q/k/v biases, untied head
+        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=False))
+    with torch.no_grad():  # larger weights than the initialiser's, so that wrong numbers show
+        for p in model.parameters():
+            p.mul_(4.0 if p.dim() > 1 else 1.0).add_(0.1 * torch.randn_like(p) if p.dim() == 1 else 0.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_fast_decoder_matches_transformers_step_for_step(tiny_model_dir, kind):
+    """The lean decode step gives transformers' logits, with left padding, fanned-out rows, rows leaving the
+    batch, and positions that differ per row."""
+    from transformers.cache_utils import DynamicCache
+
+    from aha.models import load_tokenizer
+    from aha.rollout import fast_decode
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = _tiny_family(kind, tok)
+    assert fast_decode.supports(model)
+    prompts = [[5, 9, 14, 3, 7], [11, 4], [8, 8, 20, 1]]
+    W = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (W - len(p)) + p for p in prompts]).repeat_interleave(2, dim=0)
+    mask = torch.tensor([[0] * (W - len(p)) + [1] * len(p) for p in prompts]).repeat_interleave(2, dim=0)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ref_cache, fast_cache = DynamicCache(), DynamicCache()
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=ref_cache, use_cache=True)
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=fast_cache, use_cache=True)
+        dec = fast_decode.Decoder(model, fast_cache, mask, max_new=6)
+        nxt, next_pos = torch.arange(6) + 30, pos[:, -1] + 1
+        for step in range(6):
+            if step == 3:  # rows 1 and 4 finish
+                keep = torch.tensor([0, 2, 3, 5])
+                ref_cache.batch_select_indices(keep)
+                dec.select(keep)
+                nxt, next_pos, mask = nxt[keep], next_pos[keep], mask[keep]
+            mask = torch.cat([mask, mask.new_ones(len(nxt), 1)], dim=1)
+            want = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                         cache=ref_cache, use_cache=True).logits[:, -1]
+            got = dec.step(nxt, next_pos)
+            assert torch.allclose(got, want, atol=1e-4, rtol=1e-4), (step, (got - want).abs().max())
+            nxt, next_pos = want.argmax(-1), next_pos + 1
+
+
+def test_fast_decoding_samples_what_transformers_samples(tiny_model_dir):
+    from aha.models import load_model
+
+    model, tok = load_model(tiny_model_dir)
+    prompts = [tok("What is 1 + 2?")["input_ids"], tok("Hi")["input_ids"]]
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=12, stop=())
+    out = {}
+    for fast in (True, False):
+        torch.manual_seed(5)
+        out[fast] = [[c.completion_ids for c in g] for g in HFEngine(model, tok, fast_decode=fast).generate(
+            prompts, 4, sampling)]
+    assert out[True] == out[False]

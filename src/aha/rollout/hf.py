@@ -15,6 +15,7 @@ import inspect
 import torch
 from transformers.cache_utils import DynamicCache
 
+from aha.rollout import fast_decode
 from aha.rollout.base import Completion, SamplingConfig
 
 
@@ -53,7 +54,8 @@ def cache_kwarg(model) -> str:
 class HFEngine:
     """Batched sampling from a transformers causal LM (the policy itself: no weight copy needed)."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 64, compact_finished: float = 0.0):
+    def __init__(self, model, tokenizer, max_batch: int = 64, compact_finished: float = 0.0,
+                 fast_decode: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -61,6 +63,9 @@ class HFEngine:
         self.compact_finished = compact_finished
         """Finished rows leave the decode batch (a copy of the whole KV cache) once this share of the batch
         has finished; until then they decode padding that is thrown away. 0: at once."""
+        self.fast_decode = fast_decode
+        """Decode Llama-family models with `aha.rollout.fast_decode` (same numbers, less overhead); other
+        models, or False, decode through transformers."""
         self.eos_ids = {i for i in [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
                         if i is not None for i in (i if isinstance(i, list) else [i])}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
@@ -99,6 +104,10 @@ class HFEngine:
             cache.batch_repeat_interleave(n)
         mask = mask.repeat_interleave(n, dim=0)
         next_pos = positions[:, -1].repeat_interleave(n, dim=0) + 1
+        decoder = None
+        if self.fast_decode and fast_decode.supports(model):
+            decoder = fast_decode.Decoder(model, cache, mask, sampling.max_new_tokens)
+            cache = use = None
         total = len(prompts) * n
         alive = torch.arange(total, device=device)  # row index into the outputs for each cache row
         tokens: list[list[int]] = [[] for _ in range(total)]
@@ -127,12 +136,19 @@ class HFEngine:
                 break
             if n_live < len(live) and len(live) - n_live >= self.compact_finished * len(live):
                 idx = torch.tensor([j for j, a in enumerate(live) if a], device=device)
-                cache.batch_select_indices(idx)
+                if decoder is not None:
+                    decoder.select(idx)
+                else:
+                    cache.batch_select_indices(idx)
                 alive, nxt, mask, next_pos = alive[idx], nxt[idx], mask[idx], next_pos[idx]
                 live = [True] * n_live
-            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-            out = model(input_ids=nxt.unsqueeze(-1), attention_mask=mask, position_ids=next_pos.unsqueeze(-1), **use)
-            logits = out.logits[:, -1, :]
+            if decoder is not None:
+                logits = decoder.step(nxt, next_pos)
+            else:
+                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
+                out = model(input_ids=nxt.unsqueeze(-1), attention_mask=mask, position_ids=next_pos.unsqueeze(-1),
+                            **use)
+                logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
         if was_training:
             model.train()

@@ -55,6 +55,10 @@ class RolloutConfig:
     compact_finished: float = 0.0
     """hf engine: finished completions leave the decode batch (which copies the KV cache) once this share of
     the batch has finished; 0 drops them at once."""
+    fast_decode: bool = True
+    """hf engine: decode Llama-family models (Llama, SmolLM2, Qwen2) with aha's lean decode step
+    (aha.rollout.fast_decode: the same logits, a static KV cache, no per-token transformers overhead); other
+    models always decode through transformers."""
 
 
 @dataclass

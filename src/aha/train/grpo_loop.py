@@ -151,7 +151,8 @@ class GRPOTrainer:
         if engine is None:
             if self.autocast:  # rollouts from a bf16 copy, re-synced after every update
                 self.rollout_model = copy.deepcopy(self.policy).to(torch.bfloat16).eval().requires_grad_(False)
-            extra = {"compact_finished": cfg.rollout.compact_finished} if cfg.rollout.engine == "hf" else {}
+            extra = ({"compact_finished": cfg.rollout.compact_finished, "fast_decode": cfg.rollout.fast_decode}
+                     if cfg.rollout.engine == "hf" else {})
             engine = make_engine(cfg.rollout.engine, self.rollout_model, tokenizer, max_batch=cfg.rollout.max_batch,
                                  **extra)
         self.engine = engine
