@@ -58,3 +58,57 @@ def test_packed_groups_refuse_attention_without_arbitrary_masks(model_and_group)
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="share_prompt=false"):
         packed_groups_logprobs(model, collate_groups(group, tok.pad_token_id))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prefix_over_micro_batches_equals_the_padded_batch(model_and_group, attn):
+    """Two micro-batches whose prompts share a prefix, the prefix run once (SharedPrefix) and each row packed
+    without it: the padded batch's log-probs and gradients, the prefix's share of the gradient included."""
+    from aha.rollout.base import shared_prefix_len
+    from aha.train.batch import SharedPrefix
+
+    model, tok, group = model_and_group
+    model.config._attn_implementation = attn
+    other = [Completion(text="", prompt_ids=group[0].prompt_ids[:-2] + (7, 8, 9), completion_ids=ids)
+             for ids in [(11, 12), (13,)]]
+    parts = [[group[0], group[1], group[2]], [other[0], group[3], other[1]]]
+    rows = [c for part in parts for c in part]
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0, 0.7, -1.5]).unsqueeze(-1)
+    k = shared_prefix_len([c.prompt_ids for c in rows], min_len=1)
+    assert k == len(group[0].prompt_ids) - 2
+
+    model.zero_grad(set_to_none=True)
+    full = collate(rows, tok.pad_token_id)
+    want, _ = completion_logprobs(model, full)
+    (want * full.completion_mask * weights).sum().backward()
+    want_g = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.zero_grad(set_to_none=True)
+    prefix = SharedPrefix(model, list(rows[0].prompt_ids[:k]), "cpu")
+    got, start = [], 0
+    for part in parts:
+        b = collate_groups(part, tok.pad_token_id, prefix_len=k)
+        assert b.tokens == sum(len(p) - k for p in {c.prompt_ids for c in part}) + sum(
+            len(c.completion_ids) for c in part)
+        logp, _ = packed_groups_logprobs(model, b, prefix=prefix)
+        (logp * b.completion_mask * weights[start:start + len(part)]).sum().backward()
+        logp = torch.nn.functional.pad(logp, (0, full.completion_ids.shape[1] - logp.shape[1]))
+        got.append(logp.detach())
+        start += len(part)
+    prefix.backward()
+    got_g = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    mask = full.completion_mask.bool()
+    assert torch.allclose(torch.cat(got)[mask], want[mask].detach(), atol=1e-5)
+    assert want_g.keys() == got_g.keys()
+    for name in want_g:
+        assert torch.allclose(got_g[name], want_g[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_rows_without_their_prefix_are_refused(model_and_group):
+    from aha.train.batch import SharedPrefix
+
+    model, tok, group = model_and_group
+    with torch.no_grad():
+        prefix = SharedPrefix(model, list(group[0].prompt_ids[:3]), "cpu")
+        with pytest.raises(ValueError, match="prefix"):
+            packed_groups_logprobs(model, collate_groups(group, tok.pad_token_id), prefix=prefix)

@@ -217,3 +217,24 @@ def test_fast_decoding_samples_what_transformers_samples(tiny_model_dir):
         out[fast] = [[c.completion_ids for c in g] for g in HFEngine(model, tok, fast_decode=fast).generate(
             prompts, 4, sampling)]
     assert out[True] == out[False]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_prefilling_a_shared_prefix_once_samples_the_same(tiny_model_dir, fast):
+    """Prompts that begin alike (a system prompt) prefill that prefix once; suffixes of different lengths
+    leave padding between the prefix and the rest. The completions are those of prefilling each whole prompt."""
+    from aha.models import load_tokenizer
+    from aha.rollout.base import shared_prefix_len
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = _tiny_family("llama", tok)  # large weights: a wrong position or mask changes the samples
+    system = tok("A conversation between User and Assistant. The user asks a question")["input_ids"]
+    prompts = [system + tok(q)["input_ids"] for q in ("What is 1 + 2?", "Hi", "State the final answer: 15 - 43")]
+    assert shared_prefix_len(prompts) >= len(system) >= 8
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=10, stop=())
+    out = {}
+    for share in (True, False):
+        torch.manual_seed(2)
+        engine = HFEngine(model, tok, fast_decode=fast, share_prefix=share)
+        out[share] = [[c.completion_ids for c in g] for g in engine.generate(prompts, 3, sampling)]
+    assert out[True] == out[False]

@@ -55,10 +55,15 @@ def test_one_step_with_scripted_engine(tiny_model_dir, task_file, tmp_path):
     assert math.isfinite(m["loss"]) and m["grad_norm"] > 0
     assert m["reward/format_partial"] > 0 and 0 <= m["accuracy"] <= 1
     assert changed(before, trainer.policy), "parameters did not change"
-    # shared prompts: each micro-batch runs its prompt once, then its completions; padding only adds
+    # shared prompts: the prefix all prompts share runs once, then each micro-batch runs the rest of its prompt
+    # once and its completions; padding only adds
+    from aha.rollout.base import shared_prefix_len
+
     comps = trainer._last_rollouts.completions
-    real = sum(len(comps[mb[0]].prompt_ids) + sum(len(comps[j].completion_ids) for j in mb)
-               for mb in trainer.micro_batches(comps))
+    k = shared_prefix_len([c.prompt_ids for c in comps])
+    assert k > 0  # the R1 template's opening is shared
+    real = k + sum(len(comps[mb[0]].prompt_ids) - k + sum(len(comps[j].completion_ids) for j in mb)
+                   for mb in trainer.micro_batches(comps))
     assert all(len({comps[j].prompt_ids for j in mb}) == 1 for mb in trainer.micro_batches(comps))
     assert m["train_tokens"] == real and m["train_tokens_padded"] >= real
     assert real < sum(len(c.prompt_ids) + len(c.completion_ids) for c in comps)
@@ -265,17 +270,19 @@ def test_micro_batching_does_not_change_the_gradient(tiny_model_dir, task_file, 
 
     texts = ["<think> 1 </think>", "a b c d e f g h", "<answer> 3 </answer>", "x", "1 2 3 4 5", "<think>", "7 7", "ok"]
     results = []
-    for mbs, share, budget in ((8, "false", 4096), (3, "false", 4096), (3, "true", 4096), (8, "true", 4096),
-                               (8, "true", 1)):
-        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}{share}{budget}", f"optim.micro_batch_size={mbs}",
-                       f"grpo.loss_agg={agg}", f"optim.share_prompt={share}", f"optim.pack_tokens={budget}",
-                       "grpo.kl_coef=0.1")
+    for mbs, share, budget, prefix in ((8, "false", 4096, "true"), (3, "false", 4096, "true"),
+                                       (3, "true", 4096, "false"), (3, "true", 4096, "true"), (8, "true", 4096, "true"),
+                                       (8, "true", 1, "true")):
+        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}{share}{budget}{prefix}",
+                       f"optim.micro_batch_size={mbs}", f"grpo.loss_agg={agg}", f"optim.share_prompt={share}",
+                       f"optim.pack_tokens={budget}", f"optim.share_prefix={prefix}", "grpo.kl_coef=0.1")
         model, tok = load_model(tiny_model_dir)
         trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=ScriptedEngine(tok, texts))
         trainer.rewards.score = lambda comps, exs, step=0: ([float(len(c.text) % 3) for c in comps], {"accuracy": [0.0] * len(comps)})
         m = trainer.step()
         results.append((m["loss"], m["grad_norm"], m["kl"]))
-    for loss, grad_norm, _ in results[1:]:  # micro-batch size, packing and its token budget change nothing
+    # micro-batch size, packing, its token budget and the shared prefix change nothing
+    for loss, grad_norm, _ in results[1:]:
         assert loss == pytest.approx(results[0][0], rel=1e-4, abs=1e-6)
         assert grad_norm == pytest.approx(results[0][1], rel=1e-3)
 

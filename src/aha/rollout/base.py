@@ -42,3 +42,18 @@ class RolloutEngine(Protocol):
     def sync_weights(self, model) -> None:
         """Make the engine sample from `model`'s current weights."""
         ...
+
+
+def shared_prefix_len(prompts, min_len: int = 8) -> int:
+    """Tokens that all `prompts` begin with (a system prompt, a worked example), leaving each prompt at least
+    one token of its own; 0 when that is shorter than `min_len` or there is only one prompt."""
+    prompts = [tuple(p) for p in prompts]
+    if len(set(prompts)) < 2:
+        return 0
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return n if n >= min_len else 0

@@ -89,7 +89,7 @@ class Decoder:
     def step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """(B,) new tokens at (B,) positions -> (B, V) next-token logits; the tokens' keys and values join the
         cache."""
-        model, inner = self.model, self.model.model
+        inner = self.model.model
         B, t = ids.shape[0], self.length
         nh, nkv, D = self.n_heads, self.n_kv, self.head_dim
         h = inner.embed_tokens(ids)  # (B, H)

@@ -16,7 +16,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from aha.rollout import fast_decode
-from aha.rollout.base import Completion, SamplingConfig
+from aha.rollout.base import Completion, SamplingConfig, shared_prefix_len
 
 
 def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None,
@@ -55,7 +55,7 @@ class HFEngine:
     """Batched sampling from a transformers causal LM (the policy itself: no weight copy needed)."""
 
     def __init__(self, model, tokenizer, max_batch: int = 64, compact_finished: float = 0.0,
-                 fast_decode: bool = True):
+                 fast_decode: bool = True, share_prefix: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -64,6 +64,8 @@ class HFEngine:
         """Finished rows leave the decode batch (a copy of the whole KV cache) once this share of the batch
         has finished; until then they decode padding that is thrown away. 0: at once."""
         self.fast_decode = fast_decode
+        self.share_prefix = share_prefix
+        """Prefill the tokens all prompts of a call begin with once, not once per prompt."""
         """Decode Llama-family models with `aha.rollout.fast_decode` (same numbers, less overhead); other
         models, or False, decode through transformers."""
         self.eos_ids = {i for i in [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
@@ -86,16 +88,23 @@ class HFEngine:
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[r, width - len(p):] = 1
-        ids, mask = ids.to(device), mask.to(device)
         cache = DynamicCache()  # filled in place by every forward call
         use = {cache_kwarg(model): cache, "use_cache": True}
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # Tokens all prompts begin with (system prompt, worked example) are prefilled once, in one row.
+        k = shared_prefix_len(prompts) if self.share_prefix else 0
+        if k:
+            model(input_ids=torch.tensor([prompts[0][:k]], device=device),
+                  position_ids=torch.arange(k, device=device)[None], logits_to_keep=1, **use)
+            cache.batch_repeat_interleave(len(prompts))
+        rest = [p[k:] for p in prompts]
+        width = max(len(p) for p in rest)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.ones((len(prompts), k + width), dtype=torch.long)  # [shared prefix | left pad | rest]
+        for r, p in enumerate(rest):
+            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[r, k:k + width - len(p)] = 0
+        ids, mask = ids.to(device), mask.to(device)
+        positions = k + (mask[:, k:].cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **use)
         # Only the last position's logits (P x V per prompt would be wasted). Prefill once per prompt, then fan
         # the cache out to G rows per prompt.

@@ -83,6 +83,10 @@ class OptimConfig:
     with a block attention mask: no padding, and a group's prompt runs once (exact, gradients included;
     aha.train.batch.PackedGroups). False: one padded row per completion, each with its own prompt, rows sorted
     by length."""
+    share_prefix: bool = True
+    """With share_prompt: the prompt tokens all of a step's groups begin with (system prompt, worked example)
+    run once per pass, and every packed row attends to their keys and values (exact, gradients included;
+    aha.train.batch.SharedPrefix)."""
     pack_tokens: int = 4096
     """Most tokens in one packed row (its prompt and completions); a longer group is split over rows, each
     with its prompt. Bounds the row's block attention mask (L x L) and the attention it computes and masks."""

@@ -31,11 +31,12 @@ from aha.io import atomic_write_jsonl
 from aha.models import resolve_dtype
 from aha.rewards import RewardSet
 from aha.rollout import make_engine
-from aha.rollout.base import Completion, SamplingConfig
+from aha.rollout.base import Completion, SamplingConfig, shared_prefix_len
 from aha.runtime import adamw, tune_malloc
 from aha.train import checkpoint as ckpt
 from aha.train.batch import (
     PackedGroups,
+    SharedPrefix,
     collate,
     collate_groups,
     completion_logprobs,
@@ -226,10 +227,18 @@ class GRPOTrainer:
         return Rollouts(ex, comp, rew, pts, adv)
 
     # ----------------------------------------------------------------------------------------- step
-    def forward_logprobs(self, model, batch, with_entropy=False):
-        fn = packed_groups_logprobs if isinstance(batch, PackedGroups) else completion_logprobs
+    def forward_logprobs(self, model, batch, with_entropy=False, prefix: SharedPrefix | None = None):
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
-            return fn(model, batch, with_entropy)
+            if isinstance(batch, PackedGroups):
+                return packed_groups_logprobs(model, batch, with_entropy, prefix)
+            return completion_logprobs(model, batch, with_entropy)
+
+    def shared_prefix(self, model, ids: list[int]) -> SharedPrefix | None:
+        """The step's shared prompt prefix run through `model` (with a graph when gradients are enabled)."""
+        if not ids:
+            return None
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
+            return SharedPrefix(model, ids, self.device)
 
     def micro_batches(self, completions: list[Completion]) -> list[list[int]]:
         """Indices of each micro-batch. Shared prompts: the completions of one prompt (a group), in chunks of
@@ -265,26 +274,35 @@ class GRPOTrainer:
         t_gen = time.perf_counter() - t0  # includes scoring; scoring time is measured below
         n = len(ro.completions)
         mask_keep = [0.0 if (g.mask_truncated and not c.finished) else 1.0 for c in ro.completions]
-        make = collate_groups if cfg.optim.share_prompt else collate
+        groups = self.micro_batches(ro.completions)
+        # Prompt tokens every group begins with (system prompt, worked example) run once per pass.
+        k = (shared_prefix_len([c.prompt_ids for c in ro.completions])
+             if cfg.optim.share_prompt and cfg.optim.share_prefix and len(groups) > 1 else 0)
+        prefix_ids = list(ro.completions[0].prompt_ids[:k])
         batches = []  # (micro-batch number, index tensor into the step's sequences, batch)
-        for i, idx in enumerate(self.micro_batches(ro.completions)):
-            b = make([ro.completions[j] for j in idx], self.pad_id).to(self.device)
+        for i, idx in enumerate(groups):
+            rows = [ro.completions[j] for j in idx]
+            b = (collate_groups(rows, self.pad_id, k) if cfg.optim.share_prompt else collate(rows, self.pad_id))
+            b = b.to(self.device)
             b.completion_mask *= torch.tensor([mask_keep[j] for j in idx], device=self.device).unsqueeze(-1)
             batches.append((i, torch.tensor(idx), b))
         num_tokens = float(sum(b.completion_mask.sum().item() for _, _, b in batches))
         old, ref = {}, {}
         t_lp = time.perf_counter()
         with torch.no_grad():
-            for i, _, b in (batches if bool((ro.advantages != 0).any()) or self.ref is not None else []):
-                if g.mu > 1:  # with mu=1 the ratio is 1 by construction: no extra forward
-                    old[i] = self.forward_logprobs(self.policy, b)[0]
-                if self.ref is not None:
-                    ref[i] = self.forward_logprobs(self.ref, b)[0]
+            if bool((ro.advantages != 0).any()) or self.ref is not None:
+                old_prefix = self.shared_prefix(self.policy, prefix_ids) if g.mu > 1 else None
+                ref_prefix = self.shared_prefix(self.ref, prefix_ids) if self.ref is not None else None
+                for i, _, b in batches:
+                    if g.mu > 1:  # with mu=1 the ratio is 1 by construction: no extra forward
+                        old[i] = self.forward_logprobs(self.policy, b, prefix=old_prefix)[0]
+                    if self.ref is not None:
+                        ref[i] = self.forward_logprobs(self.ref, b, prefix=ref_prefix)[0]
         stats = defaultdict(float, {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0})
         stats["time/logprob_s"] = time.perf_counter() - t_lp  # old-policy and reference passes (no gradient)
         # Tokens the training forward passes see: real (prompt + completion) and with padding.
-        stats["train_tokens"] = float(sum(b.tokens for _, _, b in batches))
-        stats["train_tokens_padded"] = float(sum(b.padded_tokens for _, _, b in batches))
+        stats["train_tokens"] = float(sum(b.tokens for _, _, b in batches) + len(prefix_ids))
+        stats["train_tokens_padded"] = float(sum(b.padded_tokens for _, _, b in batches) + len(prefix_ids))
         t1 = time.perf_counter()
         # All groups flat and no KL term: the gradient is exactly zero, so skip the forward/backward passes
         # (common in early R1-Zero steps) but still take the optimizer step, as the full computation would.
@@ -295,9 +313,10 @@ class GRPOTrainer:
             if skip:
                 for p in self.policy.parameters():
                     p.grad = torch.zeros_like(p)
+            prefix = self.shared_prefix(self.policy, prefix_ids) if not skip else None
             for i, idx, b in (batches if not skip else []):
                 adv = ro.advantages[idx].to(self.device)
-                logp, ent = self.forward_logprobs(self.policy, b, with_entropy=True)
+                logp, ent = self.forward_logprobs(self.policy, b, with_entropy=True, prefix=prefix)
                 terms = grpo_loss(logp, old.get(i), adv, b.completion_mask, ref.get(i), g.kl_coef, g.eps_low,
                                   g.eps_high, g.loss_agg, num_sequences=n, num_tokens=num_tokens,
                                   max_tokens=cfg.rollout.max_new_tokens)
@@ -310,6 +329,8 @@ class GRPOTrainer:
                 stats["clip_low"] += terms.clip_low * w / g.mu
                 stats["clip_high"] += terms.clip_high * w / g.mu
                 stats["entropy"] += float((ent * b.completion_mask).sum() / max(num_tokens, 1.0)) / g.mu
+            if prefix is not None:
+                prefix.backward()  # the prefix's share of the gradient, gathered over all micro-batches
             gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.optim.max_grad_norm or float("inf"))
             if not torch.isfinite(gn):
                 raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
