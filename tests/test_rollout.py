@@ -193,9 +193,10 @@ def test_fast_decoder_matches_transformers_step_for_step(tiny_model_dir, kind):
         nxt, next_pos = torch.arange(6) + 30, pos[:, -1] + 1
         for step in range(6):
             if step == 3:  # rows 1 and 4 finish
-                keep = torch.tensor([0, 2, 3, 5])
+                order = dec.select([0, 2, 3, 5])
+                assert sorted(order) == [0, 2, 3, 5]
+                keep = torch.tensor(order)
                 ref_cache.batch_select_indices(keep)
-                dec.select(keep)
                 nxt, next_pos, mask = nxt[keep], next_pos[keep], mask[keep]
             mask = torch.cat([mask, mask.new_ones(len(nxt), 1)], dim=1)
             want = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],

@@ -35,6 +35,18 @@ def supports(model) -> bool:
     return inner is not None and hasattr(inner, "rotary_emb") and hasattr(model, "lm_head")
 
 
+def _transposed(*weights: torch.Tensor) -> torch.Tensor:
+    """The weights stacked along their output dimension, as one contiguous (in, out) matrix (copied slice by
+    slice: no concatenated temporary)."""
+    out = sum(w.shape[0] for w in weights)
+    buf = weights[0].new_empty((weights[0].shape[1], out))
+    start = 0
+    for w in weights:
+        buf[:, start:start + w.shape[0]].copy_(w.detach().t())
+        start += w.shape[0]
+    return buf
+
+
 class Decoder:
     """Decodes a batch one token at a time from a prefilled transformers cache.
 
@@ -52,7 +64,6 @@ class Decoder:
         self.scale = self.head_dim ** -0.5
         # Weights transposed to (in, out), contiguous: with 4-16 rows, x @ W_t runs 2-4x faster than
         # F.linear(x, W) on a CPU (oneDNN picks a poor kernel for the transposed operand at those sizes).
-        t = lambda *ws: torch.cat([w.detach() for w in ws]).t().contiguous()  # noqa: E731
         self.layers = []
         for layer in inner.layers:
             at, mlp = layer.self_attn, layer.mlp
@@ -60,10 +71,11 @@ class Decoder:
             if at.q_proj.bias is not None:
                 qkv_b = torch.cat([at.q_proj.bias, at.k_proj.bias, at.v_proj.bias]).detach()
             self.layers.append((layer.input_layernorm.weight.detach(),
-                                t(at.q_proj.weight, at.k_proj.weight, at.v_proj.weight), qkv_b,
-                                t(at.o_proj.weight), layer.post_attention_layernorm.weight.detach(),
-                                t(mlp.gate_proj.weight, mlp.up_proj.weight), t(mlp.down_proj.weight)))
-        self.head = t(model.lm_head.weight)
+                                _transposed(at.q_proj.weight, at.k_proj.weight, at.v_proj.weight), qkv_b,
+                                _transposed(at.o_proj.weight), layer.post_attention_layernorm.weight.detach(),
+                                _transposed(mlp.gate_proj.weight, mlp.up_proj.weight),
+                                _transposed(mlp.down_proj.weight)))
+        self.head = _transposed(model.lm_head.weight)
         self.head_bias = getattr(model.lm_head, "bias", None)
         B, W = key_mask.shape
         n_layers = len(self.layers)
@@ -77,13 +89,20 @@ class Decoder:
         self.bias = torch.full((B, W + max_new), float("-inf"), dtype=self.kv.dtype, device=self.kv.device)
         self.bias[:, :W].masked_fill_(key_mask.bool(), 0.0)
 
-    def select(self, idx: torch.Tensor) -> None:
-        """Keep only these rows (finished rows leave the batch); copies the written part of the cache."""
-        t = self.length
-        kv = self.kv.new_empty(self.kv.shape[:2] + (len(idx),) + self.kv.shape[3:])
-        kv[..., :t, :] = self.kv[:, :, idx, :, :t]
-        self.kv = kv
-        self.bias = self.bias[idx]
+    def select(self, idx: list[int]) -> list[int]:
+        """Keep only the rows `idx` (ascending; finished rows leave the batch). Returns the new row order as old
+        row numbers: rows from the end move into the holes, so only as many rows are copied as have left."""
+        n, t = len(idx), self.length
+        keep = set(idx)
+        holes = [r for r in range(n) if r not in keep]
+        movers = [r for r in idx if r >= n]
+        order = list(range(n))
+        for hole, row in zip(holes, movers):
+            self.kv[:, :, hole, :, :t] = self.kv[:, :, row, :, :t]
+            self.bias[hole] = self.bias[row]
+            order[hole] = row
+        self.kv, self.bias = self.kv[:, :, :n], self.bias[:n]
+        return order
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -144,11 +144,12 @@ class HFEngine:
             if not n_live or step == sampling.max_new_tokens - 1:
                 break
             if n_live < len(live) and len(live) - n_live >= self.compact_finished * len(live):
-                idx = torch.tensor([j for j, a in enumerate(live) if a], device=device)
+                keep = [j for j, a in enumerate(live) if a]
                 if decoder is not None:
-                    decoder.select(idx)
+                    keep = decoder.select(keep)  # its own row order
                 else:
-                    cache.batch_select_indices(idx)
+                    cache.batch_select_indices(torch.tensor(keep, device=device))
+                idx = torch.tensor(keep, device=device)
                 alive, nxt, mask, next_pos = alive[idx], nxt[idx], mask[idx], next_pos[idx]
                 live = [True] * n_live
             if decoder is not None:
