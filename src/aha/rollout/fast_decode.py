@@ -104,6 +104,12 @@ class Decoder:
         self.kv, self.bias = self.kv[:, :, :n], self.bias[:n]
         return order
 
+    def _rms_norm(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # Four plain ops: torch's fused rms_norm took ~90 us a call on 2 rows (dtype round trips), 11% of a step.
+        if h.dtype != torch.float32:  # as transformers does: normalise in float32
+            return weight * (h.float() * torch.rsqrt(h.float().pow(2).mean(-1, keepdim=True) + self.eps)).to(h.dtype)
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True).add_(self.eps)) * weight
+
     @torch.no_grad()
     def step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """(B,) new tokens at (B,) positions -> (B, V) next-token logits; the tokens' keys and values join the
@@ -116,10 +122,9 @@ class Decoder:
         cos, sin = cos.view(B, 1, D), sin.view(B, 1, D)
         self.bias[:, t] = 0.0
         bias = self.bias[:, None, None, :t + 1]
-        H = h.shape[-1]
         half = D // 2
         for i, (ln1, qkv_w, qkv_b, o_w, ln2, gate_up, down) in enumerate(self.layers):
-            x = F.rms_norm(h, (H,), ln1, self.eps)
+            x = self._rms_norm(h, ln1)
             qkv = x @ qkv_w if qkv_b is None else torch.addmm(qkv_b, x, qkv_w)
             qk, v = qkv.view(B, nh + 2 * nkv, D).split([nh + nkv, nkv], dim=1)
             rot = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
@@ -132,7 +137,7 @@ class Decoder:
             probs = torch.softmax(scores.add_(bias), dim=-1)
             attn = torch.matmul(probs, values).reshape(B, nh * D)  # query heads grouped under their kv head
             h = h + attn @ o_w
-            x = F.rms_norm(h, (H,), ln2, self.eps)
+            x = self._rms_norm(h, ln2)
             gate, up = (x @ gate_up).chunk(2, dim=-1)
             h = h + (F.silu(gate) * up) @ down
         self.length = t + 1
