@@ -255,13 +255,21 @@ def test_packed_micro_batches_keep_to_the_size_and_token_budget(tiny_model_dir, 
 
     from aha.rollout.base import Completion
 
-    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "optim.micro_batch_size=3", "optim.pack_tokens=20")
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "optim.micro_batch_size=3", "optim.pack_tokens=20",
+                   "optim.merge_groups=false")
     a, b = (1, 2, 3, 4, 5), (9, 9, 9, 9, 9)  # two prompts of 5 tokens
     lengths = [(a, 10), (b, 2), (a, 4), (a, 3), (a, 12), (b, 2), (a, 20), (b, 2), (b, 2), (b, 2)]
     comps = [Completion(text="", prompt_ids=p, completion_ids=tuple(range(k))) for p, k in lengths]
     chunks = GRPOTrainer.micro_batches(SimpleNamespace(cfg=cfg), comps)
     # a: 5+10+4 = 19; 5+3+12 = 20; the 20-token completion alone (over budget, but never split); b: 3 per row
     assert chunks == [[0, 2], [3, 4], [6], [1, 5, 7], [8, 9]]
+    # merged: whole chunks share a row while both limits hold (3 completions, 20 tokens)
+    cfg.optim.merge_groups = True
+    merged = GRPOTrainer.micro_batches(SimpleNamespace(cfg=cfg), comps)
+    assert merged == [[0, 2], [3, 4], [6], [1, 5, 7], [8, 9]]  # no two chunks fit together under these limits
+    cfg.optim.micro_batch_size, cfg.optim.pack_tokens = 8, 40
+    # a: 5+10+4+3+12 = 34, then 6 alone (25 tokens) and b (15 tokens) share a row
+    assert GRPOTrainer.micro_batches(SimpleNamespace(cfg=cfg), comps) == [[0, 2, 3, 4], [6, 1, 5, 7, 8, 9]]
 
 
 @pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
@@ -270,12 +278,14 @@ def test_micro_batching_does_not_change_the_gradient(tiny_model_dir, task_file, 
 
     texts = ["<think> 1 </think>", "a b c d e f g h", "<answer> 3 </answer>", "x", "1 2 3 4 5", "<think>", "7 7", "ok"]
     results = []
-    for mbs, share, budget, prefix in ((8, "false", 4096, "true"), (3, "false", 4096, "true"),
-                                       (3, "true", 4096, "false"), (3, "true", 4096, "true"), (8, "true", 4096, "true"),
-                                       (8, "true", 1, "true")):
-        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}{share}{budget}{prefix}",
+    for mbs, share, budget, prefix, merge in ((8, "false", 4096, "true", "true"), (3, "false", 4096, "true", "true"),
+                                              (3, "true", 4096, "false", "false"), (3, "true", 4096, "true", "false"),
+                                              (3, "true", 4096, "true", "true"), (8, "true", 4096, "true", "true"),
+                                              (8, "true", 1, "true", "true")):
+        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}{share}{budget}{prefix}{merge}",
                        f"optim.micro_batch_size={mbs}", f"grpo.loss_agg={agg}", f"optim.share_prompt={share}",
-                       f"optim.pack_tokens={budget}", f"optim.share_prefix={prefix}", "grpo.kl_coef=0.1")
+                       f"optim.pack_tokens={budget}", f"optim.share_prefix={prefix}", f"optim.merge_groups={merge}",
+                       "grpo.kl_coef=0.1")
         model, tok = load_model(tiny_model_dir)
         trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=ScriptedEngine(tok, texts))
         trainer.rewards.score = lambda comps, exs, step=0: ([float(len(c.text) % 3) for c in comps], {"accuracy": [0.0] * len(comps)})

@@ -253,17 +253,27 @@ class GRPOTrainer:
         groups: dict[tuple, list[int]] = {}
         for j, c in enumerate(completions):
             groups.setdefault(c.prompt_ids, []).append(j)
-        out = []
+        chunks = []  # (indices, tokens): one prompt's completions
         for prompt, idx in groups.items():
             chunk, size = [], len(prompt)
             for j in idx:
                 k = len(completions[j].completion_ids)
                 if chunk and (len(chunk) == mbs or size + k > budget):
-                    out.append(chunk)
+                    chunks.append((chunk, size))
                     chunk, size = [], len(prompt)
                 chunk.append(j)
                 size += k
-            out.append(chunk)
+            chunks.append((chunk, size))
+        if not self.cfg.optim.merge_groups:
+            return [c for c, _ in chunks]
+        out, sizes = [], []  # whole groups share a row while both limits hold
+        for chunk, size in chunks:
+            if out and len(out[-1]) + len(chunk) <= mbs and sizes[-1] + size <= budget:
+                out[-1] = out[-1] + chunk
+                sizes[-1] += size
+            else:
+                out.append(chunk)
+                sizes.append(size)
         return out
 
     def step(self) -> dict:
