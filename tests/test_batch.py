@@ -112,3 +112,45 @@ def test_rows_without_their_prefix_are_refused(model_and_group):
         prefix = SharedPrefix(model, list(group[0].prompt_ids[:3]), "cpu")
         with pytest.raises(ValueError, match="prefix"):
             packed_groups_logprobs(model, collate_groups(group, tok.pad_token_id), prefix=prefix)
+
+
+def test_packed_rows_keep_a_sliding_window(tiny_model_dir):
+    """Sliding-window layers (Gemma 3) get their own block mask: a packed row longer than the window gives the
+    padded batch's log-probs and gradients."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from aha.models import load_tokenizer
+    from aha.train.batch import sliding_window
+
+    tok = load_tokenizer(tiny_model_dir)
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=6,
+                           layer_types=["sliding_attention", "full_attention"], max_position_embeddings=128,
+                           pad_token_id=tok.pad_token_id)
+    cfg._attn_implementation = "sdpa"
+    model = Gemma3ForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    assert sliding_window(model) == 6
+    p1 = tuple(range(5, 17))
+    p2 = p1[:-3] + (40, 41, 42, 43)
+    rows = [Completion(text="", prompt_ids=p1, completion_ids=(50, 51, 52, 53, 54, 55, 56, 57)),
+            Completion(text="", prompt_ids=p2, completion_ids=(60, 61)),
+            Completion(text="", prompt_ids=p1, completion_ids=(70, 71, 72))]
+
+    def run(fn, batch):
+        model.zero_grad(set_to_none=True)
+        logp, _ = fn(model, batch)
+        (logp * batch.completion_mask).sum().backward()
+        return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full, packed = collate(rows, tok.pad_token_id), collate_groups(rows, tok.pad_token_id)
+    assert packed.tokens > 2 * 6  # longer than the window
+    want, want_g = run(completion_logprobs, full)
+    got, got_g = run(packed_groups_logprobs, packed)
+    mask = full.completion_mask.bool()
+    assert torch.allclose(got[mask], want[mask], atol=1e-5)
+    for name in want_g:
+        assert torch.allclose(got_g[name], want_g[name], atol=1e-5, rtol=1e-4), name

@@ -115,14 +115,19 @@ class PackedGroups:
     def padded_tokens(self) -> int:
         return self.input_ids.shape[1]
 
-    def attention_mask(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """(1, 1, L, prefix_len + L): True (or 0.0 for a float `dtype`) where query q may attend to key k."""
+    def attention_mask(self, dtype: torch.dtype | None = None, window: int | None = None) -> torch.Tensor:
+        """(1, 1, L, prefix_len + L): True (or 0.0 for a float `dtype`) where query q may attend to key k.
+        `window`: a sliding-window layer's mask (a key at most window - 1 positions back)."""
         L = self.segment.shape[0]
         causal = torch.ones(L, L, dtype=torch.bool, device=self.segment.device).tril()
         seg_q, seg_k = self.segment.unsqueeze(1), self.segment.unsqueeze(0)
         allowed = causal & ((seg_k == seg_q) | (seg_k == self.owner.unsqueeze(1)))
         if self.prefix_len:
             allowed = torch.cat([allowed.new_ones(L, self.prefix_len), allowed], dim=1)
+        if window:
+            pos_q = self.position_ids[0]
+            pos_k = torch.cat([torch.arange(self.prefix_len, device=pos_q.device), pos_q])
+            allowed = allowed & (pos_q.unsqueeze(1) - pos_k.unsqueeze(0) < window)
         if dtype is None:
             return allowed[None, None]
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
@@ -179,6 +184,13 @@ def collate_groups(completions: list[Completion], pad_id: int, prefix_len: int =
                        torch.tensor(keep, dtype=torch.long), source, comp_ids, cmask, prefix_len=prefix_len)
 
 
+def sliding_window(model) -> int | None:
+    """The window of a model with sliding-window attention layers (Gemma 3: 5 of 6 layers), else None."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(cfg, "sliding_window", None)
+    return window if window and "sliding_attention" in (getattr(cfg, "layer_types", None) or ()) else None
+
+
 class SharedPrefix:
     """The prompt tokens all of a step's groups begin with (the R1 system prompt, a worked example), run once
     per pass instead of once per micro-batch; every packed row then attends to its keys and values.
@@ -230,7 +242,13 @@ def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = Fals
     if (prefix.length if prefix else 0) != batch.prefix_len:
         raise ValueError(f"the row was collated without {batch.prefix_len} prefix tokens, given {prefix and prefix.length}")
     extra = {cache_kwarg(model): prefix.cache(), "use_cache": True} if prefix else {"use_cache": False}
-    out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask(dtype),
+    mask = batch.attention_mask(dtype)
+    window = sliding_window(model)
+    if window:  # one mask per layer type: a custom mask replaces the model's own sliding-window masks
+        if prefix:
+            raise ValueError("a shared prefix is not supported for sliding-window models")
+        mask = {"full_attention": mask, "sliding_attention": batch.attention_mask(dtype, window)}
+    out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask,
                 logits_to_keep=batch.keep, **extra)
     logits = out.logits[0].float()  # (R, V)
     picked = logits[batch.source, batch.completion_ids]  # (N, C)

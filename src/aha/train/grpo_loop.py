@@ -41,6 +41,7 @@ from aha.train.batch import (
     collate_groups,
     completion_logprobs,
     packed_groups_logprobs,
+    sliding_window,
 )
 from aha.train.config import TrainConfig
 from aha.train.metrics import MetricsLogger, component_means, kind_metrics, reflection_count
@@ -286,8 +287,8 @@ class GRPOTrainer:
         mask_keep = [0.0 if (g.mask_truncated and not c.finished) else 1.0 for c in ro.completions]
         groups = self.micro_batches(ro.completions)
         # Prompt tokens every group begins with (system prompt, worked example) run once per pass.
-        k = (shared_prefix_len([c.prompt_ids for c in ro.completions])
-             if cfg.optim.share_prompt and cfg.optim.share_prefix and len(groups) > 1 else 0)
+        k = (shared_prefix_len([c.prompt_ids for c in ro.completions]) if cfg.optim.share_prompt
+             and cfg.optim.share_prefix and len(groups) > 1 and not sliding_window(self.policy) else 0)
         prefix_ids = list(ro.completions[0].prompt_ids[:k])
         batches = []  # (micro-batch number, index tensor into the step's sequences, batch)
         for i, idx in enumerate(groups):
