@@ -134,7 +134,7 @@ class Decoder:
             self.kv[i, 1, :, :, t] = v
             keys, values = self.kv[i, 0, :, :, :t + 1], self.kv[i, 1, :, :, :t + 1]  # (B, nkv, t+1, D)
             scores = torch.matmul(q.reshape(B, nkv, nh // nkv, D), keys.transpose(-1, -2)).mul_(self.scale)
-            probs = torch.softmax(scores.add_(bias), dim=-1)
+            probs = torch.softmax(scores.add_(bias), dim=-1, dtype=torch.float32).to(scores.dtype)
             attn = torch.matmul(probs, values).reshape(B, nh * D)  # query heads grouped under their kv head
             h = h + attn @ o_w
             x = self._rms_norm(h, ln2)
