@@ -64,10 +64,10 @@ class HFEngine:
         """Finished rows leave the decode batch (a copy of the whole KV cache) once this share of the batch
         has finished; until then they decode padding that is thrown away. 0: at once."""
         self.fast_decode = fast_decode
-        self.share_prefix = share_prefix
-        """Prefill the tokens all prompts of a call begin with once, not once per prompt."""
         """Decode Llama-family models with `aha.rollout.fast_decode` (same numbers, less overhead); other
         models, or False, decode through transformers."""
+        self.share_prefix = share_prefix
+        """Prefill the tokens all prompts of a call begin with once, not once per prompt."""
         self.eos_ids = {i for i in [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
                         if i is not None for i in (i if isinstance(i, list) else [i])}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)

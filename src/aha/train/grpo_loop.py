@@ -243,7 +243,8 @@ class GRPOTrainer:
 
     def micro_batches(self, completions: list[Completion]) -> list[list[int]]:
         """Indices of each micro-batch. Shared prompts: the completions of one prompt (a group), in chunks of
-        at most micro_batch_size completions and pack_tokens tokens (prompt included), each packed in one row.
+        at most micro_batch_size completions and pack_tokens tokens (prompt included), each packed in one row;
+        with merge_groups, consecutive whole chunks share a row while both limits hold.
         Otherwise: all rows sorted by length, so that a micro-batch wastes little on padding. The loss uses
         whole-step normalisers, so the grouping does not change the gradient."""
         mbs, budget = self.cfg.optim.micro_batch_size, self.cfg.optim.pack_tokens
