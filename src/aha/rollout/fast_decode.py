@@ -35,14 +35,18 @@ def supports(model) -> bool:
     return inner is not None and hasattr(inner, "rotary_emb") and hasattr(model, "lm_head")
 
 
-def _transposed(*weights: torch.Tensor) -> torch.Tensor:
-    """The weights stacked along their output dimension, as one contiguous (in, out) matrix (copied slice by
-    slice: no concatenated temporary)."""
+def _transposed(*weights: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """The weights stacked along their output dimension, as one contiguous (in, out) matrix, copied in blocks
+    of 128 output rows (2.4x faster than one strided copy on the CPU benchmark: 0.15 vs 0.37 s for SmolLM2's
+    weights) and with no concatenated temporary."""
     out = sum(w.shape[0] for w in weights)
     buf = weights[0].new_empty((weights[0].shape[1], out))
     start = 0
     for w in weights:
-        buf[:, start:start + w.shape[0]].copy_(w.detach().t())
+        w = w.detach()
+        for r in range(0, w.shape[0], block):
+            rows = w[r:r + block]
+            buf[:, start + r:start + r + rows.shape[0]].copy_(rows.t())
         start += w.shape[0]
     return buf
 
@@ -64,7 +68,7 @@ class Decoder:
         self.scale = self.head_dim ** -0.5
         # Weights transposed to (in, out), contiguous: oneDNN picks a poor kernel for F.linear(x, W) at 4-16
         # rows (a decode step at 4 rows: 46 vs 70 ms, at 12: 75 vs 92 ms; equal at 1-3 rows). The copy costs
-        # ~0.3 s a generation for SmolLM2-135M, about what it saves on the CPU benchmark's work.
+        # ~0.15 s a generation for SmolLM2-135M.
         self.layers = []
         for layer in inner.layers:
             at, mlp = layer.self_attn, layer.mlp
