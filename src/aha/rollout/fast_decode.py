@@ -112,7 +112,8 @@ class Decoder:
     def _rms_norm(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # Four plain ops: torch's fused rms_norm took ~90 us a call on 2 rows (dtype round trips), 11% of a step.
         if h.dtype != torch.float32:  # as transformers does: normalise in float32
-            return weight * (h.float() * torch.rsqrt(h.float().pow(2).mean(-1, keepdim=True) + self.eps)).to(h.dtype)
+            x = h.float()
+            return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(h.dtype)
         return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True).add_(self.eps)) * weight
 
     @torch.no_grad()
