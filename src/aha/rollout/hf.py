@@ -2,7 +2,8 @@
 
 Why not `model.generate`: it keeps decoding rows that already finished (~40% of decode tokens
 wasted on short GRPO groups) and samples with `torch.multinomial`. Here each prompt is prefilled
-once and its cache repeated G times; finished rows are dropped from the batch (and from the cache)
+once (the prefix all prompts share, once for all) and its cache repeated G times; Llama-family models
+then decode with `aha.rollout.fast_decode`; finished rows are dropped from the batch (and from the cache)
 as soon as they end; sampling draws one uniform number per row and finds it in the cumulative
 distribution (an exponential race, argmax p/E, drew a random number per vocabulary entry: 12% of
 decode time, 15x the cost of this draw). Left padding keeps every row's last token aligned.
@@ -91,23 +92,23 @@ class HFEngine:
         cache = DynamicCache()  # filled in place by every forward call
         use = {cache_kwarg(model): cache, "use_cache": True}
         # Tokens all prompts begin with (system prompt, worked example) are prefilled once, in one row.
-        k = shared_prefix_len(prompts) if self.share_prefix else 0
-        if k:
-            model(input_ids=torch.tensor([prompts[0][:k]], device=device),
-                  position_ids=torch.arange(k, device=device)[None], logits_to_keep=1, **use)
+        shared = shared_prefix_len(prompts) if self.share_prefix else 0
+        if shared:
+            model(input_ids=torch.tensor([prompts[0][:shared]], device=device),
+                  position_ids=torch.arange(shared, device=device)[None], logits_to_keep=1, **use)
             cache.batch_repeat_interleave(len(prompts))
-        rest = [p[k:] for p in prompts]
+        rest = [p[shared:] for p in prompts]
         width = max(len(p) for p in rest)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.ones((len(prompts), k + width), dtype=torch.long)  # [shared prefix | left pad | rest]
+        mask = torch.ones((len(prompts), shared + width), dtype=torch.long)  # [shared prefix | left pad | rest]
         for r, p in enumerate(rest):
             ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[r, k:k + width - len(p)] = 0
+            mask[r, shared:shared + width - len(p)] = 0
         ids, mask = ids.to(device), mask.to(device)
-        positions = k + (mask[:, k:].cumsum(-1) - 1).clamp(min=0)
+        positions = shared + (mask[:, shared:].cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **use)
-        # Only the last position's logits (P x V per prompt would be wasted). Prefill once per prompt, then fan
-        # the cache out to G rows per prompt.
+        # Only the last position's logits (P x V per prompt would be wasted). Each prompt is prefilled once
+        # (its shared prefix once for all), then the cache fans out to G rows per prompt.
         logits = out.logits[:, -1, :].repeat_interleave(n, dim=0)
         if n > 1:
             cache.batch_repeat_interleave(n)

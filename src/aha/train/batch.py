@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import DynamicCache
 
 from aha.grpo import token_entropy, token_logprobs
 from aha.rollout.base import Completion
@@ -202,8 +203,6 @@ class SharedPrefix:
     it removes ~30% of the tokens the training and reference passes process."""
 
     def __init__(self, model, ids: list[int], device):
-        from transformers.cache_utils import DynamicCache
-
         self.config = model.config
         x = torch.tensor([ids], dtype=torch.long, device=device)
         cache = DynamicCache(config=model.config)
@@ -216,8 +215,6 @@ class SharedPrefix:
 
     def cache(self):
         """A fresh cache holding the prefix (a forward pass appends to the cache it is given)."""
-        from transformers.cache_utils import DynamicCache
-
         pairs = [(self.leaves[i], self.leaves[i + 1]) for i in range(0, len(self.leaves), 2)]
         return DynamicCache(ddp_cache_data=pairs, config=self.config)
 
