@@ -60,15 +60,21 @@ def test_packed_groups_refuse_attention_without_arbitrary_masks(model_and_group)
         packed_groups_logprobs(model, collate_groups(group, tok.pad_token_id))
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_shared_prefix_over_micro_batches_equals_the_padded_batch(model_and_group, attn):
+@pytest.mark.parametrize("attn,embed", [("sdpa", None), ("eager", None), ("sdpa", "tied"), ("eager", "untied")])
+def test_shared_prefix_over_micro_batches_equals_the_padded_batch(model_and_group, attn, embed):
     """Two micro-batches whose prompts share a prefix, the prefix run once (SharedPrefix) and each row packed
-    without it: the padded batch's log-probs and gradients, the prefix's share of the gradient included."""
+    without it: the padded batch's log-probs and gradients, the prefix's share of the gradient included. With
+    `embed`, the input embeddings' gradient is gathered and sent through the embedding layer once
+    (InputEmbeddings), for tied and untied input and output embeddings."""
     from aha.rollout.base import shared_prefix_len
-    from aha.train.batch import SharedPrefix
+    from aha.train.batch import InputEmbeddings, SharedPrefix
 
     model, tok, group = model_and_group
     model.config._attn_implementation = attn
+    if embed == "untied":
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+    assert (model.lm_head.weight is model.get_input_embeddings().weight) == (embed != "untied")
     other = [Completion(text="", prompt_ids=group[0].prompt_ids[:-2] + (7, 8, 9), completion_ids=ids)
              for ids in [(11, 12), (13,)]]
     parts = [[group[0], group[1], group[2]], [other[0], group[3], other[1]]]
@@ -84,19 +90,23 @@ def test_shared_prefix_over_micro_batches_equals_the_padded_batch(model_and_grou
     want_g = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     model.zero_grad(set_to_none=True)
-    prefix = SharedPrefix(model, list(rows[0].prompt_ids[:k]), "cpu")
+    embeddings = InputEmbeddings(model) if embed else None
+    prefix = SharedPrefix(model, list(rows[0].prompt_ids[:k]), "cpu", embeddings)
     got, start = [], 0
     for part in parts:
         b = collate_groups(part, tok.pad_token_id, prefix_len=k)
         assert b.tokens == sum(len(p) - k for p in {c.prompt_ids for c in part}) + sum(
             len(c.completion_ids) for c in part)
-        logp, _ = packed_groups_logprobs(model, b, prefix=prefix)
+        logp, _ = packed_groups_logprobs(model, b, prefix=prefix, embed=embeddings)
         (logp * b.completion_mask * weights[start:start + len(part)]).sum().backward()
         logp = torch.nn.functional.pad(logp, (0, full.completion_ids.shape[1] - logp.shape[1]))
         got.append(logp.detach())
         start += len(part)
     prefix.backward()
+    if embeddings:
+        embeddings.backward()
     got_g = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert all(g.layout == torch.strided for g in got_g.values())
     mask = full.completion_mask.bool()
     assert torch.allclose(torch.cat(got)[mask], want[mask].detach(), atol=1e-5)
     assert want_g.keys() == got_g.keys()

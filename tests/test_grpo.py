@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from aha.grpo import aggregate, clipped_surrogate, group_advantages, grpo_loss, k3_kl, token_logprobs
+from aha.grpo import (
+    aggregate,
+    clipped_surrogate,
+    group_advantages,
+    grpo_loss,
+    k3_kl,
+    selected_logprobs,
+    token_logprobs,
+)
 
 
 def test_group_advantages_grpo_by_hand():
@@ -98,3 +106,38 @@ def test_token_logprobs_matches_log_softmax():
     targets = torch.randint(0, 11, (2, 3))
     expected = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(token_logprobs(logits, targets), expected, atol=1e-6)
+
+
+def test_selected_logprobs_values_entropy_and_gradient():
+    # Against the textbook formulas in float64: rows that are the source of several targets (a packed group's
+    # prompt row), rows that are the source of none, extreme logits; the gradient with upstream weights.
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 13, generator=g, dtype=torch.float64) * 3
+    logits[2, 4] = 60.0  # a near-certain row
+    rows = torch.tensor([0, 0, 0, 1, 2, 2, 4])
+    targets = torch.tensor([3, 3, 7, 0, 4, 5, 12])
+    weights = torch.randn(7, generator=g, dtype=torch.float64)
+
+    ref_x = logits.clone().requires_grad_()
+    ref_logp = torch.log_softmax(ref_x, -1)[rows, targets]
+    (ref_logp * weights).sum().backward()
+    p = torch.softmax(logits, -1)
+    ref_ent = -(p * torch.log_softmax(logits, -1)).sum(-1)
+
+    x = logits.float().requires_grad_()
+    logp, ent = selected_logprobs(x, rows, targets, with_entropy=True)
+    (logp * weights.float()).sum().backward()
+    assert logp.dtype == torch.float32 and not ent.requires_grad
+    assert torch.allclose(logp.double(), ref_logp.detach(), atol=1e-5)
+    assert torch.allclose(ent.double(), ref_ent, atol=1e-5)
+    assert torch.allclose(x.grad.double(), ref_x.grad, atol=1e-5)
+    assert x.grad[3].abs().max() == 0  # a row no target reads gets no gradient
+
+    with torch.no_grad():  # reference passes: logsumexp, same numbers
+        fast, none = selected_logprobs(logits.float(), rows, targets)
+    assert none is None and torch.allclose(fast.double(), ref_logp.detach(), atol=1e-5)
+
+    xb = logits.bfloat16().requires_grad_()  # bf16 logits: float32 results, the gradient in the input's dtype
+    lb, _ = selected_logprobs(xb, rows, targets)
+    lb.sum().backward()
+    assert lb.dtype == torch.float32 and xb.grad.dtype == torch.bfloat16

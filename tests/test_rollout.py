@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from aha.rollout.base import SamplingConfig
-from aha.rollout.hf import HFEngine, sample_next
+from aha.rollout.hf import HFEngine, inverse_cdf, sample_next
 
 
 def test_sample_next_filters():
@@ -36,6 +36,26 @@ def test_sample_next_draws_each_row_from_its_own_distribution():
         freq = torch.bincount(draws[:, r], minlength=4).float() / 10000
         assert torch.allclose(freq, probs[r], atol=0.02), r
         assert (freq[probs[r] == 0] == 0).all()
+
+
+def test_inverse_cdf_in_blocks_equals_one_cumulative_sum():
+    # The two-level draw (block sums, then one block) must pick the same index as a search in the whole
+    # cumulative distribution, for vocabularies that are and are not a multiple of the block, with zeros.
+    g = torch.Generator().manual_seed(0)
+    for V, block in [(1000, 256), (512, 256), (7, 3), (300, 512)]:
+        probs = torch.softmax(torch.randn(400, V, generator=g) * 4, dim=-1)
+        probs[:, ::5] = 0.0  # masked entries, a block boundary among them
+        probs[:, V - 1] = 0.0
+        u = torch.rand(400, generator=g, dtype=torch.float64)
+        cdf = probs.cumsum(-1, dtype=torch.float64)
+        want = torch.searchsorted(cdf, u.unsqueeze(-1) * cdf[:, -1:], right=True).squeeze(-1)
+        got = inverse_cdf(probs, u, block=block)
+        assert torch.equal(got, want), (V, block)
+        assert (probs.gather(1, got[:, None]) > 0).all()
+    # u at its extremes and a distribution whose only mass is in the last block's first entry
+    probs = torch.zeros(2, 600)
+    probs[:, 512] = 1.0
+    assert inverse_cdf(probs, torch.tensor([0.0, 1.0 - 1e-16], dtype=torch.float64)).tolist() == [512, 512]
 
 
 def test_hf_engine_groups_truncation_and_seed(tiny_model_dir):

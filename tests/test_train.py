@@ -278,20 +278,21 @@ def test_micro_batching_does_not_change_the_gradient(tiny_model_dir, task_file, 
 
     texts = ["<think> 1 </think>", "a b c d e f g h", "<answer> 3 </answer>", "x", "1 2 3 4 5", "<think>", "7 7", "ok"]
     results = []
-    for mbs, share, budget, prefix, merge in ((8, "false", 4096, "true", "true"), (3, "false", 4096, "true", "true"),
-                                              (3, "true", 4096, "false", "false"), (3, "true", 4096, "true", "false"),
-                                              (3, "true", 4096, "true", "true"), (8, "true", 4096, "true", "true"),
-                                              (8, "true", 1, "true", "true")):
-        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}{share}{budget}{prefix}{merge}",
+    for mbs, share, budget, prefix, merge, emb in (
+            (8, "false", 4096, "true", "true", "false"), (3, "false", 4096, "true", "true", "true"),
+            (3, "true", 4096, "false", "false", "true"), (3, "true", 4096, "true", "false", "true"),
+            (3, "true", 4096, "true", "true", "true"), (3, "true", 4096, "true", "true", "false"),
+            (8, "true", 4096, "true", "true", "true"), (8, "true", 1, "true", "true", "true")):
+        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}{share}{budget}{prefix}{merge}{emb}",
                        f"optim.micro_batch_size={mbs}", f"grpo.loss_agg={agg}", f"optim.share_prompt={share}",
                        f"optim.pack_tokens={budget}", f"optim.share_prefix={prefix}", f"optim.merge_groups={merge}",
-                       "grpo.kl_coef=0.1")
+                       f"optim.embedding_grad_once={emb}", "grpo.kl_coef=0.1")
         model, tok = load_model(tiny_model_dir)
         trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=ScriptedEngine(tok, texts))
         trainer.rewards.score = lambda comps, exs, step=0: ([float(len(c.text) % 3) for c in comps], {"accuracy": [0.0] * len(comps)})
         m = trainer.step()
         results.append((m["loss"], m["grad_norm"], m["kl"]))
-    # micro-batch size, packing, its token budget and the shared prefix change nothing
+    # micro-batch size, packing, its token budget, the shared prefix and the embedding gradient's path change nothing
     for loss, grad_norm, _ in results[1:]:
         assert loss == pytest.approx(results[0][0], rel=1e-4, abs=1e-6)
         assert grad_norm == pytest.approx(results[0][1], rel=1e-3)

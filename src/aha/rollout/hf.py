@@ -26,7 +26,9 @@ def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch
     (n,) random numbers in [0, 1) to draw with (drawn here when not given)."""
     if sampling.temperature <= 0:
         return logits.argmax(-1)
-    logits = logits.float() / sampling.temperature
+    logits = logits.float()
+    if sampling.temperature != 1.0:
+        logits = logits / sampling.temperature
     if sampling.top_k and sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -36,13 +38,35 @@ def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch
         drop = cum - torch.softmax(sorted_logits, dim=-1) >= sampling.top_p  # keep the token that crosses top_p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    # Inverse-CDF draw: one uniform number per row, located in the row's cumulative distribution (float64,
-    # so that a rare token keeps its share). Masked tokens have probability 0, an empty interval: never drawn.
-    cdf = torch.softmax(logits, dim=-1).cumsum(-1, dtype=torch.float64)
     if uniform is None:
         uniform = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64, device=logits.device)
-    u = uniform.to(torch.float64).unsqueeze(-1)
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+    return inverse_cdf(torch.softmax(logits, dim=-1), uniform)
+
+
+def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """(n, V) probabilities, (n,) uniform numbers in [0, 1) -> (n,) indices: for each row the first index whose
+    cumulative probability exceeds uniform x total, i.e. a draw from the row's distribution.
+
+    In two levels, in float64 (so that a rare token keeps its share): the sums of blocks of 256 entries locate
+    the block, a cumulative sum over that one block locates the entry. A float64 cumulative sum over the whole
+    vocabulary cost 18 ms for 64 rows of SmolLM2's 49,152 logits, 60% of a 64-row draw; this takes ~2 ms.
+    Entries of probability 0 are never drawn."""
+    n, V = probs.shape
+    blk = min(block, V)
+    nb = -(-V // blk)
+    if nb * blk != V:
+        probs = torch.nn.functional.pad(probs, (0, nb * blk - V))
+    blocks = probs.view(n, nb, blk)
+    cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)  # (n, nb)
+    target = uniform.to(torch.float64).unsqueeze(-1) * cdf[:, -1:]  # (n, 1)
+    b = torch.searchsorted(cdf, target, right=True).clamp_(max=nb - 1)  # the block where the draw lands
+    before = torch.where(b > 0, cdf.gather(-1, (b - 1).clamp(min=0)), 0.0)
+    inner = blocks.gather(1, b.unsqueeze(-1).expand(n, 1, blk)).squeeze(1)  # (n, blk)
+    within = torch.searchsorted(inner.cumsum(-1, dtype=torch.float64) + before, target, right=True)
+    # Rounding between the block's sum and its cumulative sum can put the target past the block's last entry:
+    # take the block's last entry of non-zero probability then.
+    last = torch.where(inner > 0, torch.arange(blk, device=probs.device), 0).amax(-1, keepdim=True)
+    return (b * blk + torch.minimum(within, last)).squeeze(-1)
 
 
 def cache_kwarg(model) -> str:

@@ -60,7 +60,7 @@ kind) or the function itself. The stage's config class is the type annotation of
 
 MANIFEST = "manifest.json"
 NOT_HASHED = ("resume", "progress", "log.progress", "threads", "malloc", "optim.share_prompt", "optim.pack_tokens",
-              "optim.share_prefix", "optim.merge_groups",
+              "optim.share_prefix", "optim.merge_groups", "optim.embedding_grad_once",
               "save_rejected", "sample.save_rejected")
 """Config keys that do not change what a stage produces, only how fast or what else it writes (dotted for
 nested ones)."""

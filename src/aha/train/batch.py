@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
-from aha.grpo import token_entropy, token_logprobs
+from aha.grpo import selected_logprobs
 from aha.rollout.base import Completion
 from aha.rollout.hf import cache_kwarg
 
@@ -65,18 +65,17 @@ def collate(completions: list[Completion], pad_id: int) -> Batch:
     return Batch(ids, attn, pos, ids[:, P:].clone(), cmask, P)
 
 
-def completion_logprobs(model, batch: Batch, with_entropy: bool = False):
-    """(N, C) log-probs of the completion tokens under `model` (and their entropy when asked)."""
+def completion_logprobs(model, batch: Batch, with_entropy: bool = False, embed: InputEmbeddings | None = None):
+    """(N, C) log-probs of the completion tokens under `model` (and their entropy when asked). `embed`: the
+    pass's input embeddings (training passes), else the model looks its inputs up itself."""
     C = batch.completion_ids.shape[1]
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                use_cache=False, logits_to_keep=C + 1)
+    out = model(**_inputs(batch.input_ids, embed), attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids, use_cache=False, logits_to_keep=C + 1)
     logits = out.logits[:, :-1, :]  # position t predicts token t+1: keep P-1 .. P+C-2
-    logp = token_logprobs(logits, batch.completion_ids)
-    if not with_entropy:
-        return logp, None
-    with torch.no_grad():
-        ent = token_entropy(logits.detach())
-    return logp, ent
+    N, V = batch.completion_ids.shape[0], logits.shape[-1]
+    rows = torch.arange(N * C, device=logits.device)
+    logp, ent = selected_logprobs(logits.reshape(N * C, V), rows, batch.completion_ids.reshape(-1), with_entropy)
+    return logp.view(N, C), (ent.view(N, C) if with_entropy else None)
 
 
 @dataclass
@@ -192,6 +191,53 @@ def sliding_window(model) -> int | None:
     return window if window and "sliding_attention" in (getattr(cfg, "layer_types", None) or ()) else None
 
 
+class InputEmbeddings:
+    """A training pass's input-embedding lookups as leaf tensors, their gradient sent through the embedding
+    layer once per pass (`backward()`, after the micro-batches' and the shared prefix's backward passes).
+
+    Why: the embedding layer's backward writes a dense (vocabulary x hidden) gradient, zero-filled, for the
+    few hundred tokens a micro-batch holds, and with tied input/output embeddings (SmolLM2, Gemma) autograd
+    then adds it to the LM head's gradient out of place: two passes over 113 MB per micro-batch for
+    SmolLM2-135M, ~1 s of an 8.6 s training phase on the 2-core CPU. Here the lookups of all micro-batches go
+    back through the layer in one call, and when the weight already holds a dense gradient (the LM head's,
+    for tied embeddings) as a sparse gradient added in place: no vocabulary-sized temporary at all."""
+
+    def __init__(self, model):
+        self.module = model.get_input_embeddings()
+        self.ids: list[torch.Tensor] = []
+        self.leaves: list[torch.Tensor] = []
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        """The embeddings of `ids` (whatever the layer computes: Gemma scales them), as a leaf that collects
+        its gradient."""
+        with torch.no_grad():
+            x = self.module(ids)
+        self.ids.append(ids)
+        self.leaves.append(x.requires_grad_(torch.is_grad_enabled()))
+        return x
+
+    def backward(self) -> None:
+        got = [(i, x.grad) for i, x in zip(self.ids, self.leaves) if x.grad is not None]
+        self.ids, self.leaves = [], []
+        if not got:
+            return
+        ids = torch.cat([i.reshape(-1) for i, _ in got])
+        grad = torch.cat([g.reshape(-1, g.shape[-1]) for _, g in got])
+        module, weight = self.module, getattr(self.module, "weight", None)
+        sparse = (isinstance(module, torch.nn.Embedding) and not module.sparse and weight.grad is not None
+                  and weight.grad.layout == torch.strided and type(weight.grad) is torch.Tensor)
+        module.sparse = sparse or module.sparse
+        try:  # a sparse gradient is added into the dense one in place (autograd's AccumulateGrad)
+            torch.autograd.backward(module(ids), grad)
+        finally:
+            if sparse:
+                module.sparse = False
+
+
+def _inputs(ids: torch.Tensor, embed: InputEmbeddings | None) -> dict:
+    return {"input_ids": ids} if embed is None else {"inputs_embeds": embed(ids)}
+
+
 class SharedPrefix:
     """The prompt tokens all of a step's groups begin with (the R1 system prompt, a worked example), run once
     per pass instead of once per micro-batch; every packed row then attends to its keys and values.
@@ -202,11 +248,11 @@ class SharedPrefix:
     and old-policy passes) it holds no graph. With the CPU benchmark's prompts (105 tokens, 90 of them shared)
     it removes ~30% of the tokens the training and reference passes process."""
 
-    def __init__(self, model, ids: list[int], device):
+    def __init__(self, model, ids: list[int], device, embed: InputEmbeddings | None = None):
         self.config = model.config
         x = torch.tensor([ids], dtype=torch.long, device=device)
         cache = DynamicCache(config=model.config)
-        model(input_ids=x, position_ids=torch.arange(len(ids), device=device)[None], use_cache=True,
+        model(**_inputs(x, embed), position_ids=torch.arange(len(ids), device=device)[None], use_cache=True,
               logits_to_keep=1, **{cache_kwarg(model): cache})
         self.kv = [t for layer in cache.layers for t in (layer.keys, layer.values)]
         grad = torch.is_grad_enabled()
@@ -226,9 +272,11 @@ class SharedPrefix:
         self.kv = self.leaves = []
 
 
-def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = False, prefix: SharedPrefix | None = None):
+def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = False, prefix: SharedPrefix | None = None,
+                           embed: InputEmbeddings | None = None):
     """(N, C) log-probs of the completion tokens from one packed row (and their entropy when asked). `prefix`:
-    the shared prefix the row was collated without (`collate_groups(..., prefix_len)`)."""
+    the shared prefix the row was collated without (`collate_groups(..., prefix_len)`); `embed`: the pass's
+    input embeddings (training passes)."""
     impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
     if impl not in ("sdpa", "eager"):  # flash-attention kernels take no arbitrary mask
         raise ValueError(f"packed groups need sdpa or eager attention, not {impl}: set optim.share_prompt=false")
@@ -245,13 +293,9 @@ def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = Fals
         if prefix:
             raise ValueError("a shared prefix is not supported for sliding-window models")
         mask = {"full_attention": mask, "sliding_attention": batch.attention_mask(dtype, window)}
-    out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask,
+    out = model(**_inputs(batch.input_ids, embed), position_ids=batch.position_ids, attention_mask=mask,
                 logits_to_keep=batch.keep, **extra)
-    logits = out.logits[0].float()  # (R, V)
-    picked = logits[batch.source, batch.completion_ids]  # (N, C)
-    logp = picked - torch.logsumexp(logits, dim=-1)[batch.source]
-    if not with_entropy:
-        return logp, None
-    with torch.no_grad():
-        ent = token_entropy(logits.detach())[batch.source]
-    return logp, ent
+    src = batch.source.reshape(-1)
+    logp, ent = selected_logprobs(out.logits[0], src, batch.completion_ids.reshape(-1), with_entropy)
+    shape = batch.source.shape
+    return logp.view(shape), (ent[src].view(shape) if with_entropy else None)

@@ -92,6 +92,10 @@ class OptimConfig:
     """With share_prompt: the prompt tokens all of a step's groups begin with (system prompt, worked example)
     run once per pass, and every packed row attends to their keys and values (exact, gradients included;
     aha.train.batch.SharedPrefix)."""
+    embedding_grad_once: bool = True
+    """Training passes look their input embeddings up as leaf tensors and send the gathered gradient through
+    the embedding layer once per step (sparse into the tied LM head's gradient), instead of a dense
+    vocabulary-sized embedding gradient per micro-batch (exact; aha.train.batch.InputEmbeddings)."""
     pack_tokens: int = 4096
     """Most tokens in one packed row (its prompt and completions); a longer group is split over rows, each
     with its prompt. Bounds the row's block attention mask (L x L) and the attention it computes and masks."""

@@ -35,6 +35,7 @@ from aha.rollout.base import Completion, SamplingConfig, shared_prefix_len
 from aha.runtime import adamw, tune_malloc
 from aha.train import checkpoint as ckpt
 from aha.train.batch import (
+    InputEmbeddings,
     PackedGroups,
     SharedPrefix,
     collate,
@@ -228,18 +229,19 @@ class GRPOTrainer:
         return Rollouts(ex, comp, rew, pts, adv)
 
     # ----------------------------------------------------------------------------------------- step
-    def forward_logprobs(self, model, batch, with_entropy=False, prefix: SharedPrefix | None = None):
+    def forward_logprobs(self, model, batch, with_entropy=False, prefix: SharedPrefix | None = None,
+                         embed: InputEmbeddings | None = None):
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
             if isinstance(batch, PackedGroups):
-                return packed_groups_logprobs(model, batch, with_entropy, prefix)
-            return completion_logprobs(model, batch, with_entropy)
+                return packed_groups_logprobs(model, batch, with_entropy, prefix, embed)
+            return completion_logprobs(model, batch, with_entropy, embed)
 
-    def shared_prefix(self, model, ids: list[int]) -> SharedPrefix | None:
+    def shared_prefix(self, model, ids: list[int], embed: InputEmbeddings | None = None) -> SharedPrefix | None:
         """The step's shared prompt prefix run through `model` (with a graph when gradients are enabled)."""
         if not ids:
             return None
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
-            return SharedPrefix(model, ids, self.device)
+            return SharedPrefix(model, ids, self.device, embed)
 
     def micro_batches(self, completions: list[Completion]) -> list[list[int]]:
         """Indices of each micro-batch. Shared prompts: the completions of one prompt (a group), in chunks of
@@ -325,10 +327,11 @@ class GRPOTrainer:
             if skip:
                 for p in self.policy.parameters():
                     p.grad = torch.zeros_like(p)
-            prefix = self.shared_prefix(self.policy, prefix_ids) if not skip else None
+            embed = InputEmbeddings(self.policy) if cfg.optim.embedding_grad_once and not skip else None
+            prefix = self.shared_prefix(self.policy, prefix_ids, embed) if not skip else None
             for i, idx, b in (batches if not skip else []):
                 adv = ro.advantages[idx].to(self.device)
-                logp, ent = self.forward_logprobs(self.policy, b, with_entropy=True, prefix=prefix)
+                logp, ent = self.forward_logprobs(self.policy, b, with_entropy=True, prefix=prefix, embed=embed)
                 terms = grpo_loss(logp, old.get(i), adv, b.completion_mask, ref.get(i), g.kl_coef, g.eps_low,
                                   g.eps_high, g.loss_agg, num_sequences=n, num_tokens=num_tokens,
                                   max_tokens=cfg.rollout.max_new_tokens)
@@ -343,6 +346,8 @@ class GRPOTrainer:
                 stats["entropy"] += float((ent * b.completion_mask).sum() / max(num_tokens, 1.0)) / g.mu
             if prefix is not None:
                 prefix.backward()  # the prefix's share of the gradient, gathered over all micro-batches
+            if embed is not None:
+                embed.backward()  # the embedding layer's share, after the prefix's (it has embeddings too)
             gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.optim.max_grad_norm or float("inf"))
             if not torch.isfinite(gn):
                 raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
