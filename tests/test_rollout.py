@@ -188,10 +188,11 @@ def _tiny_family(kind: str, tok):
     return model.eval()
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_fast_decoder_matches_transformers_step_for_step(tiny_model_dir, kind):
+@pytest.mark.parametrize("kind,shared", [("llama", 0), ("qwen2", 0), ("llama", 3), ("qwen2", 3)])
+def test_fast_decoder_matches_transformers_step_for_step(tiny_model_dir, kind, shared, monkeypatch):
     """The lean decode step gives transformers' logits, with left padding, fanned-out rows, rows leaving the
-    batch, and positions that differ per row."""
+    batch, and positions that differ per row; with `shared`, the prompts' common prefix is attended to once
+    for all rows while 5 or more rows decode, then from each row's own columns."""
     from transformers.cache_utils import DynamicCache
 
     from aha.models import load_tokenizer
@@ -204,17 +205,22 @@ def test_fast_decoder_matches_transformers_step_for_step(tiny_model_dir, kind):
     W = max(map(len, prompts))
     ids = torch.tensor([[tok.pad_token_id] * (W - len(p)) + p for p in prompts]).repeat_interleave(2, dim=0)
     mask = torch.tensor([[0] * (W - len(p)) + [1] * len(p) for p in prompts]).repeat_interleave(2, dim=0)
+    if shared:  # the engine's layout: [common prefix | left padding | rest of the prompt]
+        ids = torch.cat([torch.tensor([[17, 2, 9]]).expand(len(ids), 3), ids], dim=1)
+        mask = torch.cat([torch.ones(len(mask), 3, dtype=mask.dtype), mask], dim=1)
+        monkeypatch.setattr(fast_decode.Decoder, "cascade_rows", 5)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         ref_cache, fast_cache = DynamicCache(), DynamicCache()
         model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=ref_cache, use_cache=True)
         model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=fast_cache, use_cache=True)
-        dec = fast_decode.Decoder(model, fast_cache, mask, max_new=6)
+        dec = fast_decode.Decoder(model, fast_cache, mask, max_new=6, shared=shared)
+        assert dec.shared == shared
         nxt, next_pos = torch.arange(6) + 30, pos[:, -1] + 1
         for step in range(6):
             if step == 3:  # rows 1 and 4 finish
                 order = dec.select([0, 2, 3, 5])
-                assert sorted(order) == [0, 2, 3, 5]
+                assert sorted(order) == [0, 2, 3, 5] and dec.shared == 0
                 keep = torch.tensor(order)
                 ref_cache.batch_select_indices(keep)
                 nxt, next_pos, mask = nxt[keep], next_pos[keep], mask[keep]

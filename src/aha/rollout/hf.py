@@ -140,7 +140,7 @@ class HFEngine:
         next_pos = positions[:, -1].repeat_interleave(n, dim=0) + 1
         decoder = None
         if self.fast_decode and fast_decode.supports(model):
-            decoder = fast_decode.Decoder(model, cache, mask, sampling.max_new_tokens)
+            decoder = fast_decode.Decoder(model, cache, mask, sampling.max_new_tokens, shared=shared)
             cache = use = None
         total = len(prompts) * n
         alive = torch.arange(total, device=device)  # row index into the outputs for each cache row
