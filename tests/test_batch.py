@@ -41,7 +41,25 @@ def test_packed_logprobs_and_gradients_equal_the_padded_batch(model_and_group, a
 
     full, packed = collate(rows, tok.pad_token_id), collate_groups(rows, tok.pad_token_id)
     want, want_ent, want_g = run(completion_logprobs, full)
-    got, got_ent, got_g = run(packed_groups_logprobs, packed)
+    import aha.train.batch as batch_mod
+
+    query_lengths = []
+    sdpa = batch_mod.sdpa_attention_forward
+
+    def counting(module, query, *args, **kwargs):
+        query_lengths.append(query.shape[2])
+        return sdpa(module, query, *args, **kwargs)
+
+    batch_mod.sdpa_attention_forward = counting
+    try:
+        got, got_ent, got_g = run(packed_groups_logprobs, packed)
+    finally:
+        batch_mod.sdpa_attention_forward = sdpa
+    runs = [b - a for a, b in packed.blocks()]
+    assert len(runs) == 2 and sum(runs) == packed.input_ids.shape[1]
+    if attn == "sdpa":  # attention one prompt's run at a time, in every layer
+        assert query_lengths == runs * model.config.num_hidden_layers
+    assert model.config._attn_implementation == attn
     assert torch.equal(packed.completion_mask, full.completion_mask)
     mask = packed.completion_mask.bool()
     assert torch.allclose(got[mask], want[mask], atol=1e-5)

@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import AttentionInterface
 from transformers.cache_utils import DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from aha.grpo import selected_logprobs
 from aha.rollout.base import Completion
@@ -68,13 +70,14 @@ def collate(completions: list[Completion], pad_id: int) -> Batch:
 def completion_logprobs(model, batch: Batch, with_entropy: bool = False, embed: InputEmbeddings | None = None):
     """(N, C) log-probs of the completion tokens under `model` (and their entropy when asked). `embed`: the
     pass's input embeddings (training passes), else the model looks its inputs up itself."""
-    C = batch.completion_ids.shape[1]
+    N, C = batch.completion_ids.shape
+    P = batch.prompt_width
+    keep = torch.arange(P - 1, P + C - 1, device=batch.input_ids.device)  # position t predicts token t+1
     out = model(**_inputs(batch.input_ids, embed), attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, use_cache=False, logits_to_keep=C + 1)
-    logits = out.logits[:, :-1, :]  # position t predicts token t+1: keep P-1 .. P+C-2
-    N, V = batch.completion_ids.shape[0], logits.shape[-1]
+                position_ids=batch.position_ids, use_cache=False, logits_to_keep=keep)
+    logits = out.logits  # (N, C, V)
     rows = torch.arange(N * C, device=logits.device)
-    logp, ent = selected_logprobs(logits.reshape(N * C, V), rows, batch.completion_ids.reshape(-1), with_entropy)
+    logp, ent = selected_logprobs(logits.reshape(N * C, -1), rows, batch.completion_ids.reshape(-1), with_entropy)
     return logp.view(N, C), (ent.view(N, C) if with_entropy else None)
 
 
@@ -133,6 +136,13 @@ class PackedGroups:
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
             ~allowed, torch.finfo(dtype).min)[None, None]
 
+    def blocks(self) -> list[tuple[int, int]]:
+        """[start, end) of each prompt's run in the row (its prompt and completions): no token attends outside
+        its own run (and the shared prefix)."""
+        change = (torch.nonzero(self.owner[1:] != self.owner[:-1]).flatten() + 1).tolist()
+        edges = [0, *change, self.owner.shape[0]]
+        return list(zip(edges[:-1], edges[1:]))
+
 
 def collate_groups(completions: list[Completion], pad_id: int, prefix_len: int = 0) -> PackedGroups:
     """Completions of any prompts; the completions of one prompt share one copy of it, in order of first
@@ -189,6 +199,28 @@ def sliding_window(model) -> int | None:
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     window = getattr(cfg, "sliding_window", None)
     return window if window and "sliding_attention" in (getattr(cfg, "layer_types", None) or ()) else None
+
+
+def _block_attention(module, query, key, value, attention_mask, aha_blocks=None, **kwargs):
+    """transformers' SDPA attention for a packed row, one prompt's run at a time: queries of a run attend to the
+    shared prefix's keys and their own run's keys only, which is all the block mask allows (exact). With two
+    groups a row the dense masked attention computed ~1.8x the scores it needed (11% of the training and
+    reference passes on the CPU benchmark)."""
+    if not aha_blocks or len(aha_blocks) < 2 or attention_mask is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    S = key.shape[2] - query.shape[2]  # the shared prefix's keys come first (from the cache)
+    outs = []
+    for a, b in aha_blocks:
+        k, v = key[:, :, S + a:S + b], value[:, :, S + a:S + b]
+        m = attention_mask[..., a:b, S + a:S + b]
+        if S:
+            k, v = torch.cat([key[:, :, :S], k], dim=2), torch.cat([value[:, :, :S], v], dim=2)
+            m = torch.cat([attention_mask[..., a:b, :S], m], dim=-1)
+        outs.append(sdpa_attention_forward(module, query[:, :, a:b], k, v, m, **kwargs)[0])
+    return torch.cat(outs, dim=1), None  # (1, L, heads, D)
+
+
+AttentionInterface.register("aha_blocks", _block_attention)
 
 
 class InputEmbeddings:
@@ -277,7 +309,8 @@ def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = Fals
     """(N, C) log-probs of the completion tokens from one packed row (and their entropy when asked). `prefix`:
     the shared prefix the row was collated without (`collate_groups(..., prefix_len)`); `embed`: the pass's
     input embeddings (training passes)."""
-    impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    configured = getattr(model.config, "_attn_implementation", None)
+    impl = configured or "sdpa"
     if impl not in ("sdpa", "eager"):  # flash-attention kernels take no arbitrary mask
         raise ValueError(f"packed groups need sdpa or eager attention, not {impl}: set optim.share_prompt=false")
     eager = impl == "eager"  # eager adds the mask: float
@@ -293,8 +326,15 @@ def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = Fals
         if prefix:
             raise ValueError("a shared prefix is not supported for sliding-window models")
         mask = {"full_attention": mask, "sliding_attention": batch.attention_mask(dtype, window)}
-    out = model(**_inputs(batch.input_ids, embed), position_ids=batch.position_ids, attention_mask=mask,
-                logits_to_keep=batch.keep, **extra)
+    blocks = batch.blocks() if impl == "sdpa" else []
+    if len(blocks) > 1:  # attention one prompt's run at a time (exact; see _block_attention)
+        extra["aha_blocks"] = blocks
+        model.config._attn_implementation = "aha_blocks"
+    try:
+        out = model(**_inputs(batch.input_ids, embed), position_ids=batch.position_ids, attention_mask=mask,
+                    logits_to_keep=batch.keep, **extra)
+    finally:
+        model.config._attn_implementation = configured
     src = batch.source.reshape(-1)
     logp, ent = selected_logprobs(out.logits[0], src, batch.completion_ids.reshape(-1), with_entropy)
     shape = batch.source.shape
