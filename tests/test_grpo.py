@@ -12,7 +12,6 @@ from aha.grpo import (
     grpo_loss,
     k3_kl,
     selected_logprobs,
-    token_logprobs,
 )
 
 
@@ -100,12 +99,13 @@ def test_grpo_loss_kl_term_added():
     assert terms.loss.item() == pytest.approx(0.1 * terms.kl, abs=1e-6)
 
 
-def test_token_logprobs_matches_log_softmax():
+def test_selected_logprobs_match_log_softmax_per_position():
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 11)
     targets = torch.randint(0, 11, (2, 3))
     expected = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    assert torch.allclose(token_logprobs(logits, targets), expected, atol=1e-6)
+    got = selected_logprobs(logits.reshape(6, 11), torch.arange(6), targets.reshape(6))[0].view(2, 3)
+    assert torch.allclose(got, expected, atol=1e-6)
 
 
 def test_selected_logprobs_values_entropy_and_gradient():

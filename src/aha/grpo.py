@@ -122,16 +122,6 @@ def grpo_loss(logprobs: Tensor, old_logprobs: Tensor | None, advantages: Tensor,
                      clip_low=float((low.float() * m).sum() / n), clip_high=float((high.float() * m).sum() / n))
 
 
-def token_logprobs(logits: Tensor, targets: Tensor, temperature: float = 1.0) -> Tensor:
-    """log p(target) per position: logits (N, T, V), targets (N, T) -> (N, T) float32 (`selected_logprobs`)."""
-    if temperature != 1.0:
-        logits = logits.float() / temperature
-    V = logits.shape[-1]
-    flat = targets.reshape(-1)
-    rows = torch.arange(flat.numel(), device=logits.device)
-    return selected_logprobs(logits.reshape(-1, V), rows, flat)[0].view(targets.shape)
-
-
 def selected_logprobs(logits: Tensor, rows: Tensor, targets: Tensor, with_entropy: bool = False):
     """(R, V) logits; (M,) row and (M,) target indices -> (M,) float32 log p(targets[m] | row rows[m]) and, when
     asked, the (R,) entropy of each row's distribution (no gradient: for monitoring). A row may be the source
