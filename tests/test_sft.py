@@ -100,6 +100,97 @@ def test_packed_loss_equals_sum_of_unpacked_losses(tiny_model_dir):
     torch.testing.assert_close(loss_sum(model, collate_packed(samples, [[1]], 0)).detach(), by_hand, atol=1e-4, rtol=1e-5)
 
 
+def _nll_alone(model, samples):
+    """Summed NLL of each sample's completion tokens, each sample run by itself with full logits."""
+    total = 0.0
+    for s in samples:
+        ids = torch.tensor([s.prompt_ids + s.completion_ids])
+        logp = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0].float(), -1)
+        total = total + -sum(logp[t, ids[0, t + 1]] for t in range(len(s.prompt_ids) - 1, len(s) - 1))
+    return total
+
+
+def _grads(model, loss_fn):
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("embed", [False, True])
+def test_one_row_micro_batch_attends_per_sample_with_the_loss_and_gradients_of_samples_alone(tiny_model_dir, embed):
+    """A micro-batch run as ONE row (what SFTTrainer does with SDPA): every layer's attention runs once per
+    sample, and the loss and gradients equal those of each sample run alone, as do those of the padded
+    multi-row batch (transformers' own block mask). With `embed`, the embedding gradient goes through
+    InputEmbeddings (sent once, after the backward pass)."""
+    import aha.train.batch as batch_mod
+    from aha.train.batch import InputEmbeddings
+    from aha.train.sft_loop import sample_blocks
+
+    model, _ = tiny(tiny_model_dir)
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    samples = [TokenSample(tuple(torch.randint(3, 300, (p,), generator=g).tolist()),
+                           tuple(torch.randint(3, 300, (c,), generator=g).tolist())) for p, c in ((5, 4), (3, 9), (7, 2))]
+    want, want_g = _grads(model, lambda: _nll_alone(model, samples))
+    padded, padded_g = _grads(model, lambda: loss_sum(model, collate_packed(samples, [[0, 1], [2]], pad_id=0)))
+    one = collate_packed(samples, [[0, 1, 2]], pad_id=0)
+    assert sample_blocks(one) == [(0, 9), (9, 21), (21, 30)]
+    calls = []
+    sdpa = batch_mod.sdpa_attention_forward
+
+    def counting(module, query, key, value, mask, **kwargs):
+        calls.append((query.shape[2], key.shape[2], mask is None))
+        return sdpa(module, query, key, value, mask, **kwargs)
+
+    def one_row():
+        e = InputEmbeddings(model) if embed else None
+        loss = loss_sum(model, one, e)
+        loss.backward()
+        if e is not None:
+            assert all(x.grad is not None for x in e.leaves)
+            e.backward()
+        return loss
+
+    model.zero_grad(set_to_none=True)
+    batch_mod.sdpa_attention_forward = counting
+    try:
+        got = one_row().detach()
+    finally:
+        batch_mod.sdpa_attention_forward = sdpa
+    got_g = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert calls == [(len(s), len(s), True) for s in samples] * model.config.num_hidden_layers
+    assert model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(padded, want, atol=1e-4, rtol=1e-5)
+    assert got_g.keys() == want_g.keys() == padded_g.keys() and len(want_g) > 0
+    for name in want_g:
+        torch.testing.assert_close(got_g[name], want_g[name], atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(padded_g[name], want_g[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_one_row_micro_batch_keeps_a_sliding_window(tiny_model_dir):
+    """Gemma 3's sliding-window layers: samples longer than the window, attended one at a time, keep the
+    window (loss and gradients of each sample alone)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                           layer_types=["sliding_attention", "full_attention"], max_position_embeddings=128)
+    cfg._attn_implementation = "sdpa"
+    model = Gemma3ForCausalLM(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    samples = [TokenSample(tuple(range(5, 12)), tuple(range(50, 58))), TokenSample((7, 8), (60, 61, 62))]
+    want, want_g = _grads(model, lambda: _nll_alone(model, samples))
+    got, got_g = _grads(model, lambda: loss_sum(model, collate_packed(samples, [[0, 1]], pad_id=0)))
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+    for name in want_g:
+        torch.testing.assert_close(got_g[name], want_g[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 # ----------------------------------------------------------------------------------------- templates
 
 

@@ -90,6 +90,9 @@ class SFTConfig:
     """cpu, cuda or auto."""
     threads: int = 0
     """torch intra-op threads (0: torch's default)."""
+    malloc: Literal["tuned", "default"] = "tuned"
+    """tuned: glibc keeps freed memory for reuse instead of unmapping it (aha.runtime.tune_malloc, as in
+    `aha train`); default: leave the allocator alone."""
     resume: bool = False
     """Continue from the newest checkpoint in out_dir."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=5, micro_batch_size=4))

@@ -73,7 +73,7 @@ def completion_logprobs(model, batch: Batch, with_entropy: bool = False, embed: 
     N, C = batch.completion_ids.shape
     P = batch.prompt_width
     keep = torch.arange(P - 1, P + C - 1, device=batch.input_ids.device)  # position t predicts token t+1
-    out = model(**_inputs(batch.input_ids, embed), attention_mask=batch.attention_mask,
+    out = model(**input_kwargs(batch.input_ids, embed), attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, use_cache=False, logits_to_keep=keep)
     logits = out.logits  # (N, C, V)
     rows = torch.arange(N * C, device=logits.device)
@@ -202,25 +202,56 @@ def sliding_window(model) -> int | None:
 
 
 def _block_attention(module, query, key, value, attention_mask, aha_blocks=None, **kwargs):
-    """transformers' SDPA attention for a packed row, one prompt's run at a time: queries of a run attend to the
-    shared prefix's keys and their own run's keys only, which is all the block mask allows (exact). With two
-    groups a row the dense masked attention computed ~1.8x the scores it needed (11% of the training and
-    reference passes on the CPU benchmark)."""
-    if not aha_blocks or len(aha_blocks) < 2 or attention_mask is None:
+    """transformers' SDPA attention for a packed row, one block of it at a time (`aha_blocks`: [start, end)
+    spans that tile the row). With a mask (GRPO's packed groups: a block is one prompt's run) the queries of a
+    block attend to the shared prefix's keys and their own block's keys only, which is all the block mask allows
+    (exact). Without one (SFT's packed samples: a block is one sample) each block is its own causal sequence.
+    With two groups a row the dense masked attention computed ~1.8x the scores it needed (11% of the training
+    and reference passes on the CPU benchmark); a packed SFT row of 1,024 tokens ~4x for samples of 256.
+    The row is split (not sliced) into blocks: the backward pass is then one concatenation, not a zero-filled
+    gradient per block."""
+    if not aha_blocks or len(aha_blocks) < 2:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    S = key.shape[2] - query.shape[2]  # the shared prefix's keys come first (from the cache)
+    L = query.shape[2]
+    S = key.shape[2] - L  # the shared prefix's keys come first (from the cache)
+    sizes = [b - a for a, b in aha_blocks]
+    if sum(sizes) != L or aha_blocks[0][0] != 0:
+        raise ValueError(f"attention blocks {aha_blocks} do not tile a row of {L} tokens")
+    queries = query.split(sizes, dim=2)
+    keys, values = key.split([S, *sizes], dim=2), value.split([S, *sizes], dim=2)
     outs = []
-    for a, b in aha_blocks:
-        k, v = key[:, :, S + a:S + b], value[:, :, S + a:S + b]
-        m = attention_mask[..., a:b, S + a:S + b]
+    for j, (a, b) in enumerate(aha_blocks):
+        k, v, m = keys[j + 1], values[j + 1], None
+        if attention_mask is not None:
+            m = attention_mask[..., a:b, S + a:S + b]
         if S:
-            k, v = torch.cat([key[:, :, :S], k], dim=2), torch.cat([value[:, :, :S], v], dim=2)
-            m = torch.cat([attention_mask[..., a:b, :S], m], dim=-1)
-        outs.append(sdpa_attention_forward(module, query[:, :, a:b], k, v, m, **kwargs)[0])
+            k, v = torch.cat([keys[0], k], dim=2), torch.cat([values[0], v], dim=2)
+            if m is not None:
+                m = torch.cat([attention_mask[..., a:b, :S], m], dim=-1)
+        elif m is None:
+            kwargs["is_causal"] = True
+            window = kwargs.get("sliding_window")
+            if window and b - a > window:  # a sliding-window layer (Gemma 3): the window within the sample
+                i = torch.arange(b - a, device=query.device)
+                m = ((i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window))[None, None]
+        outs.append(sdpa_attention_forward(module, queries[j], k, v, m, **kwargs)[0])
     return torch.cat(outs, dim=1), None  # (1, L, heads, D)
 
 
 AttentionInterface.register("aha_blocks", _block_attention)
+
+
+def blocks_forward(model, blocks: list[tuple[int, int]], **inputs):
+    """`model(**inputs)` with its SDPA attention computed one block of the row at a time (`_block_attention`),
+    when there are two blocks or more; the model's attention setting is restored afterwards."""
+    if len(blocks) < 2:
+        return model(**inputs)
+    configured = model.config._attn_implementation
+    model.config._attn_implementation = "aha_blocks"
+    try:
+        return model(**inputs, aha_blocks=blocks)
+    finally:
+        model.config._attn_implementation = configured
 
 
 class InputEmbeddings:
@@ -266,7 +297,7 @@ class InputEmbeddings:
                 module.sparse = False
 
 
-def _inputs(ids: torch.Tensor, embed: InputEmbeddings | None) -> dict:
+def input_kwargs(ids: torch.Tensor, embed: InputEmbeddings | None) -> dict:
     return {"input_ids": ids} if embed is None else {"inputs_embeds": embed(ids)}
 
 
@@ -284,7 +315,7 @@ class SharedPrefix:
         self.config = model.config
         x = torch.tensor([ids], dtype=torch.long, device=device)
         cache = DynamicCache(config=model.config)
-        model(**_inputs(x, embed), position_ids=torch.arange(len(ids), device=device)[None], use_cache=True,
+        model(**input_kwargs(x, embed), position_ids=torch.arange(len(ids), device=device)[None], use_cache=True,
               logits_to_keep=1, **{cache_kwarg(model): cache})
         self.kv = [t for layer in cache.layers for t in (layer.keys, layer.values)]
         grad = torch.is_grad_enabled()
@@ -326,15 +357,9 @@ def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = Fals
         if prefix:
             raise ValueError("a shared prefix is not supported for sliding-window models")
         mask = {"full_attention": mask, "sliding_attention": batch.attention_mask(dtype, window)}
-    blocks = batch.blocks() if impl == "sdpa" else []
-    if len(blocks) > 1:  # attention one prompt's run at a time (exact; see _block_attention)
-        extra["aha_blocks"] = blocks
-        model.config._attn_implementation = "aha_blocks"
-    try:
-        out = model(**_inputs(batch.input_ids, embed), position_ids=batch.position_ids, attention_mask=mask,
-                    logits_to_keep=batch.keep, **extra)
-    finally:
-        model.config._attn_implementation = configured
+    blocks = batch.blocks() if impl == "sdpa" else []  # attention one prompt's run at a time (exact)
+    out = blocks_forward(model, blocks, **input_kwargs(batch.input_ids, embed), position_ids=batch.position_ids,
+                         attention_mask=mask, logits_to_keep=batch.keep, **extra)
     src = batch.source.reshape(-1)
     logp, ent = selected_logprobs(out.logits[0], src, batch.completion_ids.reshape(-1), with_entropy)
     shape = batch.source.shape

@@ -1,11 +1,15 @@
 """The SFT loop of `aha sft`: next-token loss on completion tokens only, over packed rows.
 
-Packing follows the Hugging Face "packed" convention (DataCollatorWithFlattening): several samples share
-one row, `position_ids` restart at 0 at each sample, and no attention mask is passed, so transformers
-builds a block-diagonal causal mask (sdpa, eager) or uses variable-length kernels (flash attention) and no
-token attends across samples. The loss of a step is the mean over the step's completion tokens (summed
-over micro-batches, divided once), so the micro-batch size does not change the gradient. Checkpoints,
-metrics, resume and bf16 (fp32 master weights, bf16 autocast) work as in `aha train`.
+Packing: samples go into rows of at most `max_length` tokens (first-fit decreasing), `position_ids`
+restart at 0 at each sample, and no token attends across samples. With SDPA attention (the default on CPU)
+the rows of a micro-batch run as ONE row, no padding at all: attention is computed one sample at a time
+(each sample a causal sequence of its own; `aha.train.batch._block_attention`) and the LM head runs only on
+the positions that have a target (`logits_to_keep`), their log-probs, loss and backward from one softmax
+(`aha.grpo.selected_logprobs`). Other attention kernels get the Hugging Face "packed" convention
+(DataCollatorWithFlattening): rows with no attention mask, from which transformers builds a block-diagonal
+causal mask or variable-length flash-attention calls. The loss of a step is the mean over the step's
+completion tokens (summed over micro-batches, divided once), so the micro-batch size does not change the
+gradient. Checkpoints, metrics, resume and bf16 (fp32 master weights, bf16 autocast) work as in `aha train`.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import torch.nn.functional as F
 
 from aha.config import save_config
 from aha.errors import AhaError
+from aha.grpo import selected_logprobs
 from aha.models import resolve_dtype
-from aha.runtime import adamw
+from aha.runtime import adamw, tune_malloc
 from aha.train import checkpoint as ckpt
+from aha.train.batch import InputEmbeddings, blocks_forward, input_kwargs
 from aha.train.grpo_loop import PromptSampler, pick_device
 from aha.train.metrics import MetricsLogger
 
@@ -113,9 +119,35 @@ def collate_packed(samples: list[TokenSample], rows: list[list[int]], pad_id: in
     return PackedBatch(ids, pos, tgt)
 
 
-def loss_sum(model, batch: PackedBatch) -> torch.Tensor:
-    """Summed negative log-likelihood of the target tokens of a packed batch (fp32 softmax)."""
-    logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits  # (R, T, V)
+def sample_blocks(batch: PackedBatch) -> list[tuple[int, int]]:
+    """[start, end) of each sample in a one-row batch (positions restart at 0 at each sample)."""
+    starts = torch.nonzero(batch.position_ids[0] == 0).flatten().tolist()
+    return list(zip(starts, [*starts[1:], batch.position_ids.shape[1]]))
+
+
+def per_sample_attention(model) -> bool:
+    """Whether a packed row can attend one sample at a time (`aha.train.batch._block_attention`): SDPA
+    attention (flash-attention kernels on GPUs take packed rows as variable-length sequences themselves)."""
+    return (getattr(model.config, "_attn_implementation", None) or "sdpa") == "sdpa"
+
+
+def loss_sum(model, batch: PackedBatch, embed: InputEmbeddings | None = None) -> torch.Tensor:
+    """Summed negative log-likelihood of the target tokens of a packed batch (fp32 softmax).
+
+    A one-row batch (`SFTTrainer` builds one per micro-batch) attends one sample at a time and runs the LM head
+    on the target positions only: a prompt's positions get no logits, and no token's scores against other
+    samples' keys are computed only to be masked. `embed`: the step's input embeddings (see InputEmbeddings)."""
+    inputs = input_kwargs(batch.input_ids, embed)
+    if batch.input_ids.shape[0] == 1 and per_sample_attention(model):
+        keep = torch.nonzero(batch.targets[0] != IGNORE).flatten()
+        if not len(keep):
+            return batch.input_ids.new_zeros((), dtype=torch.float32)
+        out = blocks_forward(model, sample_blocks(batch), **inputs, position_ids=batch.position_ids,
+                             use_cache=False, logits_to_keep=keep)
+        logits = out.logits[0]
+        rows = torch.arange(len(keep), device=logits.device)
+        return -selected_logprobs(logits, rows, batch.targets[0, keep])[0].sum()
+    logits = model(**inputs, position_ids=batch.position_ids, use_cache=False).logits  # (R, T, V)
     return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE, reduction="sum")
 
 
@@ -136,6 +168,8 @@ class SFTTrainer:
             raise AhaError(f"{cfg.input}: no training samples left")
         self.cfg = cfg
         self.device = pick_device(cfg.device)
+        if cfg.malloc == "tuned" and self.device == "cpu":
+            tune_malloc()
         self.run_dir = Path(cfg.out_dir)
         self.train_samples, self.held_out = train, held_out
         self.policy, self.tok = model.to(self.device), tokenizer
@@ -152,13 +186,18 @@ class SFTTrainer:
         self.step_no = 0
 
     def _micro_batches(self, samples: list[TokenSample]) -> list[PackedBatch]:
+        """micro_batch_size packed rows per forward pass; with SDPA attention they run as ONE row, no padding
+        at all, each sample attending to itself only (see loss_sum)."""
         rows = pack([len(s) for s in samples], self.cfg.max_length, self.cfg.packing)
         mbs = self.cfg.optim.micro_batch_size
-        return [collate_packed(samples, rows[i:i + mbs], self.pad_id).to(self.device) for i in range(0, len(rows), mbs)]
+        parts = [rows[i:i + mbs] for i in range(0, len(rows), mbs)]
+        if self.cfg.packing and per_sample_attention(self.policy):
+            parts = [[[i for row in part for i in row]] for part in parts]
+        return [collate_packed(samples, part, self.pad_id).to(self.device) for part in parts]
 
-    def _loss_sum(self, batch: PackedBatch) -> torch.Tensor:
+    def _loss_sum(self, batch: PackedBatch, embed: InputEmbeddings | None = None) -> torch.Tensor:
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
-            return loss_sum(self.policy, batch)
+            return loss_sum(self.policy, batch, embed)
 
     def step(self) -> dict:
         """One optimizer step on `samples_per_step` samples: packed micro-batches, token-mean loss."""
@@ -168,12 +207,15 @@ class SFTTrainer:
         n_targets = sum(b.num_targets for b in batches)
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
+        embed = InputEmbeddings(self.policy) if self.cfg.optim.embedding_grad_once else None
         for b in batches:
-            loss = self._loss_sum(b) / max(n_targets, 1)
+            loss = self._loss_sum(b, embed) / max(n_targets, 1)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"step {self.step_no + 1}: loss is {loss.item()}")
             loss.backward()
             total += loss.item()
+        if embed is not None:
+            embed.backward()  # the embedding layer's gradient, once for all micro-batches
         gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.max_grad_norm or float("inf"))
         if not torch.isfinite(gn):
             raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
