@@ -35,6 +35,7 @@ VARIANTS = {
     # comes, the embedding gradient per micro-batch
     "rows": ["malloc=default", "optim.embedding_grad_once=false"],
 }
+TRL = ("trl_default", "trl_best")
 
 
 def gsm8k_samples(path: Path, n: int) -> list[dict]:
@@ -77,11 +78,67 @@ def worker(variant: str, steps: int, data: str) -> None:
     print(json.dumps({"variant": variant, "steps": rows}))
 
 
-def run_one(variant: str, steps: int, data: str) -> dict:
+def trl_worker(setting: str, steps: int, data: str, model: str) -> None:
+    """TRL's SFTTrainer on the same rendered samples (prompt and completion text as aha renders them): packed
+    (best-fit decreasing, padding-free) into rows of 1,024 tokens, 4 rows an optimizer step, loss on the
+    completion only (TRL's default for prompt-completion data), fp32. default: TRL's gradient checkpointing
+    on; best: off."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    rows = [json.loads(line) for line in Path(data).read_text().splitlines()]
+    args = SFTConfig(output_dir=tempfile.mkdtemp(prefix="trl_sft_speed_"), use_cpu=True, report_to="none",
+                     save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0, max_steps=steps + 1,
+                     learning_rate=1e-5, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                     packing=True, max_length=1024, bf16=False, gradient_checkpointing=(setting == "trl_default"),
+                     model_init_kwargs={"dtype": torch.float32})
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.rows, self.t = [], 0.0
+
+        def on_step_begin(self, a, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            self.rows.append({"time/step_s": time.perf_counter() - self.t})
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "num_tokens" in logs and self.rows:
+                self.rows[-1].update(num_tokens=logs["num_tokens"], loss=logs.get("loss"))
+
+    timer = Timer()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         callbacks=[timer])
+    trainer.train()
+    prev = 0.0
+    for r in timer.rows:  # TRL logs the tokens seen cumulatively
+        r["sample_tokens"], prev = r.get("num_tokens", 0.0) - prev, r.get("num_tokens", 0.0)
+        r["tokens"] = None
+    print(json.dumps({"variant": setting, "steps": timer.rows}))
+
+
+def rendered(samples: Path, out: Path) -> None:
+    """The samples as aha renders them (prompt text with the chat template, target text with its end of
+    sequence), for TRL."""
+    from aha.config import load_config
+    from aha.models import load_tokenizer, resolve
+    from aha.stages import sft
+
+    cfg = load_config(sft.SFTConfig, None, [f"input={samples}"])
+    tok = load_tokenizer(str(resolve("smollm2-135m-instruct")))
+    texts = [sft.render_sample(s, tok, cfg) for s in sft.read_samples(str(samples))]
+    out.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in texts))
+
+
+def run_one(variant: str, steps: int, data: str, python: str = sys.executable, model: str = "") -> dict:
     t = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, __file__, "--worker", variant, "--steps", str(steps), "--data", data],
-                                stdout=out, stderr=err, cwd=REPO, text=True)
+        proc = subprocess.Popen([python, __file__, "--worker", variant, "--steps", str(steps), "--data", data,
+                                 "--model", model], stdout=out, stderr=err, cwd=REPO, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         out.seek(0), err.seek(0)
         if os.waitstatus_to_exitcode(status) != 0:
@@ -98,17 +155,35 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--samples", type=int, default=256, help="GSM8K problems to take (from the top of the file)")
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"))
-    ap.add_argument("--worker", choices=sorted(VARIANTS))
+    ap.add_argument("--trl-venv", help="also run TRL's SFTTrainer from this virtual environment (the one "
+                    "bench/grpo_vs_trl/run.py creates)")
+    ap.add_argument("--worker", choices=sorted([*VARIANTS, *TRL]))
+    ap.add_argument("--model", default="")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "sft_speed.json"))
     args = ap.parse_args()
+    if args.worker in TRL:
+        return trl_worker(args.worker, args.steps, args.data, args.model)
     if args.worker:
         return worker(args.worker, args.steps, args.data)
-    samples = Path(tempfile.mkdtemp(prefix="aha_sft_speed_")) / "gsm8k_r1.jsonl"
+    folder = Path(tempfile.mkdtemp(prefix="aha_sft_speed_"))
+    samples, texts = folder / "gsm8k_r1.jsonl", folder / "rendered.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_samples(Path(args.data), args.samples)))
-    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    kinds = list(VARIANTS)
+    if args.trl_venv:
+        sys.path.insert(0, str(HERE / "grpo_vs_trl"))
+        from run import ensure_trl_venv
+
+        trl_python = str(ensure_trl_venv(Path(args.trl_venv)))
+        rendered(samples, texts)
+        from aha.models import resolve
+
+        model = str(resolve("smollm2-135m-instruct"))
+        kinds += list(TRL)
+    runs: dict[str, list[dict]] = {v: [] for v in kinds}
     for _ in range(args.rounds):
-        for v in VARIANTS:  # alternating
-            r = run_one(v, args.steps, str(samples))
+        for v in kinds:  # alternating
+            r = (run_one(v, args.steps, str(texts), trl_python, model) if v in TRL
+                 else run_one(v, args.steps, str(samples)))
             runs[v].append(r)
             print(f"[bench] {v}: steps {[round(s['time/step_s'], 2) for s in r['steps']]} s, "
                   f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
@@ -118,18 +193,18 @@ def main() -> None:
         table[v] = {"step_s": statistics.median(s["time/step_s"] for s in steps),
                     "step_s_all": [round(s["time/step_s"], 2) for s in steps],
                     "tokens_per_s": sum(s["sample_tokens"] for s in steps) / sum(s["time/step_s"] for s in steps),
-                    "target_tokens_per_step": statistics.median(s["tokens"] for s in steps),
+                    "sample_tokens_per_step": statistics.median(s["sample_tokens"] for s in steps),
                     "peak_rss_gib": max(r["peak_rss_gib"] for r in rs), "runs": len(rs), "measured_steps": len(steps)}
     import torch
 
     Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
                                           "steps": args.steps, "rounds": args.rounds, "results": table,
                                           "runs": runs}, indent=1))
-    base = table["rows"]["step_s"]
-    print("| variant | s/step | tokens/s | peak RSS | speed-up |\n|---|---|---|---|---|")
+    base = table["default"]["tokens_per_s"]
+    print("| run | s/step | tokens/step | tokens/s | peak RSS | aha's default faster per token |\n|---|---|---|---|---|---|")
     for v, t in table.items():
-        print(f"| {v} | {t['step_s']:.2f} | {t['tokens_per_s']:.0f} | {t['peak_rss_gib']:.2f} GiB | "
-              f"{base / t['step_s']:.2f}x |")
+        print(f"| {v} | {t['step_s']:.2f} | {t['sample_tokens_per_step']:.0f} | {t['tokens_per_s']:.0f} | "
+              f"{t['peak_rss_gib']:.2f} GiB | {base / t['tokens_per_s']:.2f}x |")
 
 
 if __name__ == "__main__":
