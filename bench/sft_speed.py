@@ -8,7 +8,7 @@ micro-batch), alternating.
 
 Data: GSM8K training problems as R1-style cold-start samples (the worked solution inside <think>, the final
 number inside <answer>), `aha sft`'s defaults (the chat template with the R1 system prompt, max_length
-1,024, 16 samples a step, 4 packed rows a micro-batch, fp32 on a CPU without fast bf16). Each
+1,024, 16 samples a step, fp32 on a CPU without fast bf16). Each
 run is a fresh process: one warm-up step, then --steps measured steps, the same samples in every run (same
 seed). Peak RSS from wait4. Prints a Markdown table; writes bench/results/sft_speed.json.
 """
@@ -134,11 +134,12 @@ def rendered(samples: Path, out: Path) -> None:
     out.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in texts))
 
 
-def run_one(variant: str, steps: int, data: str, python: str = sys.executable, model: str = "") -> dict:
+def run_one(variant: str, steps: int, data: str, python: str = sys.executable, model: str = "",
+            extra: tuple[str, ...] = ()) -> dict:
     t = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([python, __file__, "--worker", variant, "--steps", str(steps), "--data", data,
-                                 "--model", model], stdout=out, stderr=err, cwd=REPO, text=True)
+                                 "--model", model, *extra], stdout=out, stderr=err, cwd=REPO, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         out.seek(0), err.seek(0)
         if os.waitstatus_to_exitcode(status) != 0:
@@ -157,10 +158,16 @@ def main() -> None:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"))
     ap.add_argument("--trl-venv", help="also run TRL's SFTTrainer from this virtual environment (the one "
                     "bench/grpo_vs_trl/run.py creates)")
-    ap.add_argument("--worker", choices=sorted([*VARIANTS, *TRL]))
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:key=value[,key=value]",
+                    help="another aha run with these overrides")
+    ap.add_argument("--only", nargs="*", help="run only these (variant names, trl_default, trl_best)")
+    ap.add_argument("--worker")
     ap.add_argument("--model", default="")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "sft_speed.json"))
     args = ap.parse_args()
+    for spec in args.variant:
+        name, _, overrides = spec.partition(":")
+        VARIANTS[name] = [o for o in overrides.split(",") if o]
     if args.worker in TRL:
         return trl_worker(args.worker, args.steps, args.data, args.model)
     if args.worker:
@@ -168,7 +175,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="aha_sft_speed_"))
     samples, texts = folder / "gsm8k_r1.jsonl", folder / "rendered.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_samples(Path(args.data), args.samples)))
-    kinds = list(VARIANTS)
+    kinds = [v for v in VARIANTS if not args.only or v in args.only]
     if args.trl_venv:
         sys.path.insert(0, str(HERE / "grpo_vs_trl"))
         from run import ensure_trl_venv
@@ -178,12 +185,12 @@ def main() -> None:
         from aha.models import resolve
 
         model = str(resolve("smollm2-135m-instruct"))
-        kinds += list(TRL)
+        kinds += [t for t in TRL if not args.only or t in args.only]
     runs: dict[str, list[dict]] = {v: [] for v in kinds}
     for _ in range(args.rounds):
         for v in kinds:  # alternating
             r = (run_one(v, args.steps, str(texts), trl_python, model) if v in TRL
-                 else run_one(v, args.steps, str(samples)))
+                 else run_one(v, args.steps, str(samples), extra=tuple(f"--variant={x}" for x in args.variant)))
             runs[v].append(r)
             print(f"[bench] {v}: steps {[round(s['time/step_s'], 2) for s in r['steps']]} s, "
                   f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
@@ -200,7 +207,7 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
                                           "steps": args.steps, "rounds": args.rounds, "results": table,
                                           "runs": runs}, indent=1))
-    base = table["default"]["tokens_per_s"]
+    base = (table.get("default") or next(iter(table.values())))["tokens_per_s"]
     print("| run | s/step | tokens/step | tokens/s | peak RSS | aha's default faster per token |\n|---|---|---|---|---|---|")
     for v, t in table.items():
         print(f"| {v} | {t['step_s']:.2f} | {t['sample_tokens_per_step']:.0f} | {t['tokens_per_s']:.0f} | "

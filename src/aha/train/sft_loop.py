@@ -209,6 +209,8 @@ class SFTTrainer:
         total = 0.0
         embed = InputEmbeddings(self.policy) if self.cfg.optim.embedding_grad_once else None
         for b in batches:
+            if not b.num_targets:  # no completion token in it: no gradient (and no graph) to take
+                continue
             loss = self._loss_sum(b, embed) / max(n_targets, 1)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"step {self.step_no + 1}: loss is {loss.item()}")
