@@ -207,9 +207,7 @@ def _block_attention(module, query, key, value, attention_mask, aha_blocks=None,
     block attend to the shared prefix's keys and their own block's keys only, which is all the block mask allows
     (exact). Without one (SFT's packed samples: a block is one sample) each block is its own causal sequence.
     With two groups a row the dense masked attention computed ~1.8x the scores it needed (11% of the training
-    and reference passes on the CPU benchmark); a packed SFT row of 1,024 tokens ~4x for samples of 256.
-    The row is split (not sliced) into blocks: the backward pass is then one concatenation, not a zero-filled
-    gradient per block."""
+    and reference passes on the CPU benchmark); a packed SFT row of 1,024 tokens ~4x for samples of 256."""
     if not aha_blocks or len(aha_blocks) < 2:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     L = query.shape[2]
