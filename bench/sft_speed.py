@@ -85,7 +85,7 @@ def trl_worker(setting: str, steps: int, data: str, model: str) -> None:
     on; best: off."""
     import torch
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(model)
@@ -96,29 +96,20 @@ def trl_worker(setting: str, steps: int, data: str, model: str) -> None:
                      packing=True, max_length=1024, bf16=False, gradient_checkpointing=(setting == "trl_default"),
                      model_init_kwargs={"dtype": torch.float32})
 
-    class Timer(TrainerCallback):
-        def __init__(self):
-            self.rows, self.t = [], 0.0
+    sys.path.insert(0, str(HERE / "grpo_vs_trl"))
+    from step_timer import step_timer
 
-        def on_step_begin(self, a, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, a, state, control, **kw):
-            self.rows.append({"time/step_s": time.perf_counter() - self.t})
-
-        def on_log(self, a, state, control, logs=None, **kw):
-            if logs and "num_tokens" in logs and self.rows:
-                self.rows[-1].update(num_tokens=logs["num_tokens"], loss=logs.get("loss"))
-
-    timer = Timer()
+    timer = step_timer()
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          callbacks=[timer])
     trainer.train()
-    prev = 0.0
-    for r in timer.rows:  # TRL logs the tokens seen cumulatively
-        r["sample_tokens"], prev = r.get("num_tokens", 0.0) - prev, r.get("num_tokens", 0.0)
-        r["tokens"] = None
-    print(json.dumps({"variant": setting, "steps": timer.rows}))
+    rows, prev = [], 0.0
+    for t in timer.rows:  # TRL logs the tokens seen cumulatively
+        seen = float(t["logs"].get("num_tokens", prev))
+        rows.append({"time/step_s": t["seconds"], "sample_tokens": seen - prev, "tokens": None,
+                     "loss": t["logs"].get("loss")})
+        prev = seen
+    print(json.dumps({"variant": setting, "steps": rows}))
 
 
 def rendered(samples: Path, out: Path) -> None:

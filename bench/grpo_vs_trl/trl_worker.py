@@ -19,12 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import work  # noqa: E402
+from step_timer import step_timer  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
     import torch
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from aha.data.templates import with_prefill
@@ -57,31 +58,21 @@ def main(argv: list[str]) -> None:
         bf16=bf16, gradient_checkpointing=(setting == "default"), model_init_kwargs={"dtype": torch.float32},
         **extra)
 
-    class Timer(TrainerCallback):
-        def __init__(self):
-            self.rows, self.t = [], 0.0
-
-        def on_step_begin(self, a, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, a, state, control, **kw):
-            self.rows.append({"seconds": time.perf_counter() - self.t})
-
-        def on_log(self, a, state, control, logs=None, **kw):
-            if logs and "completions/mean_length" in logs and self.rows:
-                self.rows[-1].update(completion_tokens=logs["completions/mean_length"] * work.GROUP_SIZE
-                                     * work.PROMPTS_PER_STEP, num_tokens=logs.get("num_tokens", 0.0),
-                                     loss=logs.get("loss"), reward=logs.get("reward"))
-
-    timer = Timer()
+    timer = step_timer()
     t0 = time.perf_counter()
     trainer = GRPOTrainer(model=path, reward_funcs=aha_reward, args=args, train_dataset=data, processing_class=tok,
                           callbacks=[timer])
     setup_s = time.perf_counter() - t0
     trainer.train()
-    rows, prev = timer.rows, 0.0
-    for r in rows:  # TRL logs num_tokens (prompt + completion tokens seen) cumulatively
+    rows, prev = [], 0.0
+    for t in timer.rows:  # TRL logs num_tokens (prompt + completion tokens seen) cumulatively
+        logs = t["logs"]
+        r = {"seconds": t["seconds"]}
+        if "completions/mean_length" in logs:
+            r.update(completion_tokens=logs["completions/mean_length"] * work.GROUP_SIZE * work.PROMPTS_PER_STEP,
+                     num_tokens=logs.get("num_tokens", 0.0), loss=logs.get("loss"), reward=logs.get("reward"))
         r["train_tokens"], prev = r.get("num_tokens", 0.0) - prev, r.get("num_tokens", 0.0)
+        rows.append(r)
     rewards.close()
     print(json.dumps({"trainer": "trl", "setting": setting, "bf16": bf16, "setup_s": setup_s, "steps": rows,
                       "params": sum(p.numel() for p in trainer.model.parameters())}))
