@@ -117,14 +117,16 @@ def _grads(model, loss_fn):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("embed", [False, True])
-def test_one_row_micro_batch_attends_per_sample_with_the_loss_and_gradients_of_samples_alone(tiny_model_dir, embed):
+@pytest.mark.parametrize("embed,checkpointing", [(False, False), (True, False), (True, True)])
+def test_one_row_micro_batch_attends_per_sample_with_the_loss_and_gradients_of_samples_alone(
+        tiny_model_dir, embed, checkpointing):
     """A micro-batch run as ONE row (what SFTTrainer does with SDPA): every layer's attention runs once per
     sample, and the loss and gradients equal those of each sample run alone, as do those of the padded
     multi-row batch (transformers' own block mask). With `embed`, the embedding gradient goes through
-    InputEmbeddings (sent once, after the backward pass)."""
+    InputEmbeddings (sent once, after the backward pass). With `checkpointing`, every layer runs again in the
+    backward pass, per sample again (the plain kernel would attend across the whole row)."""
     import aha.train.batch as batch_mod
-    from aha.train.batch import InputEmbeddings
+    from aha.train.batch import InputEmbeddings, enable_gradient_checkpointing
     from aha.train.sft_loop import sample_blocks
 
     model, _ = tiny(tiny_model_dir)
@@ -152,6 +154,8 @@ def test_one_row_micro_batch_attends_per_sample_with_the_loss_and_gradients_of_s
             e.backward()
         return loss
 
+    if checkpointing:
+        enable_gradient_checkpointing(model)
     model.zero_grad(set_to_none=True)
     batch_mod.sdpa_attention_forward = counting
     try:
@@ -159,7 +163,8 @@ def test_one_row_micro_batch_attends_per_sample_with_the_loss_and_gradients_of_s
     finally:
         batch_mod.sdpa_attention_forward = sdpa
     got_g = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    assert calls == [(len(s), len(s), True) for s in samples] * model.config.num_hidden_layers
+    runs = 2 if checkpointing else 1  # the forward pass, and with checkpointing each layer again in the backward
+    assert calls == [(len(s), len(s), True) for s in samples] * model.config.num_hidden_layers * runs
     assert model.config._attn_implementation == "sdpa"
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(padded, want, atol=1e-4, rtol=1e-5)

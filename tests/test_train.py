@@ -100,6 +100,38 @@ def test_real_steps_hf_engine_with_kl_and_mu(tiny_model_dir, task_file, tmp_path
     assert [s for s, _ in ckpt.list_checkpoints(out)] == [2, 3]  # keep_checkpoints=2
 
 
+def test_gradient_checkpointing_takes_the_same_steps_with_the_hf_engine(tiny_model_dir, task_file, tmp_path):
+    """Two real steps (the policy samples its own rollouts, then trains with every layer recomputed in the
+    backward pass): the same rollouts, losses, gradient norms and weights as without checkpointing."""
+    runs = []
+    for gc in ("false", "true"):
+        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{gc}", "grpo.kl_coef=0.05", "steps=2",
+                       "optim.micro_batch_size=8", f"optim.gradient_checkpointing={gc}")
+        trainer = GRPOTrainer(cfg)
+        assert all(getattr(m, "gradient_checkpointing", False) == (gc == "true")
+                   for m in trainer.policy.model.layers)
+        trainer.rewards.score = lambda comps, exs, step=0: (
+            [float(i % 3) for i in range(len(comps))], {"accuracy": [0.0] * len(comps)})
+        checkpointed = []  # the first layer's checkpointed calls (training passes only)
+        if gc == "true":
+            layer = trainer.policy.model.layers[0]
+            run_checkpointed = layer._gradient_checkpointing_func
+            layer._gradient_checkpointing_func = (
+                lambda *a, _log=checkpointed, _run=run_checkpointed, **k: _log.append(1) or _run(*a, **k))
+        before = snapshot(trainer.policy)
+        steps = [trainer.step() for _ in range(2)]
+        assert all(math.isfinite(m["loss"]) for m in steps) and changed(before, trainer.policy)
+        assert (len(checkpointed) > 0) == (gc == "true")
+        runs.append((steps, snapshot(trainer.policy)))
+    (plain, w_plain), (gc, w_gc) = runs
+    for a, b in zip(plain, gc):
+        assert a["length_mean"] == b["length_mean"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+    for k in w_plain:
+        torch.testing.assert_close(w_gc[k], w_plain[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
 def test_bf16_autocast_step(tiny_model_dir, task_file, tmp_path):
     cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "dtype=bfloat16", "steps=1")
     trainer = GRPOTrainer(cfg)
@@ -282,11 +314,13 @@ def test_micro_batching_does_not_change_the_gradient(tiny_model_dir, task_file, 
             (8, "false", 4096, "true", "true", "false"), (3, "false", 4096, "true", "true", "true"),
             (3, "true", 4096, "false", "false", "true"), (3, "true", 4096, "true", "false", "true"),
             (3, "true", 4096, "true", "true", "true"), (3, "true", 4096, "true", "true", "false"),
-            (8, "true", 4096, "true", "true", "true"), (8, "true", 1, "true", "true", "true")):
+            (8, "true", 4096, "true", "true", "true"), (8, "true", 1, "true", "true", "true"),
+            (3, "true", 4096, "true", "true", "gc")):  # gc: embedding gradient once, layers recomputed
         cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}{share}{budget}{prefix}{merge}{emb}",
                        f"optim.micro_batch_size={mbs}", f"grpo.loss_agg={agg}", f"optim.share_prompt={share}",
                        f"optim.pack_tokens={budget}", f"optim.share_prefix={prefix}", f"optim.merge_groups={merge}",
-                       f"optim.embedding_grad_once={emb}", "grpo.kl_coef=0.1")
+                       f"optim.embedding_grad_once={emb != 'false'}", f"optim.gradient_checkpointing={emb == 'gc'}",
+                       "grpo.kl_coef=0.1")
         model, tok = load_model(tiny_model_dir)
         trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=ScriptedEngine(tok, texts))
         trainer.rewards.score = lambda comps, exs, step=0: ([float(len(c.text) % 3) for c in comps], {"accuracy": [0.0] * len(comps)})

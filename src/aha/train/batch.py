@@ -13,6 +13,7 @@ of ragged completions more than doubled the rest.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -239,17 +240,46 @@ def _block_attention(module, query, key, value, attention_mask, aha_blocks=None,
 AttentionInterface.register("aha_blocks", _block_attention)
 
 
+@contextlib.contextmanager
+def attention_implementation(config, name: str):
+    """The model config's attention implementation set to `name` inside the block, restored after it."""
+    configured = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = configured
+
+
 def blocks_forward(model, blocks: list[tuple[int, int]], **inputs):
     """`model(**inputs)` with its SDPA attention computed one block of the row at a time (`_block_attention`),
     when there are two blocks or more; the model's attention setting is restored afterwards."""
     if len(blocks) < 2:
         return model(**inputs)
-    configured = model.config._attn_implementation
-    model.config._attn_implementation = "aha_blocks"
-    try:
+    with attention_implementation(model.config, "aha_blocks"):
         return model(**inputs, aha_blocks=blocks)
-    finally:
-        model.config._attn_implementation = configured
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Keep only each decoder layer's input in the forward pass and run the layer again in the backward pass
+    (transformers' activation checkpointing, non-reentrant): activation memory from every layer's
+    intermediates to one layer's, for one more forward pass of compute. For long CoT on GPUs, where the
+    activations, not the weights, fill the memory.
+
+    The layer runs again after `blocks_forward` has restored the model's attention setting, and the plain
+    kernel would attend across the samples of a packed row; so each checkpoint notes the attention
+    implementation its forward ran with and the recompute runs with the same one."""
+    config = model.config
+
+    def context_fn():
+        name = config._attn_implementation  # read when the layer's forward runs
+        return contextlib.nullcontext(), attention_implementation(config, name)
+
+    kwargs = {"use_reentrant": False, "context_fn": context_fn}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 class InputEmbeddings:

@@ -98,6 +98,10 @@ class OptimConfig:
     """Training passes look their input embeddings up as leaf tensors and send the gathered gradient through
     the embedding layer once per step (sparse into the tied LM head's gradient), instead of a dense
     vocabulary-sized embedding gradient per micro-batch (exact; aha.train.batch.InputEmbeddings)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer in the backward pass instead of keeping its activations (exact; one more
+    forward pass of compute for activation memory of one layer instead of all): for long completions on GPUs.
+    In GRPO it turns share_prefix off (a recomputed layer cannot re-read a cache it wrote to)."""
     pack_tokens: int = 4096
     """Most tokens in one packed row (its prompt and completions); a longer group is split over rows, each
     with its prompt. Bounds the row's block attention mask (L x L) and the attention it computes and masks."""

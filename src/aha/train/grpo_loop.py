@@ -41,6 +41,7 @@ from aha.train.batch import (
     collate,
     collate_groups,
     completion_logprobs,
+    enable_gradient_checkpointing,
     packed_groups_logprobs,
     sliding_window,
 )
@@ -150,6 +151,8 @@ class GRPOTrainer:
             self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
             if self.autocast:
                 self.ref.to(torch.bfloat16)
+        if cfg.optim.gradient_checkpointing:  # after the copies: the reference and rollout models keep theirs
+            enable_gradient_checkpointing(self.policy)
         self.rollout_model = self.policy
         if engine is None:
             if self.autocast:  # rollouts from a bf16 copy, re-synced after every update
@@ -291,7 +294,8 @@ class GRPOTrainer:
         groups = self.micro_batches(ro.completions)
         # Prompt tokens every group begins with (system prompt, worked example) run once per pass.
         k = (shared_prefix_len([c.prompt_ids for c in ro.completions]) if cfg.optim.share_prompt
-             and cfg.optim.share_prefix and len(groups) > 1 and not sliding_window(self.policy) else 0)
+             and cfg.optim.share_prefix and len(groups) > 1 and not sliding_window(self.policy)
+             and not cfg.optim.gradient_checkpointing else 0)
         prefix_ids = list(ro.completions[0].prompt_ids[:k])
         batches = []  # (micro-batch number, index tensor into the step's sequences, batch)
         for i, idx in enumerate(groups):

@@ -31,7 +31,7 @@ from aha.grpo import selected_logprobs
 from aha.models import resolve_dtype
 from aha.runtime import adamw, tune_malloc
 from aha.train import checkpoint as ckpt
-from aha.train.batch import InputEmbeddings, blocks_forward, input_kwargs
+from aha.train.batch import InputEmbeddings, blocks_forward, enable_gradient_checkpointing, input_kwargs
 from aha.train.grpo_loop import PromptSampler, pick_device
 from aha.train.metrics import MetricsLogger
 
@@ -174,6 +174,8 @@ class SFTTrainer:
         self.train_samples, self.held_out = train, held_out
         self.policy, self.tok = model.to(self.device), tokenizer
         self.policy.train()
+        if cfg.optim.gradient_checkpointing:
+            enable_gradient_checkpointing(self.policy)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.autocast = resolve_dtype(cfg.dtype, self.device) == "bfloat16"
         self.steps = cfg.steps or math.ceil(cfg.epochs * len(train) / cfg.samples_per_step)
