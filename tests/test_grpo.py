@@ -10,6 +10,7 @@ from aha.grpo import (
     clipped_surrogate,
     group_advantages,
     grpo_loss,
+    head_logprobs,
     k3_kl,
     selected_logprobs,
 )
@@ -141,3 +142,55 @@ def test_selected_logprobs_values_entropy_and_gradient():
     lb, _ = selected_logprobs(xb, rows, targets)
     lb.sum().backward()
     assert lb.dtype == torch.float32 and xb.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_head_logprobs_in_chunks_equal_the_whole_logits(bias):
+    # The LM head applied `chunk` rows at a time (its logits recomputed in backward) against selected_logprobs
+    # over the whole (R, V) logits: values, entropies and the gradients of the hidden states, weight and bias;
+    # chunks that do not divide the rows, rows read by several targets, rows read by none.
+    g = torch.Generator().manual_seed(0)
+    R, H, V = 23, 8, 31
+    hidden = torch.randn(R, H, generator=g)
+    weight = torch.randn(V, H, generator=g)
+    b = torch.randn(V, generator=g) if bias else None
+    rows = torch.tensor([0, 0, 0, 4, 5, 5, 9, 22, 13, 17, 10])
+    targets = torch.randint(0, V, (len(rows),), generator=g)
+    up = torch.randn(len(rows), generator=g)
+
+    def run(chunk):
+        leaves = [t.clone().requires_grad_() for t in (hidden, weight) + ((b,) if bias else ())]
+        logp, ent = head_logprobs(leaves[0], leaves[1], leaves[2] if bias else None, rows, targets, True, chunk)
+        (logp * up).sum().backward()
+        return logp.detach(), ent, [t.grad for t in leaves]
+
+    whole_logp, whole_ent, whole_grads = run(0)
+    want = torch.log_softmax(torch.nn.functional.linear(hidden, weight, b), -1)[rows, targets]
+    assert torch.allclose(whole_logp, want, atol=1e-5)
+    for chunk in (1, 5, 22):
+        logp, ent, grads = run(chunk)
+        assert torch.allclose(logp, whole_logp, atol=1e-5) and torch.allclose(ent, whole_ent, atol=1e-5)
+        assert not ent.requires_grad
+        for got, exp in zip(grads, whole_grads):
+            assert torch.allclose(got, exp, atol=1e-5)
+    assert grads[0][1].abs().max() == 0  # a row no target reads gets no gradient
+
+
+def test_head_logprobs_in_chunks_under_bf16_autocast():
+    # Under autocast the chunked head computes in bf16 as nn.Linear does: the whole logits' numbers (the head's
+    # gradient summed in fp32 over the chunks, so a bf16 rounding apart), not fp32's.
+    g = torch.Generator().manual_seed(1)
+    hidden, weight = torch.randn(40, 16, generator=g), torch.randn(50, 16, generator=g)
+    rows, targets = torch.arange(40), torch.randint(0, 50, (40,), generator=g)
+    out = []
+    for chunk, bf16 in ((0, True), (7, True), (7, False)):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logp, _ = head_logprobs(h, w, None, rows, targets, chunk=chunk)
+        logp.sum().backward()
+        assert h.grad.dtype == w.grad.dtype == torch.float32
+        out.append((logp.detach(), h.grad, w.grad))
+    (whole, whole_h, whole_w), (logp, grad_h, grad_w), (fp32, _, _) = out
+    assert torch.allclose(logp, whole, atol=1e-5) and torch.allclose(grad_h, whole_h, atol=1e-5)
+    assert torch.allclose(grad_w, whole_w, atol=3e-2, rtol=1e-2)
+    assert (fp32 - whole).abs().max() > 1e-2

@@ -117,14 +117,16 @@ def _grads(model, loss_fn):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("embed,checkpointing", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("embed,checkpointing,chunk", [(False, False, 0), (True, False, 0), (True, True, 0),
+                                                        (False, False, 4), (True, True, 4)])
 def test_one_row_micro_batch_attends_per_sample_with_the_loss_and_gradients_of_samples_alone(
-        tiny_model_dir, embed, checkpointing):
+        tiny_model_dir, embed, checkpointing, chunk):
     """A micro-batch run as ONE row (what SFTTrainer does with SDPA): every layer's attention runs once per
     sample, and the loss and gradients equal those of each sample run alone, as do those of the padded
     multi-row batch (transformers' own block mask). With `embed`, the embedding gradient goes through
     InputEmbeddings (sent once, after the backward pass). With `checkpointing`, every layer runs again in the
-    backward pass, per sample again (the plain kernel would attend across the whole row)."""
+    backward pass, per sample again (the plain kernel would attend across the whole row). With `chunk`, the
+    LM head runs 4 target positions at a time."""
     import aha.train.batch as batch_mod
     from aha.train.batch import InputEmbeddings, enable_gradient_checkpointing
     from aha.train.sft_loop import sample_blocks
@@ -147,7 +149,7 @@ def test_one_row_micro_batch_attends_per_sample_with_the_loss_and_gradients_of_s
 
     def one_row():
         e = InputEmbeddings(model) if embed else None
-        loss = loss_sum(model, one, e)
+        loss = loss_sum(model, one, e, chunk)
         loss.backward()
         if e is not None:
             assert all(x.grad is not None for x in e.leaves)

@@ -315,12 +315,14 @@ def test_micro_batching_does_not_change_the_gradient(tiny_model_dir, task_file, 
             (3, "true", 4096, "false", "false", "true"), (3, "true", 4096, "true", "false", "true"),
             (3, "true", 4096, "true", "true", "true"), (3, "true", 4096, "true", "true", "false"),
             (8, "true", 4096, "true", "true", "true"), (8, "true", 1, "true", "true", "true"),
-            (3, "true", 4096, "true", "true", "gc")):  # gc: embedding gradient once, layers recomputed
+            (3, "true", 4096, "true", "true", "gc"), (3, "true", 4096, "true", "true", "chunk"),
+            (8, "false", 4096, "true", "true", "chunk")):
+        # gc: embedding gradient once, layers recomputed; chunk: the LM head 5 positions at a time
         cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{mbs}{share}{budget}{prefix}{merge}{emb}",
                        f"optim.micro_batch_size={mbs}", f"grpo.loss_agg={agg}", f"optim.share_prompt={share}",
                        f"optim.pack_tokens={budget}", f"optim.share_prefix={prefix}", f"optim.merge_groups={merge}",
                        f"optim.embedding_grad_once={emb != 'false'}", f"optim.gradient_checkpointing={emb == 'gc'}",
-                       "grpo.kl_coef=0.1")
+                       f"optim.logprob_chunk={5 if emb == 'chunk' else 0}", "grpo.kl_coef=0.1")
         model, tok = load_model(tiny_model_dir)
         trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=ScriptedEngine(tok, texts))
         trainer.rewards.score = lambda comps, exs, step=0: ([float(len(c.text) % 3) for c in comps], {"accuracy": [0.0] * len(comps)})

@@ -165,3 +165,83 @@ class _SelectedLogProbs(torch.autograd.Function):
         grad.index_put_((rows, targets), grad_logp, accumulate=True)
         return grad.to(ctx.in_dtype), None, None, None
 
+
+
+def head_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, rows: Tensor, targets: Tensor,
+                  with_entropy: bool = False, chunk: int = 0):
+    """`selected_logprobs(hidden @ weight.T + bias, rows, targets, with_entropy)` from the LM head's input:
+    (R, H) hidden states, the (V, H) head. With 0 < chunk < R the (R, V) logits never exist: the head runs
+    `chunk` rows at a time, keeping only each row's log-normaliser, and the backward pass computes each chunk's
+    logits again (one more head forward) to send its gradient into the hidden states and the head.
+
+    Why: for long completions the logits, not the layers, fill the memory: 8 completions of 4k tokens against
+    Qwen2.5's 151,936-entry vocabulary are 32k x 152k fp32 scores, 19.5 GB for the softmax kept for backward
+    and as much again for its gradient. Chunked, that is chunk x V (chunk 4,096: 2.5 GB). Under autocast the
+    head's matmuls run in the autocast dtype, as `nn.Linear` would."""
+    if chunk <= 0 or hidden.shape[0] <= chunk:
+        return selected_logprobs(torch.nn.functional.linear(hidden, weight, bias), rows, targets, with_entropy)
+    return _ChunkedHeadLogProbs.apply(hidden, weight, bias, rows, targets, with_entropy, chunk)
+
+
+def _compute_dtype(t: Tensor, weight: Tensor) -> torch.dtype:
+    dev = t.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
+
+
+class _ChunkedHeadLogProbs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, rows, targets, with_entropy, chunk):
+        dt = _compute_dtype(hidden, weight)
+        R = hidden.shape[0]
+        with torch.autocast(hidden.device.type, enabled=False):
+            h, w = hidden.to(dt), weight.to(dt)
+            b = bias.to(dt) if bias is not None else None
+            lse = torch.empty(R, dtype=torch.float32, device=h.device)
+            ent = torch.empty(R, dtype=torch.float32, device=h.device) if with_entropy else None
+            picked = torch.empty(rows.shape[0], dtype=torch.float32, device=h.device)  # the target's logit
+            for s in range(0, R, chunk):
+                x = torch.nn.functional.linear(h[s:s + chunk], w, b).float()
+                lse[s:s + chunk] = torch.logsumexp(x, dim=-1)
+                if with_entropy:  # H = lse - sum p * x
+                    p = torch.softmax(x, dim=-1)
+                    ent[s:s + chunk] = lse[s:s + chunk] - (p * x).sum(-1)
+                m = ((rows >= s) & (rows < s + chunk)).nonzero().squeeze(1)
+                picked[m] = x[rows[m] - s, targets[m]]
+        if with_entropy:
+            ctx.mark_non_differentiable(ent)
+        ctx.save_for_backward(hidden, weight, bias, rows, targets, lse)
+        ctx.chunk, ctx.dt = chunk, dt
+        return picked - lse[rows], ent
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_ent):
+        hidden, weight, bias, rows, targets, lse = ctx.saved_tensors
+        chunk, dt = ctx.chunk, ctx.dt
+        R = hidden.shape[0]
+        grad_logp = grad_logp.float()
+        per_row = torch.zeros(R, dtype=torch.float32, device=hidden.device).index_add_(0, rows, grad_logp)
+        want_h, want_w, want_b = ctx.needs_input_grad[:3]
+        with torch.autocast(hidden.device.type, enabled=False):
+            h, w = hidden.to(dt), weight.to(dt)
+            b = bias.to(dt) if bias is not None else None
+            dh = torch.empty_like(h) if want_h else None
+            dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+            db = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if want_b else None
+            for s in range(0, R, chunk):
+                x = torch.nn.functional.linear(h[s:s + chunk], w, b).float()
+                # d log p(y) / d logits = onehot(y) - softmax, weighted by each target's incoming gradient
+                g = x.sub_(lse[s:s + chunk, None]).exp_().mul_(per_row[s:s + chunk, None].neg())
+                m = ((rows >= s) & (rows < s + chunk)).nonzero().squeeze(1)
+                g.index_put_((rows[m] - s, targets[m]), grad_logp[m], accumulate=True)
+                g = g.to(dt)
+                if want_h:
+                    dh[s:s + chunk] = g @ w
+                if want_w:
+                    if dt == torch.float32:
+                        dw.addmm_(g.t(), h[s:s + chunk])
+                    else:
+                        dw += (g.t() @ h[s:s + chunk]).float()
+                if want_b:
+                    db += g.float().sum(0)
+        return (dh.to(hidden.dtype) if want_h else None, dw.to(weight.dtype) if want_w else None,
+                db.to(bias.dtype) if want_b else None, None, None, None, None)

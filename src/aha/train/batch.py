@@ -21,7 +21,7 @@ from transformers import AttentionInterface
 from transformers.cache_utils import DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from aha.grpo import selected_logprobs
+from aha.grpo import head_logprobs, selected_logprobs
 from aha.rollout.base import Completion
 from aha.rollout.hf import cache_kwarg
 
@@ -68,17 +68,54 @@ def collate(completions: list[Completion], pad_id: int) -> Batch:
     return Batch(ids, attn, pos, ids[:, P:].clone(), cmask, P)
 
 
-def completion_logprobs(model, batch: Batch, with_entropy: bool = False, embed: InputEmbeddings | None = None):
+# Causal LMs whose forward is `lm_head(hidden_states[:, logits_to_keep])` and nothing after it (no logit
+# soft-capping or scaling), so that the head can run outside the model (`kept_logprobs`).
+PLAIN_HEAD_MODELS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "smollm3")
+
+
+def _plain_head(model) -> str | None:
+    """The attribute name of `model`'s LM head when it may run outside the model, else None."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    cfg = model.config
+    if (not isinstance(head, torch.nn.Linear) or getattr(cfg, "model_type", None) not in PLAIN_HEAD_MODELS
+            or getattr(cfg, "final_logit_softcapping", None)):
+        return None
+    return next((name for name, m in model.named_children() if m is head), None)
+
+
+def kept_logprobs(model, run, rows: torch.Tensor, targets: torch.Tensor, with_entropy: bool = False,
+                  chunk: int = 0):
+    """Log-probs of `targets` (and entropies) from the logits that `run()`, a forward call of `model` with
+    `logits_to_keep`, keeps: `rows` index them flattened to (R, V). With chunk > 0 the model returns its
+    head's input instead and the head runs `chunk` positions at a time (`aha.grpo.head_logprobs`: the (R, V)
+    logits never exist); models whose head is not plain (`PLAIN_HEAD_MODELS`) keep the whole logits."""
+    name = _plain_head(model) if chunk > 0 else None
+    if name is None:
+        logits = run().logits
+        return selected_logprobs(logits.reshape(-1, logits.shape[-1]), rows, targets, with_entropy)
+    head = getattr(model, name)
+    setattr(model, name, torch.nn.Identity())
+    try:
+        hidden = run().logits
+    finally:
+        setattr(model, name, head)
+    return head_logprobs(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias, rows, targets, with_entropy,
+                         chunk)
+
+
+def completion_logprobs(model, batch: Batch, with_entropy: bool = False, embed: InputEmbeddings | None = None,
+                        chunk: int = 0):
     """(N, C) log-probs of the completion tokens under `model` (and their entropy when asked). `embed`: the
-    pass's input embeddings (training passes), else the model looks its inputs up itself."""
+    pass's input embeddings (training passes), else the model looks its inputs up itself. `chunk`: see
+    `kept_logprobs`."""
     N, C = batch.completion_ids.shape
     P = batch.prompt_width
     keep = torch.arange(P - 1, P + C - 1, device=batch.input_ids.device)  # position t predicts token t+1
-    out = model(**input_kwargs(batch.input_ids, embed), attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, use_cache=False, logits_to_keep=keep)
-    logits = out.logits  # (N, C, V)
-    rows = torch.arange(N * C, device=logits.device)
-    logp, ent = selected_logprobs(logits.reshape(N * C, -1), rows, batch.completion_ids.reshape(-1), with_entropy)
+    rows = torch.arange(N * C, device=batch.input_ids.device)
+    logp, ent = kept_logprobs(
+        model, lambda: model(**input_kwargs(batch.input_ids, embed), attention_mask=batch.attention_mask,
+                             position_ids=batch.position_ids, use_cache=False, logits_to_keep=keep),
+        rows, batch.completion_ids.reshape(-1), with_entropy, chunk)
     return logp.view(N, C), (ent.view(N, C) if with_entropy else None)
 
 
@@ -364,10 +401,10 @@ class SharedPrefix:
 
 
 def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = False, prefix: SharedPrefix | None = None,
-                           embed: InputEmbeddings | None = None):
+                           embed: InputEmbeddings | None = None, chunk: int = 0):
     """(N, C) log-probs of the completion tokens from one packed row (and their entropy when asked). `prefix`:
     the shared prefix the row was collated without (`collate_groups(..., prefix_len)`); `embed`: the pass's
-    input embeddings (training passes)."""
+    input embeddings (training passes); `chunk`: see `kept_logprobs`."""
     configured = getattr(model.config, "_attn_implementation", None)
     impl = configured or "sdpa"
     if impl not in ("sdpa", "eager"):  # flash-attention kernels take no arbitrary mask
@@ -386,9 +423,11 @@ def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = Fals
             raise ValueError("a shared prefix is not supported for sliding-window models")
         mask = {"full_attention": mask, "sliding_attention": batch.attention_mask(dtype, window)}
     blocks = batch.blocks() if impl == "sdpa" else []  # attention one prompt's run at a time (exact)
-    out = blocks_forward(model, blocks, **input_kwargs(batch.input_ids, embed), position_ids=batch.position_ids,
-                         attention_mask=mask, logits_to_keep=batch.keep, **extra)
     src = batch.source.reshape(-1)
-    logp, ent = selected_logprobs(out.logits[0], src, batch.completion_ids.reshape(-1), with_entropy)
+    logp, ent = kept_logprobs(
+        model, lambda: blocks_forward(model, blocks, **input_kwargs(batch.input_ids, embed),
+                                      position_ids=batch.position_ids, attention_mask=mask,
+                                      logits_to_keep=batch.keep, **extra),
+        src, batch.completion_ids.reshape(-1), with_entropy, chunk)
     shape = batch.source.shape
     return logp.view(shape), (ent[src].view(shape) if with_entropy else None)

@@ -235,9 +235,10 @@ class GRPOTrainer:
     def forward_logprobs(self, model, batch, with_entropy=False, prefix: SharedPrefix | None = None,
                          embed: InputEmbeddings | None = None):
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
+            chunk = self.cfg.optim.logprob_chunk
             if isinstance(batch, PackedGroups):
-                return packed_groups_logprobs(model, batch, with_entropy, prefix, embed)
-            return completion_logprobs(model, batch, with_entropy, embed)
+                return packed_groups_logprobs(model, batch, with_entropy, prefix, embed, chunk)
+            return completion_logprobs(model, batch, with_entropy, embed, chunk)
 
     def shared_prefix(self, model, ids: list[int], embed: InputEmbeddings | None = None) -> SharedPrefix | None:
         """The step's shared prompt prefix run through `model` (with a graph when gradients are enabled)."""

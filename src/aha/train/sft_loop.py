@@ -27,11 +27,16 @@ import torch.nn.functional as F
 
 from aha.config import save_config
 from aha.errors import AhaError
-from aha.grpo import selected_logprobs
 from aha.models import resolve_dtype
 from aha.runtime import adamw, tune_malloc
 from aha.train import checkpoint as ckpt
-from aha.train.batch import InputEmbeddings, blocks_forward, enable_gradient_checkpointing, input_kwargs
+from aha.train.batch import (
+    InputEmbeddings,
+    blocks_forward,
+    enable_gradient_checkpointing,
+    input_kwargs,
+    kept_logprobs,
+)
 from aha.train.grpo_loop import PromptSampler, pick_device
 from aha.train.metrics import MetricsLogger
 
@@ -131,22 +136,23 @@ def per_sample_attention(model) -> bool:
     return (getattr(model.config, "_attn_implementation", None) or "sdpa") == "sdpa"
 
 
-def loss_sum(model, batch: PackedBatch, embed: InputEmbeddings | None = None) -> torch.Tensor:
+def loss_sum(model, batch: PackedBatch, embed: InputEmbeddings | None = None, chunk: int = 0) -> torch.Tensor:
     """Summed negative log-likelihood of the target tokens of a packed batch (fp32 softmax).
 
     A one-row batch (`SFTTrainer` builds one per micro-batch) attends one sample at a time and runs the LM head
     on the target positions only: a prompt's positions get no logits, and no token's scores against other
-    samples' keys are computed only to be masked. `embed`: the step's input embeddings (see InputEmbeddings)."""
+    samples' keys are computed only to be masked. `embed`: the step's input embeddings (see InputEmbeddings);
+    `chunk`: the LM head this many target positions at a time (`aha.train.batch.kept_logprobs`)."""
     inputs = input_kwargs(batch.input_ids, embed)
     if batch.input_ids.shape[0] == 1 and per_sample_attention(model):
         keep = torch.nonzero(batch.targets[0] != IGNORE).flatten()
         if not len(keep):
             return batch.input_ids.new_zeros((), dtype=torch.float32)
-        out = blocks_forward(model, sample_blocks(batch), **inputs, position_ids=batch.position_ids,
-                             use_cache=False, logits_to_keep=keep)
-        logits = out.logits[0]
-        rows = torch.arange(len(keep), device=logits.device)
-        return -selected_logprobs(logits, rows, batch.targets[0, keep])[0].sum()
+        rows = torch.arange(len(keep), device=keep.device)
+        return -kept_logprobs(
+            model, lambda: blocks_forward(model, sample_blocks(batch), **inputs, position_ids=batch.position_ids,
+                                          use_cache=False, logits_to_keep=keep),
+            rows, batch.targets[0, keep], chunk=chunk)[0].sum()
     logits = model(**inputs, position_ids=batch.position_ids, use_cache=False).logits  # (R, T, V)
     return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE, reduction="sum")
 
@@ -199,7 +205,7 @@ class SFTTrainer:
 
     def _loss_sum(self, batch: PackedBatch, embed: InputEmbeddings | None = None) -> torch.Tensor:
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
-            return loss_sum(self.policy, batch, embed)
+            return loss_sum(self.policy, batch, embed, self.cfg.optim.logprob_chunk)
 
     def step(self) -> dict:
         """One optimizer step on `samples_per_step` samples: packed micro-batches, token-mean loss."""
