@@ -124,6 +124,28 @@ def test_training_a_reward_model(trained_rm):
     assert steps[-1]["loss"] < steps[0]["loss"]
 
 
+def test_micro_batches_and_checkpointing_take_the_same_step(tiny_model_dir, tmp_path):
+    """A step's pairs one at a time, with or without every layer recomputed in the backward pass: the loss,
+    gradient norm and gradients of the step taken all at once (and the weights move)."""
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    steps = []
+    for mbs, gc in ((0, False), (1, False), (3, True)):
+        trainer = RMTrainer(rm_cfg(tiny_model_dir, data, tmp_path / f"rm{mbs}", micro_batch_size=mbs,
+                                   gradient_checkpointing=gc))
+        before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        m = trainer.step()
+        assert math.isfinite(m["loss"])
+        assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+        steps.append((m, {k: p.grad.clone() for k, p in trainer.model.named_parameters()}))
+    (whole, g_whole), *others = steps
+    for m, g in others:
+        assert m["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+        assert m["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-4)
+        assert m["accuracy"] == whole["accuracy"] and m["margin"] == pytest.approx(whole["margin"], rel=1e-5)
+        for k in g_whole:
+            torch.testing.assert_close(g[k], g_whole[k], atol=1e-6, rtol=1e-4, msg=k)
+
+
 def test_trained_reward_model_loads_as_sequence_classification(trained_rm):
     from transformers import AutoModelForSequenceClassification
 

@@ -38,6 +38,12 @@ class RMConfig:
     """Passes over the training pairs."""
     batch_size: int = 4
     """Pairs per optimizer step."""
+    micro_batch_size: int = 0
+    """Pairs per forward and backward pass; gradients accumulate over the step's batch_size pairs, the same
+    gradient as all at once (0: all at once)."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer in the backward pass instead of keeping its activations (exact): long pairs on
+    GPUs."""
     lr: float = 1e-5
     """Peak AdamW learning rate (constant after warm-up)."""
     weight_decay: float = 0.0
@@ -155,14 +161,18 @@ class RMTrainer:
         from aha.train.grpo_loop import pick_device
 
         self.cfg = cfg
-        if cfg.batch_size < 1 or cfg.epochs < 1:
-            raise AhaError("batch_size and epochs must be >= 1")
+        if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.micro_batch_size < 0:
+            raise AhaError("batch_size and epochs must be >= 1, micro_batch_size >= 0")
         self.train_pairs, self.eval_pairs = split_pairs(load_pairs(cfg.data), cfg.eval_size)
         self.device = pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
         if model is None:
             model, tokenizer = load_backbone(cfg.model, self.device)
         self.model, self.tok = model, tokenizer
+        if cfg.gradient_checkpointing:
+            from aha.train.batch import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(self.model)
         self.run_dir = Path(cfg.out_dir)
         self.total_steps = cfg.epochs * math.ceil(len(self.train_pairs) / cfg.batch_size)
         self.opt = adamw(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -189,19 +199,25 @@ class RMTrainer:
         self.model.train()
         pairs = [self.train_pairs[i] for i in batch_at(self.step_no, len(self.train_pairs), self.cfg.batch_size,
                                                        self.cfg.seed)]
-        chosen, rejected = self.scores(pairs, "chosen"), self.scores(pairs, "rejected")
-        loss = bradley_terry_loss(chosen, rejected)
-        if not torch.isfinite(loss):
-            raise AhaError(f"step {self.step_no + 1}: loss is {loss.item()}: training stopped")
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        mbs = self.cfg.micro_batch_size or len(pairs)
+        c, r, loss = [], [], 0.0
+        for i in range(0, len(pairs), mbs):  # the mean over the step's pairs, a micro-batch's share at a time
+            part = pairs[i:i + mbs]
+            chosen, rejected = self.scores(part, "chosen"), self.scores(part, "rejected")
+            share = bradley_terry_loss(chosen, rejected) * (len(part) / len(pairs))
+            if not torch.isfinite(share):
+                raise AhaError(f"step {self.step_no + 1}: loss is {share.item()}: training stopped")
+            share.backward()
+            loss += share.item()
+            c += chosen.detach().tolist()
+            r += rejected.detach().tolist()
         gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm or float("inf"))
         lr = self.sched.get_last_lr()[0]
         self.opt.step()
         self.sched.step()
         self.step_no += 1
-        c, r = chosen.detach().tolist(), rejected.detach().tolist()
-        return {"loss": loss.item(), "accuracy": pairwise_accuracy(c, r),
+        return {"loss": loss, "accuracy": pairwise_accuracy(c, r),
                 "margin": sum(a - b for a, b in zip(c, r)) / len(c), "grad_norm": float(gn), "lr": lr}
 
     def evaluate(self) -> dict:
