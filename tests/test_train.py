@@ -132,10 +132,12 @@ def test_gradient_checkpointing_takes_the_same_steps_with_the_hf_engine(tiny_mod
         torch.testing.assert_close(w_gc[k], w_plain[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
-def test_bf16_autocast_step(tiny_model_dir, task_file, tmp_path):
-    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "dtype=bfloat16", "steps=1")
+@pytest.mark.parametrize("memory", [[], ["optim.gradient_checkpointing=true", "optim.logprob_chunk=5"]])
+def test_bf16_autocast_step(tiny_model_dir, task_file, tmp_path, memory):
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "dtype=bfloat16", "steps=1", *memory)
     trainer = GRPOTrainer(cfg)
     assert trainer.rollout_model is not trainer.policy
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in trainer.rollout_model.modules())
     assert next(trainer.rollout_model.parameters()).dtype == torch.bfloat16
     assert next(trainer.policy.parameters()).dtype == torch.float32
     trainer.rewards.score = lambda comps, exs, step=0: ([float(i % 2) for i in range(len(comps))], {"accuracy": [0.0] * len(comps)})

@@ -151,8 +151,6 @@ class GRPOTrainer:
             self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
             if self.autocast:
                 self.ref.to(torch.bfloat16)
-        if cfg.optim.gradient_checkpointing:  # after the copies: the reference and rollout models keep theirs
-            enable_gradient_checkpointing(self.policy)
         self.rollout_model = self.policy
         if engine is None:
             if self.autocast:  # rollouts from a bf16 copy, re-synced after every update
@@ -162,6 +160,8 @@ class GRPOTrainer:
             engine = make_engine(cfg.rollout.engine, self.rollout_model, tokenizer, max_batch=cfg.rollout.max_batch,
                                  **extra)
         self.engine = engine
+        if cfg.optim.gradient_checkpointing:  # after the copies: the reference and rollout models do not train
+            enable_gradient_checkpointing(self.policy)
         self.sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                        top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
                                        stop=tuple(cfg.rollout.stop))
