@@ -182,3 +182,38 @@ def test_packed_rows_keep_a_sliding_window(tiny_model_dir):
     assert torch.allclose(got[mask], want[mask], atol=1e-5)
     for name in want_g:
         assert torch.allclose(got_g[name], want_g[name], atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_chunked_head_only_where_the_head_is_plain(model_and_group, softcap):
+    """logprob_chunk: the LM head outside the model, a few positions at a time, gives the packed row's
+    log-probs and gradients; a model whose logits are soft-capped after the head (Gemma 2 style) keeps its own
+    head, so the cap still applies."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from aha.train.batch import _plain_head
+
+    model, tok, group = model_and_group
+    if softcap:
+        torch.manual_seed(0)
+        cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                               max_position_embeddings=128, final_logit_softcapping=softcap)
+        cfg._attn_implementation = "sdpa"
+        model = Gemma3ForCausalLM(cfg)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(3.0)
+    assert (_plain_head(model) is None) == bool(softcap)
+    batch = collate_groups(group, pad_id=0)
+    out = []
+    for chunk in (0, 3):
+        model.zero_grad(set_to_none=True)
+        logp, ent = packed_groups_logprobs(model, batch, with_entropy=True, chunk=chunk)
+        (logp * batch.completion_mask).sum().backward()
+        out.append((logp.detach(), ent, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (logp0, ent0, g0), (logp1, ent1, g1) = out
+    assert torch.allclose(logp1, logp0, atol=1e-5) and torch.allclose(ent1, ent0, atol=1e-5)
+    assert g0.keys() == g1.keys() and g0
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], atol=1e-5, rtol=1e-4, msg=n)

@@ -166,7 +166,6 @@ class _SelectedLogProbs(torch.autograd.Function):
         return grad.to(ctx.in_dtype), None, None, None
 
 
-
 def head_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, rows: Tensor, targets: Tensor,
                   with_entropy: bool = False, chunk: int = 0):
     """`selected_logprobs(hidden @ weight.T + bias, rows, targets, with_entropy)` from the LM head's input:
@@ -174,10 +173,11 @@ def head_logprobs(hidden: Tensor, weight: Tensor, bias: Tensor | None, rows: Ten
     `chunk` rows at a time, keeping only each row's log-normaliser, and the backward pass computes each chunk's
     logits again (one more head forward) to send its gradient into the hidden states and the head.
 
-    Why: for long completions the logits, not the layers, fill the memory: 8 completions of 4k tokens against
-    Qwen2.5's 151,936-entry vocabulary are 32k x 152k fp32 scores, 19.5 GB for the softmax kept for backward
-    and as much again for its gradient. Chunked, that is chunk x V (chunk 4,096: 2.5 GB). Under autocast the
-    head's matmuls run in the autocast dtype, as `nn.Linear` would."""
+    Why: for long completions the logits fill the memory: a packed row of 4,096 positions against Qwen2.5's
+    151,936-entry vocabulary is 2.5 GB of fp32 scores for the softmax kept for backward and as much again for
+    its gradient; chunked, chunk x V (on the CPU, log-probs and gradients of those 4,096 positions: peak 5.8 ->
+    2.6 GiB with chunks of 512, for 57% more time in the head; bench/head_memory.py). Under autocast the head's
+    matmuls run in the autocast dtype, as `nn.Linear` would."""
     if chunk <= 0 or hidden.shape[0] <= chunk:
         return selected_logprobs(torch.nn.functional.linear(hidden, weight, bias), rows, targets, with_entropy)
     return _ChunkedHeadLogProbs.apply(hidden, weight, bias, rows, targets, with_entropy, chunk)
