@@ -320,17 +320,51 @@ def test_micro_batch_size_does_not_change_the_step(tiny_model_dir, samples_file,
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
-def test_resume_equals_uninterrupted(tiny_model_dir, samples_file, tmp_path):
+def test_sft_with_lora_trains_the_adapters_and_saves_a_plain_model(tiny_model_dir, samples_file, tmp_path,
+                                                                     monkeypatch):
+    """lora.rank: the base weights stay as loaded, the adapters move, validation loss falls, and the run's model
+    folder is a plain model computing what the adapted one computes."""
+    from aha.models import load_model
+
+    model, tok = tiny(tiny_model_dir)
+    base = snapshot(model)
+    trainer_models = []
+    real_init = sft.SFTTrainer.__init__
+
+    def keep(self, *a, **k):
+        real_init(self, *a, **k)
+        trainer_models.append(self.policy)
+
+    monkeypatch.setattr(sft.SFTTrainer, "__init__", keep)
+    out = sft.run(make_cfg(tiny_model_dir, samples_file, tmp_path / "run", "lora.rank=4", "optim.lr=2e-2",
+                           "optim.logprob_chunk=8"), model=model, tokenizer=tok)
+    policy = trainer_models[0]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert rows[-1]["eval/loss"] < rows[0]["eval/loss"]
+    weights = policy.get_base_model().state_dict()
+    for k, v in base.items():  # the base, under peft's names
+        plain = [w for n, w in weights.items() if n.replace(".base_layer.", ".") == k]
+        assert len(plain) == 1 and torch.equal(plain[0], v), k
+    assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in policy.named_parameters() if "lora_B" in n)
+    saved, _ = load_model(str(sft.model_path(out)))
+    ids = torch.tensor([[5, 17, 33, 2, 9, 41]])
+    with torch.no_grad():
+        torch.testing.assert_close(saved(input_ids=ids).logits, policy(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("extra", [[], ["lora.rank=4"]])
+def test_resume_equals_uninterrupted(tiny_model_dir, samples_file, tmp_path, extra):
     def loss_rows(path):
         return [(r["step"], r.get("loss", -1.0), r.get("eval/loss", -1.0)) for r in map(json.loads, path.read_text().splitlines())]
 
     model, tok = tiny(tiny_model_dir)
-    sft.run(make_cfg(tiny_model_dir, samples_file, tmp_path / "full", "steps=4"), model=model, tokenizer=tok)
+    sft.run(make_cfg(tiny_model_dir, samples_file, tmp_path / "full", "steps=4", *extra), model=model, tokenizer=tok)
 
     class Killed(BaseException):
         pass
 
-    cut = make_cfg(tiny_model_dir, samples_file, tmp_path / "cut", "steps=4")
+    cut = make_cfg(tiny_model_dir, samples_file, tmp_path / "cut", "steps=4", *extra)
     model, tok = tiny(tiny_model_dir)
     train, held, _ = sft.prepare(cut, tok)
     trainer = sft.SFTTrainer(cut, train, held, model, tok)
@@ -345,7 +379,8 @@ def test_resume_equals_uninterrupted(tiny_model_dir, samples_file, tmp_path):
     with pytest.raises(Killed):
         trainer.run()
     model, tok = tiny(tiny_model_dir)
-    sft.run(make_cfg(tiny_model_dir, samples_file, tmp_path / "cut", "steps=4", "resume=true"), model=model, tokenizer=tok)
+    sft.run(make_cfg(tiny_model_dir, samples_file, tmp_path / "cut", "steps=4", "resume=true", *extra), model=model,
+            tokenizer=tok)
     a, b = loss_rows(tmp_path / "full" / "metrics.jsonl"), loss_rows(tmp_path / "cut" / "metrics.jsonl")
     assert [r[0] for r in b] == [0, 1, 2, 3, 4]
     for ra, rb in zip(a, b):

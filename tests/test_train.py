@@ -132,6 +132,43 @@ def test_gradient_checkpointing_takes_the_same_steps_with_the_hf_engine(tiny_mod
         torch.testing.assert_close(w_gc[k], w_plain[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+def test_lora_trains_the_adapters_against_the_base_and_saves_the_merged_model(tiny_model_dir, task_file, tmp_path):
+    """lora.rank: only the adapters train (the base stays as loaded), the KL reference is the base itself (no
+    copy), rollouts come from the merged weights, and a checkpoint is a plain model computing what the
+    policy computes."""
+    from peft.tuners.lora import LoraLayer
+
+    from aha.models import load_model
+    from aha.train import lora
+
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "lora.rank=4", "lora.alpha=8", "grpo.kl_coef=0.05",
+                   "steps=3", "optim.lr=2e-2", "optim.logprob_chunk=4")
+    trainer = GRPOTrainer(cfg)
+    from aha.train.batch import _plain_head
+
+    assert trainer.ref is None and trainer.rollout_model is not trainer.policy
+    assert _plain_head(trainer.policy) is not None  # the chunked head reaches through the peft wrapper
+    assert trainer.trainable and all("lora_" in n for n, p in trainer.policy.named_parameters() if p.requires_grad)
+    trainer.rewards.score = lambda comps, exs, step=0: (
+        [float(i % 3) for i in range(len(comps))], {"accuracy": [0.0] * len(comps)})
+    before = snapshot(trainer.policy)
+    out = trainer.run()
+    steps = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(steps) == 3 and all(math.isfinite(r["loss"]) for r in steps)
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6) and steps[-1]["kl"] > 0  # the base is the reference
+    moved = changed(before, trainer.policy)
+    assert moved and all("lora_" in k for k in moved)
+    assert any(isinstance(m, LoraLayer) for m in trainer.policy.modules())
+    merged = lora.merged_state(trainer.policy)
+    for name, p in trainer.rollout_model.named_parameters():
+        torch.testing.assert_close(p, merged[name], msg=name)
+    saved, _ = load_model(str(ckpt.latest_checkpoint(out)[1]))
+    ids = torch.tensor([[5, 17, 33, 2, 9, 41]])
+    with torch.no_grad():
+        torch.testing.assert_close(saved(input_ids=ids).logits, trainer.policy(input_ids=ids).logits,
+                                   atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("memory", [[], ["optim.gradient_checkpointing=true", "optim.logprob_chunk=5"]])
 def test_bf16_autocast_step(tiny_model_dir, task_file, tmp_path, memory):
     cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "dtype=bfloat16", "steps=1", *memory)
@@ -154,14 +191,15 @@ def _learning_rows(path: Path) -> list[dict]:
     return [{k: r[k] for k in ("step", *keep) if k in r} for r in rows]
 
 
-def test_resume_equals_uninterrupted(tiny_model_dir, task_file, tmp_path):
-    full = make_cfg(tiny_model_dir, task_file, tmp_path / "full", "steps=4")
+@pytest.mark.parametrize("extra", [[], ["lora.rank=4", "grpo.kl_coef=0.05"]])
+def test_resume_equals_uninterrupted(tiny_model_dir, task_file, tmp_path, extra):
+    full = make_cfg(tiny_model_dir, task_file, tmp_path / "full", "steps=4", *extra)
     GRPOTrainer(full).run()
 
     class Killed(BaseException):
         """Stands in for SIGKILL: nothing in the trainer may catch it."""
 
-    cut = make_cfg(tiny_model_dir, task_file, tmp_path / "cut", "steps=4")
+    cut = make_cfg(tiny_model_dir, task_file, tmp_path / "cut", "steps=4", *extra)
     trainer = GRPOTrainer(cut)
     real_step = trainer.step
 
@@ -174,7 +212,7 @@ def test_resume_equals_uninterrupted(tiny_model_dir, task_file, tmp_path):
     trainer.step = dies_after_two
     with pytest.raises(Killed):
         trainer.run()
-    resumed = make_cfg(tiny_model_dir, task_file, tmp_path / "cut", "steps=4", "resume=true")
+    resumed = make_cfg(tiny_model_dir, task_file, tmp_path / "cut", "steps=4", "resume=true", *extra)
     GRPOTrainer(resumed).run()
     a, b = _learning_rows(tmp_path / "full" / "metrics.jsonl"), _learning_rows(tmp_path / "cut" / "metrics.jsonl")
     assert [r["step"] for r in b] == [0, 1, 2, 3, 4]

@@ -72,7 +72,8 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, block: int = 256) ->
 def cache_kwarg(model) -> str:
     """The name a model's forward takes its KV cache by: `cache` (transformers 5.x deprecates and will drop
     `past_key_values`), or `past_key_values` for models that only know that."""
-    params = inspect.signature(model.forward).parameters
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
+    params = inspect.signature(inner.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 

@@ -20,7 +20,7 @@ from typing import Literal
 from aha.data.templates import render_completion_target, render_prompt, strip_prefill
 from aha.errors import AhaError
 from aha.io import read_jsonl
-from aha.train.config import OptimConfig
+from aha.train.config import LoRAConfig, OptimConfig
 from aha.train.sft_loop import SFTTrainer, TokenSample
 
 
@@ -96,6 +96,7 @@ class SFTConfig:
     resume: bool = False
     """Continue from the newest checkpoint in out_dir."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=5, micro_batch_size=2))
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     """AdamW settings; micro_batch_size counts packed rows per forward pass (2 rows of 1,024 tokens: as fast
     as 4 on the CPU benchmark, peak memory 6.0 instead of 8.9 GiB for SmolLM2-135M; bench/README.md)."""
     log: SFTLogConfig = field(default_factory=SFTLogConfig)

@@ -73,14 +73,17 @@ def collate(completions: list[Completion], pad_id: int) -> Batch:
 PLAIN_HEAD_MODELS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "smollm3")
 
 
-def _plain_head(model) -> str | None:
-    """The attribute name of `model`'s LM head when it may run outside the model, else None."""
+def _plain_head(model) -> tuple[torch.nn.Module, str] | None:
+    """The module holding `model`'s LM head and the head's attribute name there, when the head may run
+    outside the model; else None."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     cfg = model.config
     if (not isinstance(head, torch.nn.Linear) or getattr(cfg, "model_type", None) not in PLAIN_HEAD_MODELS
             or getattr(cfg, "final_logit_softcapping", None)):
         return None
-    return next((name for name, m in model.named_children() if m is head), None)
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
+    name = next((name for name, m in owner.named_children() if m is head), None)
+    return (owner, name) if name else None
 
 
 def kept_logprobs(model, run, rows: torch.Tensor, targets: torch.Tensor, with_entropy: bool = False,
@@ -89,16 +92,17 @@ def kept_logprobs(model, run, rows: torch.Tensor, targets: torch.Tensor, with_en
     `logits_to_keep`, keeps: `rows` index them flattened to (R, V). With chunk > 0 the model returns its
     head's input instead and the head runs `chunk` positions at a time (`aha.grpo.head_logprobs`: the (R, V)
     logits never exist); models whose head is not plain (`PLAIN_HEAD_MODELS`) keep the whole logits."""
-    name = _plain_head(model) if chunk > 0 else None
-    if name is None:
+    found = _plain_head(model) if chunk > 0 else None
+    if found is None:
         logits = run().logits
         return selected_logprobs(logits.reshape(-1, logits.shape[-1]), rows, targets, with_entropy)
-    head = getattr(model, name)
-    setattr(model, name, torch.nn.Identity())
+    owner, name = found
+    head = getattr(owner, name)
+    setattr(owner, name, torch.nn.Identity())
     try:
         hidden = run().logits
     finally:
-        setattr(model, name, head)
+        setattr(owner, name, head)
     return head_logprobs(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias, rows, targets, with_entropy,
                          chunk)
 

@@ -56,7 +56,12 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     tmp = root / f".tmp_step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        from aha.train import lora
+
+        if lora.is_lora(model):  # the merged model, and the adapter for resuming
+            lora.save(model, tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         torch.save(state, tmp / STATE_FILE)

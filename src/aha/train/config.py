@@ -112,6 +112,18 @@ class OptimConfig:
 
 
 @dataclass
+class LoRAConfig:
+    rank: int = 0
+    """Rank of the adapters (0: train every weight, no LoRA). With a rank, only the adapters train: the
+    optimizer state and gradients shrink to theirs, and the KL reference needs no copy of the model."""
+    alpha: float = 32.0
+    """Scale numerator: the update is B @ A x alpha / rank."""
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names to adapt (peft's `target_modules`); "all-linear": every linear layer but the LM head."""
+
+
+@dataclass
 class LogConfig:
     rollouts_every: int = 5
     """Dump rollouts/step_N.jsonl every N steps (0: never)."""
@@ -170,6 +182,7 @@ class TrainConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     rewards: RewardsConfig = field(default_factory=lambda: RewardsConfig(weights=dict(DEFAULT_REWARDS)))
     """Rewards and weights. The default shapes for a small instruct model that rarely writes answer tags at
     first: partial format credit and lenient accuracy (the last number) carry signal from step 1."""

@@ -9,6 +9,7 @@ sampling; masking of truncated completions; bf16 autocast with fp32 master weigh
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -34,6 +35,7 @@ from aha.rollout import make_engine
 from aha.rollout.base import Completion, SamplingConfig, shared_prefix_len
 from aha.runtime import adamw, tune_malloc
 from aha.train import checkpoint as ckpt
+from aha.train import lora
 from aha.train.batch import (
     InputEmbeddings,
     PackedGroups,
@@ -142,24 +144,32 @@ class GRPOTrainer:
             from aha.models import load_model
 
             model, tokenizer = load_model(cfg.model, dtype="float32", device=self.device)
-        self.policy, self.tok = model, tokenizer
-        self.policy.train()
+        self.tok = tokenizer
+        model.train()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.autocast = resolve_dtype(cfg.dtype, self.device) == "bfloat16"
+        self.lora = cfg.lora.rank > 0
+        self.uses_ref = cfg.grpo.kl_coef > 0  # the reference model exists only when the KL term does
         self.ref = None
-        if cfg.grpo.kl_coef > 0:  # the reference model exists only when the KL term does
-            self.ref = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        if self.uses_ref and not self.lora:  # with LoRA the reference is the base model, adapters off
+            self.ref = copy.deepcopy(model).eval().requires_grad_(False)
             if self.autocast:
                 self.ref.to(torch.bfloat16)
-        self.rollout_model = self.policy
+        self.rollout_model = model
         if engine is None:
-            if self.autocast:  # rollouts from a bf16 copy, re-synced after every update
-                self.rollout_model = copy.deepcopy(self.policy).to(torch.bfloat16).eval().requires_grad_(False)
+            if self.autocast or self.lora:  # rollouts from a plain copy, re-synced after every update
+                self.rollout_model = copy.deepcopy(model).eval().requires_grad_(False)
+                if self.autocast:
+                    self.rollout_model.to(torch.bfloat16)
             extra = ({"compact_finished": cfg.rollout.compact_finished, "fast_decode": cfg.rollout.fast_decode}
                      if cfg.rollout.engine == "hf" else {})
             engine = make_engine(cfg.rollout.engine, self.rollout_model, tokenizer, max_batch=cfg.rollout.max_batch,
                                  **extra)
         self.engine = engine
+        self.policy = lora.apply(model, cfg.lora) if self.lora else model
+        if self.rollout_model is model and self.lora:
+            self.rollout_model = self.policy
+        self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
         if cfg.optim.gradient_checkpointing:  # after the copies: the reference and rollout models do not train
             enable_gradient_checkpointing(self.policy)
         self.sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
@@ -167,7 +177,7 @@ class GRPOTrainer:
                                        stop=tuple(cfg.rollout.stop))
         self.sampler = PromptSampler(len(self.examples), cfg.seed)
         o = cfg.optim
-        self.opt = adamw(self.policy.parameters(), fused=o.fused, lr=o.lr, betas=(o.beta1, o.beta2),
+        self.opt = adamw(self.trainable, fused=o.fused, lr=o.lr, betas=(o.beta1, o.beta2),
                          weight_decay=o.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.step_no = 0
@@ -240,6 +250,26 @@ class GRPOTrainer:
                 return packed_groups_logprobs(model, batch, with_entropy, prefix, embed, chunk)
             return completion_logprobs(model, batch, with_entropy, embed, chunk)
 
+    @contextlib.contextmanager
+    def reference(self):
+        """The KL reference model: the frozen copy, or with LoRA the policy with its adapters switched off."""
+        if self.ref is not None:
+            yield self.ref
+        else:
+            with lora.reference(self.policy):
+                yield self.policy
+
+    def sync_rollout_model(self) -> None:
+        """The rollout copy (bf16, or the merged LoRA model) takes the policy's current weights."""
+        if self.rollout_model is self.policy:
+            return
+        with torch.no_grad():
+            if self.lora:
+                lora.merge_into(self.rollout_model, self.policy)
+            else:
+                for dst, src in zip(self.rollout_model.parameters(), self.policy.parameters()):
+                    dst.copy_(src)
+
     def shared_prefix(self, model, ids: list[int], embed: InputEmbeddings | None = None) -> SharedPrefix | None:
         """The step's shared prompt prefix run through `model` (with a graph when gradients are enabled)."""
         if not ids:
@@ -309,14 +339,15 @@ class GRPOTrainer:
         old, ref = {}, {}
         t_lp = time.perf_counter()
         with torch.no_grad():
-            if bool((ro.advantages != 0).any()) or self.ref is not None:
-                old_prefix = self.shared_prefix(self.policy, prefix_ids) if g.mu > 1 else None
-                ref_prefix = self.shared_prefix(self.ref, prefix_ids) if self.ref is not None else None
+            if g.mu > 1 and (bool((ro.advantages != 0).any()) or self.uses_ref):
+                old_prefix = self.shared_prefix(self.policy, prefix_ids)  # with mu=1 the ratio is 1: no pass
                 for i, _, b in batches:
-                    if g.mu > 1:  # with mu=1 the ratio is 1 by construction: no extra forward
-                        old[i] = self.forward_logprobs(self.policy, b, prefix=old_prefix)[0]
-                    if self.ref is not None:
-                        ref[i] = self.forward_logprobs(self.ref, b, prefix=ref_prefix)[0]
+                    old[i] = self.forward_logprobs(self.policy, b, prefix=old_prefix)[0]
+            if self.uses_ref:
+                with self.reference() as ref_model:
+                    ref_prefix = self.shared_prefix(ref_model, prefix_ids)
+                    for i, _, b in batches:
+                        ref[i] = self.forward_logprobs(ref_model, b, prefix=ref_prefix)[0]
         stats = defaultdict(float, {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0})
         stats["time/logprob_s"] = time.perf_counter() - t_lp  # old-policy and reference passes (no gradient)
         # Tokens the training forward passes see: real (prompt + completion) and with padding.
@@ -325,14 +356,16 @@ class GRPOTrainer:
         t1 = time.perf_counter()
         # All groups flat and no KL term: the gradient is exactly zero, so skip the forward/backward passes
         # (common in early R1-Zero steps) but still take the optimizer step, as the full computation would.
-        skip = bool((ro.advantages == 0).all()) and self.ref is None
+        skip = bool((ro.advantages == 0).all()) and not self.uses_ref
         stats["skipped_backward"] = float(skip)
         for _ in range(g.mu):
             self.opt.zero_grad(set_to_none=True)
             if skip:
-                for p in self.policy.parameters():
+                for p in self.trainable:
                     p.grad = torch.zeros_like(p)
-            embed = InputEmbeddings(self.policy) if cfg.optim.embedding_grad_once and not skip else None
+            # With LoRA the embeddings are frozen: no embedding gradient to send at all.
+            embed = (InputEmbeddings(self.policy) if cfg.optim.embedding_grad_once and not skip and not self.lora
+                     else None)
             prefix = self.shared_prefix(self.policy, prefix_ids, embed) if not skip else None
             for i, idx, b in (batches if not skip else []):
                 adv = ro.advantages[idx].to(self.device)
@@ -353,17 +386,14 @@ class GRPOTrainer:
                 prefix.backward()  # the prefix's share of the gradient, gathered over all micro-batches
             if embed is not None:
                 embed.backward()  # the embedding layer's share, after the prefix's (it has embeddings too)
-            gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.optim.max_grad_norm or float("inf"))
+            gn = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.optim.max_grad_norm or float("inf"))
             if not torch.isfinite(gn):
                 raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
             stats["grad_norm"] += float(gn) / g.mu
             stats["lr"] = self.sched.get_last_lr()[0]
             self.opt.step()
             self.sched.step()
-        if self.rollout_model is not self.policy:
-            with torch.no_grad():
-                for dst, src in zip(self.rollout_model.parameters(), self.policy.parameters()):
-                    dst.copy_(src)
+        self.sync_rollout_model()
         self.engine.sync_weights(self.rollout_model)
         t_train = time.perf_counter() - t1
         self.step_no += 1
@@ -418,17 +448,18 @@ class GRPOTrainer:
         if found is None:
             return False
         _, path = found
-        ckpt.load_weights(self.policy, path)
+        if self.lora:
+            lora.load_adapter(self.policy, path)
+        else:
+            ckpt.load_weights(self.policy, path)
         state = ckpt.load_state(path)
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.sampler.load(state["sampler"])
         self.step_no = state["step"]
-        if self.rollout_model is not self.policy:
-            with torch.no_grad():
-                for dst, src in zip(self.rollout_model.parameters(), self.policy.parameters()):
-                    dst.copy_(src)
+        self.sync_rollout_model()
+        self.engine.sync_weights(self.rollout_model)
         return True
 
     def evaluate(self) -> dict:

@@ -30,6 +30,7 @@ from aha.errors import AhaError
 from aha.models import resolve_dtype
 from aha.runtime import adamw, tune_malloc
 from aha.train import checkpoint as ckpt
+from aha.train import lora
 from aha.train.batch import (
     InputEmbeddings,
     blocks_forward,
@@ -178,7 +179,9 @@ class SFTTrainer:
             tune_malloc()
         self.run_dir = Path(cfg.out_dir)
         self.train_samples, self.held_out = train, held_out
-        self.policy, self.tok = model.to(self.device), tokenizer
+        self.tok = tokenizer
+        self.lora = cfg.lora.rank > 0
+        self.policy = lora.apply(model.to(self.device), cfg.lora) if self.lora else model.to(self.device)
         self.policy.train()
         if cfg.optim.gradient_checkpointing:
             enable_gradient_checkpointing(self.policy)
@@ -187,7 +190,8 @@ class SFTTrainer:
         self.steps = cfg.steps or math.ceil(cfg.epochs * len(train) / cfg.samples_per_step)
         self.sampler = PromptSampler(len(train), cfg.seed)
         o = cfg.optim
-        self.opt = adamw(self.policy.parameters(), fused=o.fused, lr=o.lr, betas=(o.beta1, o.beta2),
+        self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
+        self.opt = adamw(self.trainable, fused=o.fused, lr=o.lr, betas=(o.beta1, o.beta2),
                          weight_decay=o.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda i: lr_factor(i, self.steps, o.warmup_steps, o.schedule))
@@ -215,7 +219,8 @@ class SFTTrainer:
         n_targets = sum(b.num_targets for b in batches)
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
-        embed = InputEmbeddings(self.policy) if self.cfg.optim.embedding_grad_once else None
+        # With LoRA the embeddings are frozen: no embedding gradient to send at all.
+        embed = InputEmbeddings(self.policy) if self.cfg.optim.embedding_grad_once and not self.lora else None
         for b in batches:
             if not b.num_targets:  # no completion token in it: no gradient (and no graph) to take
                 continue
@@ -226,7 +231,7 @@ class SFTTrainer:
             total += loss.item()
         if embed is not None:
             embed.backward()  # the embedding layer's gradient, once for all micro-batches
-        gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.max_grad_norm or float("inf"))
+        gn = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.optim.max_grad_norm or float("inf"))
         if not torch.isfinite(gn):
             raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
         lr = self.sched.get_last_lr()[0]
@@ -267,7 +272,10 @@ class SFTTrainer:
         found = ckpt.latest_checkpoint(self.run_dir)
         if found is None:
             return False
-        ckpt.load_weights(self.policy, found[1])
+        if self.lora:
+            lora.load_adapter(self.policy, found[1])
+        else:
+            ckpt.load_weights(self.policy, found[1])
         state = ckpt.load_state(found[1])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])

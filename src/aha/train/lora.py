@@ -1,0 +1,114 @@
+"""LoRA training through `peft`: low-rank adapters on the linear layers, the base weights frozen.
+
+What changes around it, and why:
+- The KL reference is the base model itself, run with the adapters switched off (`reference`): no second copy
+  of the weights.
+- Rollouts come from a plain copy of the model whose weights are the merged ones (base + B @ A x scale),
+  refreshed after every optimizer step (`merge_into`): the lean decode step and vLLM read plain weights, and
+  the frozen base is never merged into and out of (which would drift it by a rounding each step).
+- A checkpoint's weights are the merged model, so every later stage (`aha eval`, `aha sample`, SFT from it)
+  loads it as any other model; the adapter is saved beside them (`adapter/`) for resuming.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from aha.train.config import LoRAConfig
+
+ADAPTER_DIR = "adapter"
+
+
+def apply(model, cfg: LoRAConfig):
+    """`model` wrapped with fresh adapters (B = 0, so the wrapped model computes what `model` did)."""
+    from peft import LoraConfig, get_peft_model
+
+    if cfg.rank < 0:
+        raise ValueError(f"lora.rank must be >= 0, got {cfg.rank}")
+    targets = cfg.target_modules[0] if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
+    return get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                            target_modules=targets, task_type="CAUSAL_LM"))
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+@contextlib.contextmanager
+def reference(model):
+    """`model` with its adapters switched off: the frozen base, the KL reference."""
+    with model.disable_adapter():
+        yield model
+
+
+def merged_state(model) -> dict[str, torch.Tensor]:
+    """The state dict of the plain model (its own parameter names) with every adapted weight merged."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    deltas = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            for adapter in module.active_adapters:
+                d = module.get_delta_weight(adapter).detach()
+                deltas[f"{name}.weight"] = deltas.get(f"{name}.weight", 0) + d
+    out = {}
+    for key, value in base.state_dict().items():
+        if "lora_" in key:
+            continue
+        plain = key.replace(".base_layer.", ".")
+        out[plain] = value + deltas[plain].to(value.dtype) if plain in deltas else value
+    return out
+
+
+@torch.no_grad()
+def merge_into(plain, model) -> None:
+    """Copy `model`'s merged weights into `plain`, a model of the same architecture without adapters (any
+    dtype)."""
+    params = dict(plain.named_parameters())
+    for key, value in merged_state(model).items():
+        if key in params:
+            params[key].copy_(value)
+
+
+def save(model, folder: Path) -> None:
+    """The merged model as a plain `save_pretrained` folder, and the adapter in `folder/adapter`."""
+    base = model.get_base_model()
+    state = {k: v.contiguous() for k, v in merged_state(model).items()}
+    tied = getattr(base.config, "tie_word_embeddings", False)
+    if tied:  # stored once, as transformers does
+        state.pop("lm_head.weight", None)
+    with _without_adapters(base):
+        base.save_pretrained(folder, state_dict=state, safe_serialization=True)
+    model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
+
+
+@contextlib.contextmanager
+def _without_adapters(base):
+    """peft marks the base model's config; the merged folder is a plain model."""
+    had = getattr(base, "_hf_peft_config_loaded", None)
+    if had is not None:
+        base._hf_peft_config_loaded = False
+    try:
+        yield
+    finally:
+        if had is not None:
+            base._hf_peft_config_loaded = had
+
+
+def load_adapter(model, folder: Path) -> None:
+    """Load the adapter weights saved by `save` into `model` (in place)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from aha.errors import AhaError
+
+    path = Path(folder) / ADAPTER_DIR / "adapter_model.safetensors"
+    if not path.exists():
+        raise AhaError(f"{folder}: no LoRA adapter in this checkpoint (was it trained with lora.rank=0?)")
+    result = set_peft_model_state_dict(model, load_file(str(path)))
+    if getattr(result, "unexpected_keys", None):
+        raise AhaError(f"{folder}: the adapter does not match the model (unexpected {result.unexpected_keys[:3]})")
