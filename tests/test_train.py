@@ -100,21 +100,23 @@ def test_real_steps_hf_engine_with_kl_and_mu(tiny_model_dir, task_file, tmp_path
     assert [s for s, _ in ckpt.list_checkpoints(out)] == [2, 3]  # keep_checkpoints=2
 
 
-def test_gradient_checkpointing_takes_the_same_steps_with_the_hf_engine(tiny_model_dir, task_file, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["lora.rank=4", "optim.lr=2e-2"]])
+def test_gradient_checkpointing_takes_the_same_steps_with_the_hf_engine(tiny_model_dir, task_file, tmp_path, extra):
     """Two real steps (the policy samples its own rollouts, then trains with every layer recomputed in the
-    backward pass): the same rollouts, losses, gradient norms and weights as without checkpointing."""
+    backward pass): the same rollouts, losses, gradient norms and weights as without checkpointing; with LoRA
+    too."""
     runs = []
     for gc in ("false", "true"):
         cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{gc}", "grpo.kl_coef=0.05", "steps=2",
-                       "optim.micro_batch_size=8", f"optim.gradient_checkpointing={gc}")
+                       "optim.micro_batch_size=8", f"optim.gradient_checkpointing={gc}", *extra)
         trainer = GRPOTrainer(cfg)
-        assert all(getattr(m, "gradient_checkpointing", False) == (gc == "true")
-                   for m in trainer.policy.model.layers)
+        layers = (trainer.policy.get_base_model() if trainer.lora else trainer.policy).model.layers
+        assert all(getattr(m, "gradient_checkpointing", False) == (gc == "true") for m in layers)
         trainer.rewards.score = lambda comps, exs, step=0: (
             [float(i % 3) for i in range(len(comps))], {"accuracy": [0.0] * len(comps)})
         checkpointed = []  # the first layer's checkpointed calls (training passes only)
         if gc == "true":
-            layer = trainer.policy.model.layers[0]
+            layer = layers[0]
             run_checkpointed = layer._gradient_checkpointing_func
             layer._gradient_checkpointing_func = (
                 lambda *a, _log=checkpointed, _run=run_checkpointed, **k: _log.append(1) or _run(*a, **k))
