@@ -85,6 +85,22 @@ def test_train_config_keys_users_type():
         load_config(TrainConfig, None, ["dtype=float8"])
 
 
+@pytest.mark.parametrize("items,message", [
+    (["lora.rank=-1"], "command line: lora.rank: must be >= 0"),
+    (["lora.rank=4", "lora.target_modules=[]"], "command line: lora.target_modules: empty"),
+    (["optim.logprob_chunk=-3"], "command line: optim.logprob_chunk: must be >= 0"),
+])
+def test_field_checks_name_the_whole_key_and_where_it_was_set(items, message, tmp_path):
+    from aha.train.config import TrainConfig
+
+    with pytest.raises(AhaError, match=message):
+        load_config(TrainConfig, "recipes/r1_zero_smollm2.yaml", items)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("steps: 2\nlora:\n  rank: -2\n")
+    with pytest.raises(AhaError, match=r"r.yaml:3: lora.rank: must be >= 0"):
+        load_config(TrainConfig, recipe)
+
+
 def test_aha_train_without_arguments_is_the_cpu_recipe():
     from aha.train.config import TrainConfig
 

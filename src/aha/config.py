@@ -176,6 +176,10 @@ def _build(cls, data: dict, prefix: str, src: _Source):
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as e:
+        name, sep, rest = str(e).partition(":")
+        if sep and name in fields:  # a check of one field ("field: why"): name it in full, where it was set
+            key = f"{prefix}{name}"
+            raise AhaError(f"{src.where(key)}: {key}:{rest}") from None
         raise AhaError(f"{src.where(prefix.rstrip('.') or 'config')}: {e}") from None
     return obj
 

@@ -110,6 +110,10 @@ class OptimConfig:
     """Most tokens in one packed row (its prompt and completions); a longer group is split over rows, each
     with its prompt. Bounds the row's block attention mask (L x L) and the attention it computes and masks."""
 
+    def __post_init__(self):
+        if self.logprob_chunk < 0:
+            raise ValueError(f"logprob_chunk: must be >= 0 (0: all positions at once), got {self.logprob_chunk}")
+
 
 @dataclass
 class LoRAConfig:
@@ -121,6 +125,12 @@ class LoRAConfig:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Module names to adapt (peft's `target_modules`); "all-linear": every linear layer but the LM head."""
+
+    def __post_init__(self):
+        if self.rank < 0:
+            raise ValueError(f"rank: must be >= 0 (0: no LoRA), got {self.rank}")
+        if self.rank and not self.target_modules:
+            raise ValueError("target_modules: empty, so nothing would train")
 
 
 @dataclass
