@@ -44,24 +44,26 @@ def reference(model):
         yield model
 
 
-def merged_state(model) -> dict[str, torch.Tensor]:
-    """The state dict of the plain model (its own parameter names) with every adapted weight merged."""
+def merged_items(model):
+    """(name, tensor) of the plain model (its own parameter names), every adapted weight merged; one merged
+    tensor at a time, so that refreshing a copy never holds a second copy of all the weights."""
     from peft.tuners.lora import LoraLayer
 
     base = model.get_base_model()
-    deltas = {}
-    for name, module in base.named_modules():
-        if isinstance(module, LoraLayer):
-            for adapter in module.active_adapters:
-                d = module.get_delta_weight(adapter).detach()
-                deltas[f"{name}.weight"] = deltas.get(f"{name}.weight", 0) + d
-    out = {}
+    adapted = {f"{name}.base_layer.weight": module for name, module in base.named_modules()
+               if isinstance(module, LoraLayer)}
     for key, value in base.state_dict().items():
         if "lora_" in key:
             continue
-        plain = key.replace(".base_layer.", ".")
-        out[plain] = value + deltas[plain].to(value.dtype) if plain in deltas else value
-    return out
+        module = adapted.get(key)
+        if module is not None:
+            value = value + sum(module.get_delta_weight(a).detach() for a in module.active_adapters).to(value.dtype)
+        yield key.replace(".base_layer.", "."), value
+
+
+def merged_state(model) -> dict[str, torch.Tensor]:
+    """The state dict of the plain model with every adapted weight merged."""
+    return dict(merged_items(model))
 
 
 @torch.no_grad()
@@ -69,7 +71,7 @@ def merge_into(plain, model) -> None:
     """Copy `model`'s merged weights into `plain`, a model of the same architecture without adapters (any
     dtype)."""
     params = dict(plain.named_parameters())
-    for key, value in merged_state(model).items():
+    for key, value in merged_items(model):
         if key in params:
             params[key].copy_(value)
 
@@ -81,22 +83,8 @@ def save(model, folder: Path) -> None:
     tied = getattr(base.config, "tie_word_embeddings", False)
     if tied:  # stored once, as transformers does
         state.pop("lm_head.weight", None)
-    with _without_adapters(base):
-        base.save_pretrained(folder, state_dict=state, safe_serialization=True)
+    base.save_pretrained(folder, state_dict=state, safe_serialization=True)
     model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
-
-
-@contextlib.contextmanager
-def _without_adapters(base):
-    """peft marks the base model's config; the merged folder is a plain model."""
-    had = getattr(base, "_hf_peft_config_loaded", None)
-    if had is not None:
-        base._hf_peft_config_loaded = False
-    try:
-        yield
-    finally:
-        if had is not None:
-            base._hf_peft_config_loaded = had
 
 
 def load_adapter(model, folder: Path) -> None:
