@@ -167,7 +167,7 @@ class GRPOTrainer:
                                  **extra)
         self.engine = engine
         self.policy = lora.apply(model, cfg.lora) if self.lora else model
-        if self.rollout_model is model and self.lora:
+        if self.rollout_model is model and self.lora:  # a given engine: nothing to merge into, it has its own
             self.rollout_model = self.policy
         self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
         if cfg.optim.gradient_checkpointing:  # after the copies: the reference and rollout models do not train
