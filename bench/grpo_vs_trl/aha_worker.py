@@ -19,15 +19,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 import work  # noqa: E402
 
 
-def main(argv: list[str]) -> None:
+def make_config(steps: int, overrides: list[str]):
+    """aha's TrainConfig for the work of `work.py` (and `overrides`), writing to a fresh temporary folder."""
     from aha.config import load_config
     from aha.train.config import TrainConfig
-    from aha.train.grpo_loop import GRPOTrainer
 
-    steps = int(argv[0])
     out = tempfile.mkdtemp(prefix="aha_vs_trl_")
     weights = ",".join(f"{k}: {v}" for k, v in work.REWARD_WEIGHTS.items())
-    cfg = load_config(TrainConfig, None, [
+    return load_config(TrainConfig, None, [
         f"model={work.model_dir()}", f"task={work.TASK}", f"data.size={work.N_PROMPTS}", "data.eval_size=0",
         "data.seed=0", f"data.args={json.dumps(work.TASK_ARGS)}", f"few_shot={str(work.FEW_SHOT).lower()}",
         f"prefill={work.PREFILL}", f"steps={steps}", f"out_dir={out}",
@@ -35,7 +34,14 @@ def main(argv: list[str]) -> None:
         f"grpo.kl_coef={work.BETA}", f"grpo.mu={work.MU}", f"optim.lr={work.LR}",
         f"rollout.max_new_tokens={work.MAX_NEW_TOKENS}", f"rollout.temperature={work.TEMPERATURE}",
         f"rollout.top_p={work.TOP_P}", "rollout.stop=[]",  # TRL stops at EOS only
-        f"rewards.weights={{{weights}}}", "log.progress=false", *argv[1:]])
+        f"rewards.weights={{{weights}}}", "log.progress=false", *overrides])
+
+
+def main(argv: list[str]) -> None:
+    from aha.train.grpo_loop import GRPOTrainer
+
+    steps = int(argv[0])
+    cfg = make_config(steps, argv[1:])
     t0 = time.perf_counter()
     trainer = GRPOTrainer(cfg)
     setup_s = time.perf_counter() - t0

@@ -1,0 +1,52 @@
+"""Where one aha GRPO step's time goes, on the work of `work.py`: torch's profiler over the training and
+reference passes of a step, with its rollouts fixed (collected once, then reused, so that only the passes
+run), or over one generation of the step's 8 x 8 completions.
+
+    .venv/bin/python bench/grpo_vs_trl/profile_step.py [train|generate] [key=value ...]
+
+Prints the ops by self CPU time (and, for `generate`, by input shape: the decode steps' matmuls at each row
+count). Run it with the machine otherwise idle.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from aha_worker import make_config  # noqa: E402
+
+
+def main(argv: list[str]) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from aha.train.grpo_loop import GRPOTrainer
+
+    what = argv[0] if argv and "=" not in argv[0] else "train"
+    trainer = GRPOTrainer(make_config(10, [a for a in argv if "=" in a]))
+    trainer.step()  # warm-up
+    if what == "generate":
+        prompts = [trainer.encode(trainer.examples[i]) for i in range(trainer.cfg.grpo.prompts_per_step)]
+        trainer.engine.generate(prompts, trainer.cfg.grpo.group_size, trainer.sampling)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            t = time.perf_counter()
+            groups = trainer.engine.generate(prompts, trainer.cfg.grpo.group_size, trainer.sampling)
+            print(f"generation: {time.perf_counter() - t:.2f} s, "
+                  f"{sum(len(c.completion_ids) for g in groups for c in g)} tokens")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=40))
+        return
+    rollouts = trainer.collect()
+    trainer.collect = lambda: rollouts  # the same completions every step: only the passes run
+    trainer.engine.sync_weights = lambda *a, **k: None
+    trainer.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        m = trainer.step()
+    print(f"reference passes {m['time/logprob_s']:.2f} s, training passes and update {m['time/train_s']:.2f} s")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
