@@ -96,9 +96,10 @@ class SFTConfig:
     resume: bool = False
     """Continue from the newest checkpoint in out_dir."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=5, micro_batch_size=2))
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
     """AdamW settings; micro_batch_size counts packed rows per forward pass (2 rows of 1,024 tokens: as fast
     as 4 on the CPU benchmark, peak memory 6.0 instead of 8.9 GiB for SmolLM2-135M; bench/README.md)."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """LoRA adapters (rank 0: train every weight), as in `aha train`."""
     log: SFTLogConfig = field(default_factory=SFTLogConfig)
 
 

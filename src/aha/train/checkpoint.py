@@ -78,10 +78,15 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
 
 def load_weights(model, ckpt: Path) -> None:
     """Load a checkpoint's safetensors weights into `model` (in place); one line naming the folder when they do
-    not belong to it. Tied weights are re-tied afterwards (the checkpoint stores them once)."""
+    not belong to it. Tied weights are re-tied afterwards (the checkpoint stores them once). A LoRA model
+    takes the adapter saved beside the merged weights."""
     from safetensors.torch import load_file
 
     from aha.errors import AhaError
+    from aha.train import lora
+
+    if lora.is_lora(model):
+        return lora.load_adapter(model, ckpt)
 
     weights = {}
     for f in sorted(Path(ckpt).glob("*.safetensors")):

@@ -448,10 +448,7 @@ class GRPOTrainer:
         if found is None:
             return False
         _, path = found
-        if self.lora:
-            lora.load_adapter(self.policy, path)
-        else:
-            ckpt.load_weights(self.policy, path)
+        ckpt.load_weights(self.policy, path)
         state = ckpt.load_state(path)
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])

@@ -26,8 +26,6 @@ def apply(model, cfg: LoRAConfig):
     """`model` wrapped with fresh adapters (B = 0, so the wrapped model computes what `model` did)."""
     from peft import LoraConfig, get_peft_model
 
-    if cfg.rank < 0:
-        raise ValueError(f"lora.rank must be >= 0, got {cfg.rank}")
     targets = cfg.target_modules[0] if cfg.target_modules == ["all-linear"] else list(cfg.target_modules)
     return get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                             target_modules=targets, task_type="CAUSAL_LM"))

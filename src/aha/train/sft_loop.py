@@ -181,7 +181,8 @@ class SFTTrainer:
         self.train_samples, self.held_out = train, held_out
         self.tok = tokenizer
         self.lora = cfg.lora.rank > 0
-        self.policy = lora.apply(model.to(self.device), cfg.lora) if self.lora else model.to(self.device)
+        model = model.to(self.device)
+        self.policy = lora.apply(model, cfg.lora) if self.lora else model
         self.policy.train()
         if cfg.optim.gradient_checkpointing:
             enable_gradient_checkpointing(self.policy)
@@ -272,10 +273,7 @@ class SFTTrainer:
         found = ckpt.latest_checkpoint(self.run_dir)
         if found is None:
             return False
-        if self.lora:
-            lora.load_adapter(self.policy, found[1])
-        else:
-            ckpt.load_weights(self.policy, found[1])
+        ckpt.load_weights(self.policy, found[1])
         state = ckpt.load_state(found[1])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
