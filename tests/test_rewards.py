@@ -349,6 +349,21 @@ def test_accuracy_dispatches_on_task():
     assert totals == [1.0] * 4 + [0.0] * 4
 
 
+def test_accuracy_is_binary_and_partial_credit_is_its_own_reward():
+    """reasoning-gym's chain_sum scores len(gold)/len(answer) when the gold is a substring of the answer:
+    `-280` gets 0.75 for gold `-28`. That is a wrong answer (accuracy 0); the 0.75 is `partial_credit`."""
+    entry = {"question": "What is 12 - 40?", "answer": "-28", "metadata": {}}
+    ex = Example("q", "-28", task="rg:chain_sum", metadata={"entry": entry})
+    rs = RewardSet(RewardsConfig(weights={"accuracy": 1.0, "partial_credit": 0.0}))
+    _, parts = rs.score([Completion(tagged("-280")), Completion(tagged("-28")), Completion(tagged("7"))], [ex] * 3)
+    assert parts["accuracy"] == [0.0, 1.0, 0.0]
+    assert parts["partial_credit"] == [pytest.approx(0.75), 1.0, 0.0]
+    # other tasks: partial credit is the verdict itself
+    num = Example("q", "18", task="number")
+    _, parts = rs.score([Completion(tagged("18")), Completion(tagged("19"))], [num] * 2)
+    assert parts["partial_credit"] == parts["accuracy"] == [1.0, 0.0]
+
+
 def test_by_kind_routing():
     cfg = RewardsConfig(weights={"accuracy": 1.0}, by_kind={"general": {"format": 2.0}})
     rs = RewardSet(cfg)

@@ -99,9 +99,11 @@ def _entry(metadata: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def rg_accuracy(text: str, name: str, metadata: dict[str, Any]) -> float:
-    """The dataset's score in [0, 1] for the extracted answer of `text`; 0 when there is no answer or the
-    scorer raises. Routed datasets use aha's countdown verifier."""
+def rg_score(text: str, name: str, metadata: dict[str, Any]) -> float:
+    """The dataset's own graded score in [0, 1] for the extracted answer of `text` (reasoning-gym scorers
+    give partial credit, e.g. chain_sum scores `len(gold)/len(answer)` when the gold is a substring of the
+    answer); 0 when there is no answer or the scorer raises. Routed datasets use aha's countdown verifier.
+    A shaping signal only (the `partial_credit` reward): `rg_accuracy` is the verdict."""
     entry = _entry(metadata)
     if name in ROUTED:
         meta = entry.get("metadata") or {}
@@ -119,3 +121,9 @@ def rg_accuracy(text: str, name: str, metadata: dict[str, Any]) -> float:
     if math.isnan(value):
         return 0.0
     return min(1.0, max(0.0, value))
+
+
+def rg_accuracy(text: str, name: str, metadata: dict[str, Any]) -> float:
+    """The binary verdict: 1.0 when the dataset's scorer gives the answer full marks, else 0.0. Partial
+    credit (`-280` for gold `-28` scores 0.75 in chain_sum) is a wrong answer here."""
+    return 1.0 if rg_score(text, name, metadata) >= 1.0 else 0.0

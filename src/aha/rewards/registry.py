@@ -62,8 +62,9 @@ def task_of(example: Example) -> str:
 
 
 def accuracy(completion: Completion, example: Example, step: int = 0) -> float:
-    """1.0 when the completion's answer is correct for `example.task` (reasoning-gym: the scorer's value
-    in [0, 1]), else 0.0. GoldError when the gold side is unusable."""
+    """1.0 when the completion's answer is correct for `example.task`, else 0.0: a binary verdict for every
+    task (reasoning-gym: full marks from the dataset's scorer; its partial credit is `partial_credit`).
+    GoldError when the gold side is unusable."""
     task, text = example.task, completion.text
     if task == "math":
         from aha.rewards.math import math_accuracy
@@ -81,6 +82,18 @@ def accuracy(completion: Completion, example: Example, step: int = 0) -> float:
     if task == "code":
         return float(_code_fn()(completion, example))
     raise AhaError(f"unknown task '{task}'{closest(task, TASKS[:4])}")
+
+
+def partial_credit(completion: Completion, example: Example, step: int = 0) -> float:
+    """Shaping, never a verdict: the task's graded score in [0, 1] where it has one (reasoning-gym's
+    partial credit, the fraction of code tests passed), else the binary `accuracy`."""
+    if example.task.startswith("rg:"):
+        from aha.rewards.reasoning_gym import rg_score
+
+        return rg_score(completion.text, example.task[3:], example.metadata or {})
+    if example.task == "code":
+        return float(_code_fn("code_partial")(completion, example))
+    return accuracy(completion, example, step)
 
 
 _TRAILING_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -190,6 +203,7 @@ REGISTRY: dict[str, Callable[[RewardsConfig], RewardSpec]] = {
     "overlong": _build_overlong,
     "budget": _build_budget,
     "code": _build_code,
+    "partial_credit": lambda cfg: dataclasses.replace(_build_accuracy(cfg), name="partial_credit", fn=partial_credit),
     "code_partial": lambda cfg: dataclasses.replace(_build_code(cfg), name="code_partial", fn=code_partial),
 }
 """Reward name -> builder. Add an entry to register a reward (its function must be picklable)."""
