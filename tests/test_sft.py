@@ -388,6 +388,39 @@ def test_resume_equals_uninterrupted(tiny_model_dir, samples_file, tmp_path, ext
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "cut")] == [3, 4]
 
 
+def test_ctrl_c_then_resume_equals_uninterrupted(tiny_model_dir, samples_file, tmp_path):
+    """A real SIGINT in step 3's forward pass: the step is rewound (its samples drawn again on resume)."""
+    import os
+    import signal
+
+    def loss_rows(path):
+        return [(r["step"], r.get("loss", -1.0), r.get("eval/loss", -1.0)) for r in map(json.loads, path.read_text().splitlines())]
+
+    model, tok = tiny(tiny_model_dir)
+    sft.run(make_cfg(tiny_model_dir, samples_file, tmp_path / "full", "steps=4"), model=model, tokenizer=tok)
+    cut = make_cfg(tiny_model_dir, samples_file, tmp_path / "cut", "steps=4", "log.checkpoint_every=100")
+    model, tok = tiny(tiny_model_dir)
+    train, held, _ = sft.prepare(cut, tok)
+    trainer = sft.SFTTrainer(cut, train, held, model, tok)
+    real = trainer._loss_sum
+
+    def ctrl_c(*a, **k):
+        if trainer.step_no == 2 and trainer.policy.training:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    trainer._loss_sum = ctrl_c
+    with pytest.raises(AhaError, match="interrupted at step 2"):
+        trainer.run()
+    model, tok = tiny(tiny_model_dir)
+    sft.run(make_cfg(tiny_model_dir, samples_file, tmp_path / "cut", "steps=4", "resume=true"), model=model,
+            tokenizer=tok)
+    a, b = loss_rows(tmp_path / "full" / "metrics.jsonl"), loss_rows(tmp_path / "cut" / "metrics.jsonl")
+    assert [r[0] for r in b] == [0, 1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        assert ra == pytest.approx(rb, rel=1e-4)
+
+
 def test_cli_sft_end_to_end(tiny_model_dir, samples_file, tmp_path):
     from aha.cli import main
 

@@ -279,6 +279,56 @@ def test_ctrl_c_saves_checkpoint_and_exits_cleanly(tiny_model_dir, task_file, tm
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [2]
 
 
+@pytest.mark.parametrize("where", ["generation", "update"])
+def test_ctrl_c_then_resume_equals_uninterrupted(tiny_model_dir, task_file, tmp_path, where):
+    """A real SIGINT during step 3: while its rollouts are generated (the step is rewound: its prompts are
+    drawn again on resume) or inside its optimizer update (the update completes, then the run stops)."""
+    import os
+    import signal
+
+    full = make_cfg(tiny_model_dir, task_file, tmp_path / "full", "steps=4")
+    GRPOTrainer(full).run()
+    cut = make_cfg(tiny_model_dir, task_file, tmp_path / "cut", "steps=4", "log.checkpoint_every=100")
+    trainer = GRPOTrainer(cut)
+    target = trainer.engine if where == "generation" else trainer.opt
+    name = "generate" if where == "generation" else "step"
+    real = getattr(target, name)
+
+    def ctrl_c(*a, **k):
+        if trainer.step_no == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    setattr(target, name, ctrl_c)
+    stopped_at = 2 if where == "generation" else 3
+    with pytest.raises(AhaError, match=f"interrupted at step {stopped_at}: checkpoint saved"):
+        trainer.run()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "cut")] == [stopped_at]
+    GRPOTrainer(make_cfg(tiny_model_dir, task_file, tmp_path / "cut", "steps=4", "resume=true")).run()
+    a, b = _learning_rows(tmp_path / "full" / "metrics.jsonl"), _learning_rows(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["step"], k)
+
+
+def test_non_finite_weights_stop_the_run_and_keep_the_last_finite_checkpoint(tiny_model_dir, task_file, tmp_path):
+    """lr=1e38 with flat groups: the backward pass is skipped, so no loss or gradient check can see the update
+    overflow; the weights are checked after every update, and no non-finite checkpoint is ever written."""
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "steps=6", "optim.lr=1e38", "log.keep_checkpoints=1")
+    trainer = GRPOTrainer(cfg)
+    trainer.rewards.score = lambda comps, exs, step=0: ([0.0] * len(comps), {"accuracy": [0.0] * len(comps)})
+    with pytest.raises(AhaError, match=r"step \d: weights are not finite after the optimizer update.*training stopped"):
+        trainer.run()
+    for _, path in ckpt.list_checkpoints(tmp_path / "run"):
+        from safetensors.torch import load_file
+
+        for f in path.glob("*.safetensors"):
+            assert all(bool(torch.isfinite(t).all()) for t in load_file(str(f)).values()), path
+    assert trainer.step_no < 6
+
+
 def test_dynamic_sampling_fills_batch_with_informative_groups(tiny_model_dir, task_file, tmp_path):
     from aha.models import load_model
 

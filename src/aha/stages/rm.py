@@ -175,7 +175,8 @@ class RMTrainer:
             enable_gradient_checkpointing(self.model)
         self.run_dir = Path(cfg.out_dir)
         self.total_steps = cfg.epochs * math.ceil(len(self.train_pairs) / cfg.batch_size)
-        self.opt = adamw(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = adamw(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = cfg.warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda i: (i + 1) / warm if warm and i < warm else 1.0)
         self.step_no = 0
@@ -207,16 +208,22 @@ class RMTrainer:
             chosen, rejected = self.scores(part, "chosen"), self.scores(part, "rejected")
             share = bradley_terry_loss(chosen, rejected) * (len(part) / len(pairs))
             if not torch.isfinite(share):
-                raise AhaError(f"step {self.step_no + 1}: loss is {share.item()}: training stopped")
+                raise FloatingPointError(f"step {self.step_no + 1}: loss is {share.item()}")
             share.backward()
             loss += share.item()
             c += chosen.detach().tolist()
             r += rejected.detach().tolist()
-        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm or float("inf"))
+        gn = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm or float("inf"))
+        if not torch.isfinite(gn):
+            raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
         lr = self.sched.get_last_lr()[0]
-        self.opt.step()
-        self.sched.step()
-        self.step_no += 1
+        from aha.train.loop import HeldInterrupt
+
+        with HeldInterrupt() as held:  # the update and its step count are never split by Ctrl-C
+            held.hold()
+            self.opt.step()
+            self.sched.step()
+            self.step_no += 1
         return {"loss": loss, "accuracy": pairwise_accuracy(c, r),
                 "margin": sum(a - b for a, b in zip(c, r)) / len(c), "grad_norm": float(gn), "lr": lr}
 
@@ -258,39 +265,22 @@ class RMTrainer:
         self.step_no = state["step"]
         return True
 
+    def data_state(self) -> dict:
+        return {}  # the pairs of a step are a function of (seed, step): nothing to rewind
+
+    def load_data_state(self, state: dict) -> None:
+        pass
+
     def run(self) -> Path:
         from aha.config import save_config
-        from aha.train.metrics import MetricsLogger
+        from aha.train.loop import LoopSettings, run_loop
 
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        resumed = cfg.resume and self.restore()
         save_config(cfg, self.run_dir / "config.yaml")
-        logger = MetricsLogger(self.run_dir, tensorboard=False, truncate_after_step=self.step_no if resumed else None)
-        bar = None
-        if cfg.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.step_no, desc="aha rm", dynamic_ncols=True)
-        try:
-            if self.step_no == 0:
-                logger.log(0, self.evaluate())
-            while self.step_no < self.total_steps:
-                metrics = self.step()
-                s = self.step_no
-                if s == self.total_steps or (cfg.eval_every and s % cfg.eval_every == 0):
-                    metrics.update(self.evaluate())
-                logger.log(s, metrics)
-                if s % cfg.checkpoint_every == 0 or s == self.total_steps:
-                    self.save()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}", refresh=False)
-        finally:
-            if bar is not None:
-                bar.close()
-            logger.close()
-        return self.run_dir
+        settings = LoopSettings(self.total_steps, cfg.resume, cfg.eval_every, cfg.checkpoint_every, cfg.progress,
+                                False, "aha rm", f"aha rm {self.run_dir}/config.yaml resume=true")
+        return run_loop(self, settings, postfix=lambda m: {"loss": f"{m['loss']:.3f}", "acc": f"{m['accuracy']:.2f}"})
 
 
 def run(cfg: RMConfig) -> Path:

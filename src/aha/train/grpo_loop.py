@@ -14,7 +14,6 @@ import copy
 import dataclasses
 import math
 import random
-import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -48,7 +47,8 @@ from aha.train.batch import (
     sliding_window,
 )
 from aha.train.config import TrainConfig
-from aha.train.metrics import MetricsLogger, component_means, kind_metrics, reflection_count
+from aha.train.loop import HeldInterrupt, LoopSettings, run_loop
+from aha.train.metrics import component_means, kind_metrics, reflection_count
 
 
 def load_examples(cfg: TrainConfig, split: str) -> list[Example]:
@@ -358,45 +358,47 @@ class GRPOTrainer:
         # (common in early R1-Zero steps) but still take the optimizer step, as the full computation would.
         skip = bool((ro.advantages == 0).all()) and not self.uses_ref
         stats["skipped_backward"] = float(skip)
-        for _ in range(g.mu):
-            self.opt.zero_grad(set_to_none=True)
-            if skip:
-                for p in self.trainable:
-                    p.grad = torch.zeros_like(p)
-            # With LoRA the embeddings are frozen: no embedding gradient to send at all.
-            embed = (InputEmbeddings(self.policy) if cfg.optim.embedding_grad_once and not skip and not self.lora
-                     else None)
-            prefix = self.shared_prefix(self.policy, prefix_ids, embed) if not skip else None
-            for i, idx, b in (batches if not skip else []):
-                adv = ro.advantages[idx].to(self.device)
-                logp, ent = self.forward_logprobs(self.policy, b, with_entropy=True, prefix=prefix, embed=embed)
-                terms = grpo_loss(logp, old.get(i), adv, b.completion_mask, ref.get(i), g.kl_coef, g.eps_low,
-                                  g.eps_high, g.loss_agg, num_sequences=n, num_tokens=num_tokens,
-                                  max_tokens=cfg.rollout.max_new_tokens)
-                if not torch.isfinite(terms.loss):
-                    raise FloatingPointError(f"step {self.step_no + 1}: loss is {terms.loss.item()}")
-                terms.loss.backward()
-                w = b.completion_mask.sum().item() / max(num_tokens, 1.0)
-                stats["loss"] += terms.loss.item() / g.mu
-                stats["kl"] += terms.kl * w / g.mu
-                stats["clip_low"] += terms.clip_low * w / g.mu
-                stats["clip_high"] += terms.clip_high * w / g.mu
-                stats["entropy"] += float((ent * b.completion_mask).sum() / max(num_tokens, 1.0)) / g.mu
-            if prefix is not None:
-                prefix.backward()  # the prefix's share of the gradient, gathered over all micro-batches
-            if embed is not None:
-                embed.backward()  # the embedding layer's share, after the prefix's (it has embeddings too)
-            gn = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.optim.max_grad_norm or float("inf"))
-            if not torch.isfinite(gn):
-                raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
-            stats["grad_norm"] += float(gn) / g.mu
-            stats["lr"] = self.sched.get_last_lr()[0]
-            self.opt.step()
-            self.sched.step()
-        self.sync_rollout_model()
-        self.engine.sync_weights(self.rollout_model)
-        t_train = time.perf_counter() - t1
-        self.step_no += 1
+        with HeldInterrupt() as held:  # from the first update on, Ctrl-C waits for the step's end
+            for _ in range(g.mu):
+                self.opt.zero_grad(set_to_none=True)
+                if skip:
+                    for p in self.trainable:
+                        p.grad = torch.zeros_like(p)
+                # With LoRA the embeddings are frozen: no embedding gradient to send at all.
+                embed = (InputEmbeddings(self.policy) if cfg.optim.embedding_grad_once and not skip and not self.lora
+                         else None)
+                prefix = self.shared_prefix(self.policy, prefix_ids, embed) if not skip else None
+                for i, idx, b in (batches if not skip else []):
+                    adv = ro.advantages[idx].to(self.device)
+                    logp, ent = self.forward_logprobs(self.policy, b, with_entropy=True, prefix=prefix, embed=embed)
+                    terms = grpo_loss(logp, old.get(i), adv, b.completion_mask, ref.get(i), g.kl_coef, g.eps_low,
+                                      g.eps_high, g.loss_agg, num_sequences=n, num_tokens=num_tokens,
+                                      max_tokens=cfg.rollout.max_new_tokens)
+                    if not torch.isfinite(terms.loss):
+                        raise FloatingPointError(f"step {self.step_no + 1}: loss is {terms.loss.item()}")
+                    terms.loss.backward()
+                    w = b.completion_mask.sum().item() / max(num_tokens, 1.0)
+                    stats["loss"] += terms.loss.item() / g.mu
+                    stats["kl"] += terms.kl * w / g.mu
+                    stats["clip_low"] += terms.clip_low * w / g.mu
+                    stats["clip_high"] += terms.clip_high * w / g.mu
+                    stats["entropy"] += float((ent * b.completion_mask).sum() / max(num_tokens, 1.0)) / g.mu
+                if prefix is not None:
+                    prefix.backward()  # the prefix's share of the gradient, gathered over all micro-batches
+                if embed is not None:
+                    embed.backward()  # the embedding layer's share, after the prefix's (it has embeddings too)
+                gn = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.optim.max_grad_norm or float("inf"))
+                if not torch.isfinite(gn):
+                    raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
+                stats["grad_norm"] += float(gn) / g.mu
+                stats["lr"] = self.sched.get_last_lr()[0]
+                held.hold()
+                self.opt.step()
+                self.sched.step()
+            self.sync_rollout_model()
+            self.engine.sync_weights(self.rollout_model)
+            t_train = time.perf_counter() - t1
+            self.step_no += 1
         return self._step_metrics(ro, info, stats, t_gen, t_train)
 
     def _step_metrics(self, ro: Rollouts, info: dict, stats: dict, t_gen: float, t_train: float) -> dict:
@@ -480,58 +482,33 @@ class GRPOTrainer:
             out.update({f"eval/{k}": v for k, v in kind_metrics(kinds, totals, parts, row_weights, lengths).items()})
         return out
 
+    def data_state(self) -> dict:
+        return self.sampler.state()
+
+    def load_data_state(self, state: dict) -> None:
+        self.sampler.load(state)
+
     def run(self) -> Path:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        resumed = cfg.resume and self.restore()
-        if not resumed and cfg.selftest:
+        if cfg.selftest and not (cfg.resume and ckpt.latest_checkpoint(self.run_dir)):
             from aha.rewards.score_cli import selftest
 
             selftest(self.examples[:200], self.rewards)
         save_config(cfg, self.run_dir / "config.yaml")
-        logger = MetricsLogger(self.run_dir, cfg.log.tensorboard, truncate_after_step=self.step_no if resumed else None)
-        bar = None
-        if cfg.log.progress:
-            from tqdm import tqdm
+        settings = LoopSettings(cfg.steps, cfg.resume, cfg.log.eval_every, cfg.log.checkpoint_every, cfg.log.progress,
+                                cfg.log.tensorboard, "aha train", f"aha train {self.run_dir}/config.yaml resume=true")
+        return run_loop(self, settings, after_step=self._after_step, postfix=_postfix)
 
-            bar = tqdm(total=cfg.steps, initial=self.step_no, desc="aha train", dynamic_ncols=True)
-        interrupted = False
-        previous = signal.getsignal(signal.SIGINT)
-        try:
-            if self.step_no == 0 and self.eval_examples:
-                logger.log(0, self.evaluate())
-            while self.step_no < cfg.steps:
-                try:
-                    metrics = self.step()
-                except FloatingPointError as e:
-                    raise ckpt.stopped_by_nan(self.run_dir, e) from None
-                s = self.step_no
-                if cfg.log.eval_every and s % cfg.log.eval_every == 0 and s < cfg.steps:
-                    metrics.update(self.evaluate())
-                if s == cfg.steps and self.eval_examples:
-                    metrics.update(self.evaluate())
-                logger.log(s, metrics)
-                if cfg.log.rollouts_every and (s % cfg.log.rollouts_every == 0 or s == 1):
-                    self.dump_rollouts(s)
-                if s % cfg.log.checkpoint_every == 0 or s == cfg.steps:
-                    self.save()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{metrics['reward']:.3f}", acc=f"{metrics['accuracy']:.2f}",
-                                    len=f"{metrics['length_mean']:.0f}", refresh=False)
-        except KeyboardInterrupt:
-            interrupted = True
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the save
-            self.save()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            if bar is not None:
-                bar.close()
-            logger.close()
-        if interrupted:
-            raise AhaError(f"interrupted at step {self.step_no}: checkpoint saved; continue with "
-                           f"`aha train {self.run_dir}/config.yaml resume=true`")
-        return self.run_dir
+    def _after_step(self, step: int, metrics: dict) -> None:
+        every = self.cfg.log.rollouts_every
+        if every and (step % every == 0 or step == 1):
+            self.dump_rollouts(step)
+
+
+def _postfix(metrics: dict) -> dict:
+    return {"reward": f"{metrics['reward']:.3f}", "acc": f"{metrics['accuracy']:.2f}",
+            "len": f"{metrics['length_mean']:.0f}"}
 
 
 def train(cfg: TrainConfig) -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import random
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from aha.train.batch import (
     kept_logprobs,
 )
 from aha.train.grpo_loop import PromptSampler, pick_device
-from aha.train.metrics import MetricsLogger
+from aha.train.loop import HeldInterrupt, LoopSettings, run_loop
 
 if TYPE_CHECKING:
     from aha.stages.sft import SFTConfig
@@ -236,9 +235,11 @@ class SFTTrainer:
         if not torch.isfinite(gn):
             raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
         lr = self.sched.get_last_lr()[0]
-        self.opt.step()
-        self.sched.step()
-        self.step_no += 1
+        with HeldInterrupt() as held:  # the update and its step count are never split by Ctrl-C
+            held.hold()
+            self.opt.step()
+            self.sched.step()
+            self.step_no += 1
         seconds = time.perf_counter() - t0
         width = sum(b.input_ids.numel() for b in batches)
         real = sum(len(s) for s in samples)
@@ -282,49 +283,22 @@ class SFTTrainer:
         self.step_no = state["step"]
         return True
 
+    def data_state(self) -> dict:
+        return self.sampler.state()
+
+    def load_data_state(self, state: dict) -> None:
+        self.sampler.load(state)
+
+    def evaluate(self) -> dict:
+        return self.validate()
+
     # ----------------------------------------------------------------------------------------- run
     def run(self) -> Path:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        resumed = cfg.resume and self.restore()
         save_config(cfg, self.run_dir / "config.yaml")
-        logger = MetricsLogger(self.run_dir, cfg.log.tensorboard, truncate_after_step=self.step_no if resumed else None)
-        bar = None
-        if cfg.log.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.steps, initial=self.step_no, desc="aha sft", dynamic_ncols=True)
-        interrupted = False
-        previous = signal.getsignal(signal.SIGINT)
-        try:
-            if self.step_no == 0 and self.held_out:
-                logger.log(0, self.validate())
-            while self.step_no < self.steps:
-                try:
-                    metrics = self.step()
-                except FloatingPointError as e:
-                    raise ckpt.stopped_by_nan(self.run_dir, e) from None
-                s = self.step_no
-                if s == self.steps or (cfg.log.eval_every and s % cfg.log.eval_every == 0):
-                    metrics.update(self.validate())
-                logger.log(s, metrics)
-                if s % cfg.log.checkpoint_every == 0 or s == self.steps:
-                    self.save()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
-        except KeyboardInterrupt:
-            interrupted = True
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the save
-            self.save()
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            if bar is not None:
-                bar.close()
-            logger.close()
-        if interrupted:
-            raise AhaError(f"interrupted at step {self.step_no}: checkpoint saved; continue with "
-                           f"`aha sft {self.run_dir} resume=true`")
-        return self.run_dir
+        settings = LoopSettings(self.steps, cfg.resume, cfg.log.eval_every, cfg.log.checkpoint_every, cfg.log.progress,
+                                cfg.log.tensorboard, "aha sft", f"aha sft {self.run_dir} resume=true")
+        return run_loop(self, settings, postfix=lambda m: {"loss": f"{m['loss']:.3f}"})

@@ -1,0 +1,168 @@
+"""The one training loop: resume, steps, evaluation, metrics, checkpoints, Ctrl-C and the non-finite stop.
+
+GRPO (`grpo_loop.GRPOTrainer`), SFT (`sft_loop.SFTTrainer`) and the reward model (`stages.rm.RMTrainer`)
+supply the `Steps` below; `run_loop` drives them the same way:
+
+- after every optimizer step the trainable weights are checked: a non-finite weight stops the run with one
+  line naming the last good checkpoint, before anything is saved (so pruning never drops a finite
+  checkpoint for a broken one). The step's own loss and gradient-norm checks stop it earlier when they can;
+  this one also catches updates that overflow while the loss is skipped (flat groups, lr=1e38);
+- Ctrl-C (SIGINT) saves a checkpoint that resumes exactly as if the run had never stopped: a step cut
+  before its update is rewound (its data position and RNG states as they were when it began, its prompts
+  drawn again on resume), and an update is never cut in half (`HeldInterrupt`, used by the steps around
+  their optimizer update, holds the signal until the step is whole and logged).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from aha.errors import AhaError
+from aha.train import checkpoint as ckpt
+from aha.train.metrics import MetricsLogger
+
+
+class Steps(Protocol):
+    """What a trainer gives the loop."""
+
+    run_dir: Path
+    step_no: int
+    """Optimizer steps taken; `step()` increments it as the last thing of a step."""
+    trainable: list[torch.Tensor]
+    """The weights the optimizer updates (checked for non-finite values after every step)."""
+
+    def step(self) -> dict: ...
+    def evaluate(self) -> dict: ...
+    """Held-out metrics; {} when nothing is held out."""
+    def save(self) -> Path: ...
+    def restore(self) -> bool: ...
+    def data_state(self) -> dict: ...
+    """Where the data stands (a sampler's position); with the RNG states, all a rewound step needs."""
+    def load_data_state(self, state: dict) -> None: ...
+
+
+@dataclass
+class LoopSettings:
+    steps: int
+    resume: bool
+    eval_every: int
+    checkpoint_every: int
+    progress: bool
+    tensorboard: bool
+    desc: str
+    """The progress bar's label (`aha train`)."""
+    resume_hint: str
+    """The command that continues the run, for the Ctrl-C message."""
+
+
+class HeldInterrupt:
+    """Ctrl-C from `hold()` until the block ends waits for the end of the block, so that an optimizer update
+    and the step count that records it are never split. A held Ctrl-C is raised as KeyboardInterrupt by
+    `run_loop` once the step's metrics are logged (`raise_held`). Outside the main thread (where signals
+    cannot be handled) it does nothing."""
+
+    requested = False
+    """A Ctrl-C came during a held block and has not been acted on yet (signals are per process)."""
+
+    @classmethod
+    def raise_held(cls) -> None:
+        if cls.requested:
+            cls.requested = False
+            raise KeyboardInterrupt
+
+    def __init__(self):
+        self._previous = None
+        self._pending = False
+
+    def __enter__(self) -> HeldInterrupt:
+        return self
+
+    def hold(self) -> None:
+        if self._previous is not None or threading.current_thread() is not threading.main_thread():
+            return
+        self._previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._note)
+
+    def _note(self, signum, frame) -> None:
+        self._pending = True
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        if self._pending:
+            HeldInterrupt.requested = True
+        return False
+
+
+def check_finite(weights: list[torch.Tensor], step: int) -> None:
+    """FloatingPointError when any weight holds a NaN or an infinity after optimizer step `step`."""
+    with torch.no_grad():
+        ok = all(bool(torch.isfinite(w).all()) for w in weights)
+    if not ok:
+        raise FloatingPointError(f"step {step}: weights are not finite after the optimizer update "
+                                 "(is the learning rate too high?)")
+
+
+def run_loop(trainer: Steps, s: LoopSettings, after_step: Callable[[int, dict], None] | None = None,
+             postfix: Callable[[dict], dict] | None = None) -> Path:
+    """Run `trainer` from its newest checkpoint (with `s.resume`) or from the start to `s.steps`; returns the
+    run folder. `after_step(step, metrics)` runs after each step's metrics are logged (e.g. rollout dumps)."""
+    run_dir = trainer.run_dir
+    resumed = s.resume and trainer.restore()
+    logger = MetricsLogger(run_dir, s.tensorboard, truncate_after_step=trainer.step_no if resumed else None)
+    bar = None
+    if s.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=s.steps, initial=trainer.step_no, desc=s.desc, dynamic_ncols=True)
+    interrupted, begun = False, None
+    previous = signal.getsignal(signal.SIGINT)
+    HeldInterrupt.requested = False
+    try:
+        if trainer.step_no == 0:
+            first = trainer.evaluate()
+            if first:
+                logger.log(0, first)
+        while trainer.step_no < s.steps:
+            begun = (trainer.step_no, trainer.data_state(), ckpt.rng_state())
+            try:
+                metrics = trainer.step()
+                check_finite(trainer.trainable, trainer.step_no)
+            except FloatingPointError as e:
+                raise ckpt.stopped_by_nan(run_dir, e) from None
+            n = trainer.step_no
+            if n == s.steps or (s.eval_every and n % s.eval_every == 0):
+                metrics.update(trainer.evaluate())
+            logger.log(n, metrics)
+            if after_step is not None:
+                after_step(n, metrics)
+            if n % s.checkpoint_every == 0 or n == s.steps:
+                trainer.save()
+            HeldInterrupt.raise_held()
+            if bar is not None:
+                bar.update(1)
+                if postfix is not None:
+                    bar.set_postfix(**postfix(metrics), refresh=False)
+    except KeyboardInterrupt:
+        interrupted = True
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the save
+        if begun is not None and begun[0] == trainer.step_no:  # cut before its update: rewind the step
+            trainer.load_data_state(begun[1])
+            ckpt.set_rng_state(begun[2])
+        trainer.save()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if bar is not None:
+            bar.close()
+        logger.close()
+    if interrupted:
+        raise AhaError(f"interrupted at step {trainer.step_no}: checkpoint saved; continue with `{s.resume_hint}`")
+    return run_dir
