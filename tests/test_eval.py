@@ -78,6 +78,28 @@ def test_end_to_end_tiny_model(tiny_model_dir, tmp_path):
     assert s2[0]["pass@1"] == s1[0]["pass@1"] and s2[0]["length_mean"] == s1[0]["length_mean"]
 
 
+def test_a_file_is_evaluated_whole_unless_limited(tiny_model_dir, tmp_path, capsys):
+    """A 250-row test file: every row by default (not the 100-row "eval split" training runs hold out);
+    `limit` and `split=eval` say otherwise, and the summary and its table state how many problems."""
+    rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1), "task": "number"} for i in range(250)]
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def run(**kw):
+        cfg = EvalConfig(model=[tiny_model_dir], task=str(data), samples=1, temperature=0.0, max_new_tokens=1,
+                         out_dir=str(tmp_path / "eval"), dtype="float32", progress=False, batch_size=256, **kw)
+        return evaluate(cfg)[0]
+
+    whole = run()
+    assert whole["problems"] == 250 and whole["split"] == "all"
+    assert "| 250 |" in markdown_table([whole])
+    assert "250 problems of" in capsys.readouterr().err
+    assert run(limit=30)["problems"] == 30
+    assert "the first 30 of 250 by limit" in capsys.readouterr().err
+    held = run(split="eval")
+    assert held["problems"] == 100 and held["split"] == "eval"
+
+
 def test_greedy_needs_one_sample(tiny_model_dir, tmp_path):
     from aha.errors import AhaError
 

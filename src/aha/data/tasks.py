@@ -180,9 +180,24 @@ def _load_all(task: str, cfg: TaskConfig, split: str) -> list[Example]:
     raise AhaError(f"task: unknown task '{task}'{closest(task, names)}; see `aha tasks`")
 
 
+SPLITS = ("train", "eval", "all")
+
+
+def is_file_task(task: str) -> bool:
+    """A task read from rows (a JSONL file or `hf:` dataset), as opposed to one generated or built in."""
+    return task.endswith((".jsonl", ".json")) or task.startswith("hf:")
+
+
 def load_task(task: str, cfg: TaskConfig | None = None, split: str = "train") -> list[Example]:
-    """Examples of `task` (a reasoning-gym name, a JSONL path or `hf:NAME`) for split `train` or `eval`."""
+    """Examples of `task` (a reasoning-gym name, a JSONL path or `hf:NAME`) for split `train`, `eval` (held
+    out) or `all` (every row of a file task)."""
     cfg = cfg or TaskConfig()
+    if split not in SPLITS:
+        raise AhaError(f"split: must be one of {', '.join(SPLITS)}, got '{split}'")
+    if split == "all":
+        if not is_file_task(task):
+            raise AhaError(f"split: 'all' is for file tasks (JSONL, hf:); '{task}' has train and eval splits")
+        return load_jsonl_task(task) if not task.startswith("hf:") else _hf_examples(task)
     if split == "eval" and cfg.eval_file:
         examples = load_jsonl_task(cfg.eval_file)
     else:

@@ -14,12 +14,13 @@ import dataclasses
 import json
 import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aha.data.example import Example
-from aha.data.tasks import TaskConfig, load_task
+from aha.data.tasks import TaskConfig, is_file_task, load_task
 from aha.data.templates import render_prompt, with_prefill
 from aha.errors import AhaError
 from aha.io import atomic_write_jsonl, atomic_write_text
@@ -35,8 +36,10 @@ class EvalConfig:
     """reasoning-gym name, JSONL path or hf:NAME."""
     data: TaskConfig = field(default_factory=lambda: TaskConfig(args={"min_terms": 2, "max_terms": 2, "max_digits": 2}))
     """Task settings; the eval split is used (for reasoning-gym: seed + 1,000,003)."""
-    split: str = "eval"
-    """Which split to evaluate: eval (held out) or train."""
+    split: str = "auto"
+    """Which problems: auto (every row of a file or hf: dataset, the held-out split of a generated task),
+    all (every row of a file), eval (the held-out split a training run on the same task keeps out: a file's
+    last data.eval_size rows) or train (the rest)."""
     samples: int = 4
     """k: completions per problem."""
     temperature: float = 0.6
@@ -215,7 +218,7 @@ def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, re
     lengths = [n for r in records for n in r["lengths"]]
     ntok = sum(lengths)
     summary = {
-        "model": model_name, "task": cfg.task, "problems": len(records), "samples": k,
+        "model": model_name, "task": cfg.task, "split": cfg.split, "problems": len(records), "samples": k,
         "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
         "prompt": {k: getattr(cfg, k) for k in PROMPT_KEYS},
         "pass@1": p1, "pass@1_se": se,
@@ -238,8 +241,8 @@ def markdown_table(summaries: list[dict]) -> str:
     k = summaries[0]["samples"]
     cols = ["pass@1", f"cons@{k}"] + [c for c in summaries[0] if c.startswith("pass@") and c not in ("pass@1", "pass@1_se")]
     cols += ["format_rate", "r1_form_rate", "length_mean", "truncated", "reflection_per_1k_tokens", "seconds"]
-    head = "| model | " + " | ".join(cols) + " |"
-    sep = "|---|" + "---|" * len(cols)
+    head = "| model | problems | " + " | ".join(cols) + " |"
+    sep = "|---|---|" + "---|" * len(cols)
     lines = [head, sep]
     for s in summaries:
         cells = []
@@ -251,7 +254,7 @@ def markdown_table(summaries: list[dict]) -> str:
                 cells.append(f"{v:.1f}")
             else:
                 cells.append(f"{v:.3f}")
-        lines.append(f"| {s['model']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {s['model']} | {s['problems']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -275,9 +278,15 @@ def evaluate(cfg: EvalConfig) -> list[dict]:
 
     if cfg.samples < 1:
         raise AhaError("samples: must be at least 1")
-    examples = load_task(cfg.task, cfg.data, cfg.split)
+    split = cfg.split if cfg.split != "auto" else ("all" if is_file_task(cfg.task) else "eval")
+    cfg = dataclasses.replace(cfg, split=split)
+    examples = load_task(cfg.task, cfg.data, split)
+    available = len(examples)
     if cfg.limit:
         examples = examples[: cfg.limit]
+    print(f"aha eval: {len(examples)} problems of {cfg.task} (split {split}"
+          + (f", the first {len(examples)} of {available} by limit" if len(examples) < available else "") + ")",
+          file=sys.stderr)
     reward_set = RewardSet(RewardsConfig(weights={"accuracy": 1.0, "format": 0.0, "format_r1": 0.0}))
     out = Path(cfg.out_dir)
     summaries = []
