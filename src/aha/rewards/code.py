@@ -2,8 +2,10 @@
 
 The program (see `aha.data.code.extract_code`) runs in `aha.sandbox`, which isolates it and produces
 verdicts the program cannot forge. `code_accuracy` is 1 when every test passes and 0 otherwise;
-`code_partial` is the fraction of tests passed. Both are total: any failure (no code, bad gold tests, a
-sandbox that cannot start) scores 0 and never raises an `Exception`.
+`code_partial` is the fraction of tests passed. Both are total for anything the completion or the gold
+data does (no code, bad gold tests, a program that crashes the sandbox): that scores 0 and never raises.
+The one exception is the sandbox itself: `isolation="auto"` (the default) without a working bubblewrap is
+an AhaError, never a silent run without namespaces; pass `isolation="rlimits"` to accept that.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from aha.data.code import extract_code
 from aha.data.example import Example
 from aha.rollout.base import Completion
 from aha.sandbox import SandboxJob, SandboxResult, run_job, run_many, tests_from_source
+from aha.sandbox import isolation as resolve_isolation
 
 log = logging.getLogger("aha.rewards.code")
 
@@ -66,7 +69,9 @@ def _score(result: SandboxResult, partial: bool) -> float:
 def code_reward(completion: Completion, example: Example, step: int = 0, *, partial: bool = False,
                 timeout_s: float = TIMEOUT_S, memory_mb: int = MEMORY_MB, max_procs: int = MAX_PROCS,
                 isolation: str = "auto") -> float:
-    """1.0 if all tests pass (or, with `partial`, the fraction that pass), else 0.0. Never raises."""
+    """1.0 if all tests pass (or, with `partial`, the fraction that pass), else 0.0. Raises only AhaError,
+    when the sandbox cannot give `isolation` here (before anything runs)."""
+    resolve_isolation(isolation)
     try:
         job = build_job(completion.text, example, timeout_s=timeout_s, memory_mb=memory_mb,
                         max_procs=max_procs, isolation=isolation)
@@ -78,20 +83,22 @@ def code_reward(completion: Completion, example: Example, step: int = 0, *, part
         return 0.0
 
 
-def code_accuracy(completion: Completion, example: Example, step: int = 0) -> float:
+def code_accuracy(completion: Completion, example: Example, step: int = 0, *, isolation: str = "auto") -> float:
     """1.0 when the program in the completion passes every test of the example, else 0.0."""
-    return code_reward(completion, example, step)
+    return code_reward(completion, example, step, isolation=isolation)
 
 
-def code_partial(completion: Completion, example: Example, step: int = 0) -> float:
+def code_partial(completion: Completion, example: Example, step: int = 0, *, isolation: str = "auto") -> float:
     """The fraction of the example's tests that the program passes (partial credit)."""
-    return code_reward(completion, example, step, partial=True)
+    return code_reward(completion, example, step, partial=True, isolation=isolation)
 
 
 def code_rewards(completions: Sequence[Completion], examples: Sequence[Example], *, partial: bool = False,
                  workers: int | None = None, timeout_s: float = TIMEOUT_S, memory_mb: int = MEMORY_MB,
                  isolation: str = "auto") -> list[float]:
-    """Scores for many (completion, example) pairs, run in parallel: the fast path for a GRPO batch."""
+    """Scores for many (completion, example) pairs, run in parallel: the fast path for a GRPO batch.
+    AhaError (before anything runs) when the sandbox cannot give `isolation` here."""
+    resolve_isolation(isolation)
     scores = [0.0] * len(completions)
     jobs: list[SandboxJob] = []
     where: list[int] = []

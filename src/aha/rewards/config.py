@@ -83,6 +83,11 @@ class RewardsConfig:
     """Time limit per completion for verifiers (math, reasoning-gym); a timeout scores 0 and is counted."""
     code_timeout_s: float = 30.0
     """Outer time limit per completion for code tasks (the sandbox applies its own per-test limits)."""
+    code_isolation: str = "auto"
+    """How code tasks isolate model-written programs: auto or bwrap (bubblewrap's namespaces; the run stops
+    with an error where bubblewrap is missing or broken: apt-get install bubblewrap), or rlimits (only
+    rlimits, a new session and a fresh cwd: the program can read the host's files, write /tmp and
+    /dev/shm and reach the network; for trusted code or throw-away machines). See docs/sandbox.md."""
     workers: int = 0
     """Processes for parallel verification (forkserver); 0 scores in-process."""
 
@@ -91,6 +96,8 @@ class RewardsConfig:
             raise AhaError(f"rewards.timeout_s must be > 0, got {self.timeout_s}")
         if self.workers < 0:
             raise AhaError(f"rewards.workers must be >= 0, got {self.workers}")
+        if self.code_isolation not in ("auto", "bwrap", "rlimits"):
+            raise AhaError(f"rewards.code_isolation must be auto, bwrap or rlimits, got {self.code_isolation!r}")
         if self.overlong.buffer < 0 or self.overlong.max_tokens <= 0 or self.overlong.buffer > self.overlong.max_tokens:
             raise AhaError(
                 f"rewards.overlong: need 0 <= buffer <= max_tokens and max_tokens > 0, got "

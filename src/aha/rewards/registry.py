@@ -8,7 +8,8 @@ into worker processes. `accuracy` dispatches on `Example.task`:
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+import logging
 import re
 from collections.abc import Callable
 from functools import partial
@@ -25,22 +26,24 @@ from aha.rewards.config import BudgetSchedule, RewardsConfig
 from aha.rewards.extract import extract_answer
 from aha.rollout.base import Completion
 
+log = logging.getLogger("aha.rewards")
+
 TASKS = ("math", "number", "countdown", "code", "rg:<dataset>")
 
 
-def _code_fn(name: str = "code_accuracy"):
+def _code_fn(name: str = "code_accuracy", isolation: str = "auto"):
     try:
         from aha.rewards import code as _code
 
-        return getattr(_code, name)
+        return partial(getattr(_code, name), isolation=isolation)
     except (ImportError, AttributeError) as e:
         raise AhaError(f"code tasks need aha.rewards.code.{name}, which cannot be imported ({e})") from e
 
 
 # -- accuracy ------------------------------------------------------------------------------------
-def prepare_task(task: str) -> None:
+def prepare_task(task: str, code_isolation: str = "auto") -> None:
     """Import and build what `task` needs (outside any time limit); AhaError for an unknown or refused
-    task."""
+    task, or for code where the sandbox cannot give `code_isolation` (auto without bubblewrap)."""
     if task == "math":
         from aha.rewards import math as _math
 
@@ -53,15 +56,24 @@ def prepare_task(task: str) -> None:
         _rg.prepare(task[3:])
     elif task == "code":
         _code_fn()
+        from aha.sandbox import isolation
+
+        log.info("code sandbox: isolation=%s runs as %s", code_isolation, isolation(code_isolation))
     else:
         raise AhaError(f"unknown task '{task}' (one of {', '.join(TASKS)}){closest(task, TASKS[:4])}")
+
+
+@functools.cache
+def _prepare_with(code_isolation: str) -> Callable[[str], None]:
+    """`prepare_task` bound to a code isolation, one object per value (so it is prepared once per process)."""
+    return partial(prepare_task, code_isolation=code_isolation)
 
 
 def task_of(example: Example) -> str:
     return example.task
 
 
-def accuracy(completion: Completion, example: Example, step: int = 0) -> float:
+def accuracy(completion: Completion, example: Example, step: int = 0, code_isolation: str = "auto") -> float:
     """1.0 when the completion's answer is correct for `example.task`, else 0.0: a binary verdict for every
     task (reasoning-gym: full marks from the dataset's scorer; its partial credit is `partial_credit`).
     GoldError when the gold side is unusable."""
@@ -80,11 +92,11 @@ def accuracy(completion: Completion, example: Example, step: int = 0) -> float:
 
         return rg_accuracy(text, task[3:], example.metadata or {})
     if task == "code":
-        return float(_code_fn()(completion, example))
+        return float(_code_fn(isolation=code_isolation)(completion, example))
     raise AhaError(f"unknown task '{task}'{closest(task, TASKS[:4])}")
 
 
-def partial_credit(completion: Completion, example: Example, step: int = 0) -> float:
+def partial_credit(completion: Completion, example: Example, step: int = 0, code_isolation: str = "auto") -> float:
     """Shaping, never a verdict: the task's graded score in [0, 1] where it has one (reasoning-gym's
     partial credit, the fraction of code tests passed), else the binary `accuracy`."""
     if example.task.startswith("rg:"):
@@ -92,25 +104,25 @@ def partial_credit(completion: Completion, example: Example, step: int = 0) -> f
 
         return rg_score(completion.text, example.task[3:], example.metadata or {})
     if example.task == "code":
-        return float(_code_fn("code_partial")(completion, example))
-    return accuracy(completion, example, step)
+        return float(_code_fn("code_partial", code_isolation)(completion, example))
+    return accuracy(completion, example, step, code_isolation)
 
 
 _TRAILING_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-def accuracy_lenient(completion: Completion, example: Example, step: int = 0) -> float:
+def accuracy_lenient(completion: Completion, example: Example, step: int = 0, code_isolation: str = "auto") -> float:
     """Shaping for small models that do not write answer tags yet: `accuracy` of the extracted answer
     when there is one, else of the last number in the completion. Trains the answer while the format is
     still being learned; `accuracy` (strict extraction) stays the metric. Not a verdict for evaluation."""
     if extract_answer(completion.text) is not None:
-        return accuracy(completion, example, step)
+        return accuracy(completion, example, step, code_isolation)
     last = None
     for m in _TRAILING_NUMBER.finditer(completion.text[-4096:]):
         last = m
     if last is None:
         return 0.0
-    return accuracy(Completion(text=f"<answer>{last.group(0)}</answer>"), example, step)
+    return accuracy(Completion(text=f"<answer>{last.group(0)}</answer>"), example, step, code_isolation)
 
 
 def is_heavy_task(example: Example) -> bool:
@@ -122,20 +134,21 @@ def accuracy_timeout(example: Example, default: float, code_timeout_s: float = 3
     return code_timeout_s if example.task == "code" else default
 
 
-def _build_accuracy(cfg: RewardsConfig) -> RewardSpec:
-    return RewardSpec("accuracy", accuracy, 0.0, 1.0, heavy=True, heavy_for=is_heavy_task, prepare=prepare_task,
-                      prepare_key=task_of,
+def _build_accuracy(cfg: RewardsConfig, fn: Callable = accuracy, name: str = "accuracy") -> RewardSpec:
+    iso = cfg.code_isolation  # bound into fn and prepare, which may run in worker processes
+    return RewardSpec(name, partial(fn, code_isolation=iso), 0.0, 1.0, heavy=True, heavy_for=is_heavy_task,
+                      prepare=_prepare_with(iso), prepare_key=task_of,
                       timeout_for=partial(accuracy_timeout, code_timeout_s=cfg.code_timeout_s))
 
 
-def code(completion: Completion, example: Example, step: int = 0) -> float:
+def code(completion: Completion, example: Example, step: int = 0, code_isolation: str = "auto") -> float:
     """aha.rewards.code's verdict for any example (the `code` reward name, for explicit use)."""
-    return float(_code_fn()(completion, example))
+    return float(_code_fn(isolation=code_isolation)(completion, example))
 
 
-def code_partial(completion: Completion, example: Example, step: int = 0) -> float:
+def code_partial(completion: Completion, example: Example, step: int = 0, code_isolation: str = "auto") -> float:
     """aha.rewards.code's fraction of tests passed (partial credit for code tasks)."""
-    return float(_code_fn("code_partial")(completion, example))
+    return float(_code_fn("code_partial", code_isolation)(completion, example))
 
 
 def _code_key(example: Example) -> str:
@@ -146,8 +159,10 @@ def code_timeout(example: Example, default: float, code_timeout_s: float = 30.0)
     return code_timeout_s
 
 
-def _build_code(cfg: RewardsConfig) -> RewardSpec:
-    return RewardSpec("code", code, 0.0, 1.0, heavy=True, prepare=prepare_task, prepare_key=_code_key,
+def _build_code(cfg: RewardsConfig, fn: Callable = code, name: str = "code") -> RewardSpec:
+    iso = cfg.code_isolation
+    return RewardSpec(name, partial(fn, code_isolation=iso), 0.0, 1.0, heavy=True,
+                      prepare=_prepare_with(iso), prepare_key=_code_key,
                       timeout_for=partial(code_timeout, code_timeout_s=cfg.code_timeout_s))
 
 
@@ -194,8 +209,7 @@ def _build_budget(cfg: RewardsConfig) -> RewardSpec:
 
 REGISTRY: dict[str, Callable[[RewardsConfig], RewardSpec]] = {
     "accuracy": _build_accuracy,
-    "accuracy_lenient": lambda cfg: dataclasses.replace(_build_accuracy(cfg), name="accuracy_lenient",
-                                                        fn=accuracy_lenient),
+    "accuracy_lenient": lambda cfg: _build_accuracy(cfg, accuracy_lenient, "accuracy_lenient"),
     "format": lambda cfg: RewardSpec("format", format_strict, 0.0, 1.0),
     "format_partial": lambda cfg: RewardSpec("format_partial", format_partial, 0.0, 1.0),
     "format_r1": lambda cfg: RewardSpec("format_r1", format_r1, 0.0, 1.0),
@@ -203,8 +217,8 @@ REGISTRY: dict[str, Callable[[RewardsConfig], RewardSpec]] = {
     "overlong": _build_overlong,
     "budget": _build_budget,
     "code": _build_code,
-    "partial_credit": lambda cfg: dataclasses.replace(_build_accuracy(cfg), name="partial_credit", fn=partial_credit),
-    "code_partial": lambda cfg: dataclasses.replace(_build_code(cfg), name="code_partial", fn=code_partial),
+    "partial_credit": lambda cfg: _build_accuracy(cfg, partial_credit, "partial_credit"),
+    "code_partial": lambda cfg: _build_code(cfg, code_partial, "code_partial"),
 }
 """Reward name -> builder. Add an entry to register a reward (its function must be picklable)."""
 

@@ -11,11 +11,13 @@ model's code runs:
 * the TESTER (this process, started by aha) forks the WORKER first, before it has read the tests, so the
   worker's memory never holds them. The worker closes the verdict pipe and the job pipe, sets its
   rlimits, drops to an unprivileged uid where it can, and only then receives the program;
-* the tester runs the test code itself. The entry point and every function the program defines are
-  stand-ins in the tester (`_Remote`) that send their arguments to the worker and get back a return value
-  as plain data (None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset) in a
-  small tagged format that the tester parses strictly; the worker cannot hand the tester an object whose
-  `__eq__` lies, and never sees an expected value;
+* the tester runs the test code itself, in a namespace of its own builtins, the trusted prelude and one
+  name from the program: the entry point (also as `candidate`), a stand-in (`_Remote`) that sends its
+  arguments to the worker and gets back a return value as plain data (None, bool, int, float, complex,
+  str, bytes, list, tuple, dict, set, frozenset) in a small tagged format that the tester parses strictly.
+  Nothing else the program defines reaches the tests, so a program that defines `abs` or `sorted` cannot
+  change what they compute; the worker cannot hand the tester an object whose `__eq__` lies, and never
+  sees an expected value;
 * only the tester writes verdicts, on a pipe the worker does not have. It is not dumpable (no ptrace, no
   /proc/<pid>/mem or /proc/<pid>/fd from the worker) and, under bubblewrap as root, a different uid.
 
@@ -41,8 +43,8 @@ _SIGKILL = 9
 _SIGINT = 2
 _SIGNALS = {4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 11: "SIGSEGV", 13: "SIGPIPE",
             15: "SIGTERM", 24: "SIGXCPU", 25: "SIGXFSZ", 31: "SIGSYS"}
-_WORKER_IN, _WORKER_OUT = 100, 101
-_ROOT_FDS = 40  # below the smallest RLIMIT_NOFILE a caller is likely to set  # the worker's ends of its two pipes; every other fd above 2 is closed
+_WORKER_IN, _WORKER_OUT = 100, 101  # the worker's ends of its two pipes; every other fd above 2 is closed
+_ROOT_FDS = 40  # below the smallest RLIMIT_NOFILE a caller is likely to set
 
 
 # ---------------------------------------------------------------- plain-data codec (both sides)
@@ -247,8 +249,7 @@ def _worker(rfd, wfd, cfg):
                 sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode("utf-8", "surrogatepass")), encoding="utf-8")
                 ns = {"__name__": module_name, "__builtins__": builtins}
                 exec(compile(code, "<solution>", "exec"), ns)
-                names = [k for k, v in ns.items() if type(v).__name__ == "function" and not k.startswith("__")]
-                reply = ("ok", names)
+                reply = ("ok", None)
             elif op == "call":
                 _, name, args, kwargs = msg
                 if name not in ns:
@@ -435,16 +436,16 @@ def run_tester(cfg):
         job = marshal.loads(_read_exact(0, int(_read_exact(0, _HEADER, deadline)), deadline))
         conn = _Conn(t2w_w, w2t_r, deadline)
         reply = conn.request(("exec", job["code"], job["module_name"], job["stdin"]))
-        if reply[0] != "ok" or not isinstance(reply[1], list):
+        if reply[0] != "ok":
             _line(vfd, "E", 0, reply[2] if len(reply) > 2 else "")
             raise _Fatal("")
         _line(vfd, "E", 1)
+        # The tests' namespace: the tester's own builtins, the trusted prelude, and from the program ONLY
+        # the entry point. Any other name the program defines (`abs`, `len`, `check`, a helper) stays in
+        # the worker, where it cannot change what the tests compute.
         ns = {"__name__": "__main__", "__builtins__": builtins}
         if job["prelude"]:
             exec(compile(job["prelude"], "<prelude>", "exec"), ns)
-        remote_names = [n for n in reply[1] if isinstance(n, str) and n.isidentifier() and n not in ns]
-        for name in remote_names:
-            ns[name] = _Remote(conn, name)
         if job["entry_point"]:
             ns[job["entry_point"]] = ns["candidate"] = _Remote(conn, job["entry_point"])
         for i, source in enumerate(job["tests"]):

@@ -60,8 +60,9 @@ class TestCase:
 @dataclass(frozen=True)
 class SandboxJob:
     """One program and its tests. With no tests the program is just run (`__name__ == "__main__"`,
-    `stdin` as its standard input); with tests it is imported as module `solution` and every function
-    it defines can be called from the tests by name, `entry_point` also as `candidate`."""
+    `stdin` as its standard input); with tests it is imported as module `solution` and the tests can call
+    its `entry_point` (also as `candidate`), and nothing else of it: every other name the tests use is the
+    harness's own builtin or comes from the trusted `prelude` or the tests themselves."""
 
     code: str
     tests: tuple[TestCase | str, ...] = ()
@@ -83,7 +84,8 @@ class SandboxJob:
     tmp_size_mb: int = 16
     """Size of the private writable /tmp (and the largest file the program may write)."""
     isolation: str = "auto"
-    """`auto` (bubblewrap when it works here, else rlimits with a warning), `bwrap` or `rlimits`."""
+    """`auto` or `bwrap` (bubblewrap's namespaces; AhaError when it is missing or does not work here), or
+    `rlimits` (no namespaces: only rlimits, a new session and a fresh cwd; must be asked for)."""
     reuse: bool = True
     """Under bubblewrap, run in a sandbox kept from earlier programs (emptied and with every earlier
     process killed) instead of a new one: about twice the throughput. False: new namespaces each time."""
@@ -164,8 +166,13 @@ class _Plan:
     """rlimits as root: run the program as a random unprivileged uid."""
 
 
-_plans: dict[str, _Plan] = {}
+_plans: dict[str, _Plan | AhaError] = {}
+"""Isolation kind -> its plan, or the AhaError it was refused with (probed once per process)."""
 _plan_lock = threading.Lock()
+REFUSAL = ("refusing to run model-written code without namespaces: install bubblewrap (apt-get install "
+           "bubblewrap) or choose the weaker isolation explicitly (rewards.code_isolation=rlimits, or "
+           "isolation='rlimits' in aha.sandbox; see docs/sandbox.md)")
+"""Why `auto` stops where bubblewrap is missing or broken, and the two ways on."""
 
 
 def _sandbox_python() -> str:
@@ -222,30 +229,34 @@ def _make_plan(kind: str) -> _Plan:
 
 
 def _plan_for(kind: str) -> _Plan:
+    """The plan for isolation `kind`. `auto` is bubblewrap or nothing: it never falls back to rlimits on
+    its own (fail closed); only an explicit `rlimits` runs programs without namespaces."""
     if kind not in ISOLATIONS:
         raise AhaError(f"sandbox: unknown isolation '{kind}' (choose from {', '.join(ISOLATIONS)})")
     with _plan_lock:
-        if kind in _plans:
-            return _plans[kind]
-        if kind == "auto":
-            try:
-                plan = _plans.get("bwrap") or _make_plan("bwrap")
-                _plans["bwrap"] = plan
-            except AhaError as e:
-                plan = _plans.get("rlimits") or _make_plan("rlimits")
-                _plans["rlimits"] = plan
-                left = "rlimits, a new session, a fresh cwd" + (", an unprivileged uid" if plan.drop_uid else "")
-                log.warning("%s; running model-written code WITHOUT namespaces: no network, filesystem or "
-                            "process isolation, only %s. Install bubblewrap (apt-get install bubblewrap); "
-                            "see docs/sandbox.md.", e, left)
-        else:
-            plan = _make_plan(kind)
-        _plans[kind] = plan
-        return plan
+        if kind not in _plans:
+            real = "bwrap" if kind == "auto" else kind
+            if real not in _plans:
+                try:
+                    _plans[real] = _make_plan(real)
+                except AhaError as e:
+                    _plans[real] = e
+                if real == "rlimits":
+                    log.warning("sandbox: isolation=rlimits runs model-written code WITHOUT namespaces: no "
+                                "filesystem, network or process isolation (see docs/sandbox.md)")
+            got = _plans[real]
+            if kind == "auto" and isinstance(got, AhaError):
+                got = AhaError(f"{str(got).removesuffix(' (apt-get install bubblewrap)')}; {REFUSAL}")
+            _plans[kind] = got
+        plan = _plans[kind]
+    if isinstance(plan, AhaError):
+        raise AhaError(str(plan))
+    return plan
 
 
 def isolation(kind: str = "auto") -> str:
-    """The isolation `kind` resolves to on this machine: 'bwrap' or 'rlimits' (probing once)."""
+    """The isolation `kind` resolves to on this machine: 'bwrap' or 'rlimits' (probing once). AhaError
+    when it cannot be had: `auto` and `bwrap` without a working bubblewrap."""
     return _plan_for(kind).kind
 
 
