@@ -409,3 +409,33 @@ def test_code_isolation_is_a_recipe_key():
     assert load_config(TrainConfig, None, []).rewards.code_isolation == "auto"
     with pytest.raises(AhaError, match="rewards.code_isolation must be auto, bwrap or rlimits"):
         RewardSet(RewardsConfig(code_isolation="none"))
+
+
+def _code_file(tmp_path):
+    data = tmp_path / "code.jsonl"
+    data.write_text(json.dumps({"prompt": "Write add(a, b).", "tests": "assert add(1, 2) == 3",
+                                "entry_point": "add"}) + "\n")
+    return data
+
+
+def test_eval_of_a_code_task_refuses_without_bubblewrap_before_loading_a_model(tmp_path, monkeypatch):
+    from aha.sandbox import core
+    from aha.stages.evaluate import EvalConfig, evaluate
+
+    monkeypatch.setattr(core, "_plans", {})
+    monkeypatch.setattr(core.shutil, "which", lambda name: None)
+    cfg = EvalConfig(model=[str(tmp_path / "no-such-model")], task=str(_code_file(tmp_path)), samples=1,
+                     out_dir=str(tmp_path / "eval"), progress=False)
+    with pytest.raises(AhaError, match="refusing to run model-written code without namespaces"):
+        evaluate(cfg)
+
+
+def test_eval_summary_records_the_isolation_that_ran(tiny_model_dir, tmp_path):
+    from aha.stages.evaluate import EvalConfig, evaluate
+
+    cfg = EvalConfig(model=[tiny_model_dir], task=str(_code_file(tmp_path)), samples=1, temperature=0.0,
+                     max_new_tokens=1, out_dir=str(tmp_path / "eval"), dtype="float32", progress=False,
+                     code_isolation=ISO)
+    summary = evaluate(cfg)[0]
+    assert summary["code_isolation"] == ISO
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())[0]["code_isolation"] == ISO

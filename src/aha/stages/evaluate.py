@@ -67,6 +67,9 @@ class EvalConfig:
     batch_size: int = 64
     """Sequences decoded at once."""
     progress: bool = True
+    code_isolation: str = "auto"
+    """Code tasks: how model-written programs are isolated, as rewards.code_isolation in training: auto
+    (bubblewrap, else an error) or rlimits (no namespaces). The one used is written to summary.json."""
 
 
 # ----------------------------------------------------------------------------------------- estimators
@@ -287,7 +290,13 @@ def evaluate(cfg: EvalConfig) -> list[dict]:
     print(f"aha eval: {len(examples)} problems of {cfg.task} (split {split}"
           + (f", the first {len(examples)} of {available} by limit" if len(examples) < available else "") + ")",
           file=sys.stderr)
-    reward_set = RewardSet(RewardsConfig(weights={"accuracy": 1.0, "format": 0.0, "format_r1": 0.0}))
+    reward_set = RewardSet(RewardsConfig(weights={"accuracy": 1.0, "format": 0.0, "format_r1": 0.0},
+                                         code_isolation=cfg.code_isolation))
+    sandbox = {}
+    if any(e.task == "code" for e in examples):  # refuse before loading a model, and say which one ran
+        from aha.sandbox import isolation
+
+        sandbox = {"code_isolation": isolation(cfg.code_isolation)}
     out = Path(cfg.out_dir)
     summaries = []
     jobs = []  # (model, config with the prompt settings it is evaluated under)
@@ -299,6 +308,7 @@ def evaluate(cfg: EvalConfig) -> list[dict]:
                 jobs.append(job)
     for i, (name, model_cfg) in enumerate(jobs):
         summary, records = evaluate_model(name, examples, model_cfg, reward_set)
+        summary.update(sandbox)
         summaries.append(summary)
         sub = out / (f"model_{i}" if len(jobs) > 1 else "")
         atomic_write_jsonl(sub / "samples.jsonl", records)
