@@ -3,6 +3,7 @@ the manifest, and a tiny end-to-end run (rm, train, eval on a tiny random model)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,6 +296,7 @@ stages:
     model: ["@rl"]
     task: {sums}
     data: {{eval_size: 2}}
+    split: eval
     samples: 1
     temperature: 0
     max_new_tokens: 6
@@ -346,3 +348,25 @@ def test_cli_runs_a_pipeline_and_reports_bad_input_in_one_line(tmp_path, capsys)
     assert main(["pipeline", recipe, "stages.b.valu=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("aha: command line: stages.b.valu: unknown key") and "\n" not in err
+
+
+def test_no_stage_trains_on_any_split_the_pipeline_evaluates_on():
+    """recipes/r1.yaml: stages with other seeds used to hold out only their own eval split (rl_scratch
+    trained on 3 of the final eval's 50 problems, reasoning_rl on 1); every held-out set has distinct prompts."""
+    from aha.data.tasks import load_task
+    from aha.stages.pipeline import task_sections
+
+    p = pl.load_pipeline("recipes/r1.yaml")
+    by_name = {s.name: s for s in p.stages}
+    evaluated = set()
+    for stage in p.stages:
+        for task, data, split in task_sections(stage.config):
+            if data.eval_size:
+                held = load_task(task, dataclasses.replace(data, holdout=[]), split)
+                assert len({e.prompt for e in held}) == len(held), stage.name
+                evaluated |= {e.prompt for e in held}
+    assert len(evaluated) > 50  # reasoning-gym draws item i from seed + i: nearby seeds give shifted copies
+    for name in ("rl_scratch", "reasoning_rl", "zero"):
+        ((task, data, _),) = task_sections(by_name[name].config)
+        train = {e.prompt for e in load_task(task, data, "train")}
+        assert train and not train & evaluated, name

@@ -7,6 +7,8 @@ whose prompt also appears in the eval split is dropped, so held-out numbers are 
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,10 @@ class TaskConfig:
     """Difficulty settings passed to the reasoning-gym dataset config (e.g. max_terms: 2, max_digits: 2)."""
     eval_file: str = ""
     """Optional JSONL used as the held-out split instead of a slice of the task."""
+    holdout: list[dict[str, Any]] = field(default_factory=list)
+    """Other evaluation splits whose prompts the train split never contains, each {task, split, seed,
+    eval_size, args, eval_file} (the keys of this section that name a split). `aha pipeline` fills it in every
+    stage with every split the pipeline evaluates on, so that no stage trains on another's test problems."""
 
 
 def reasoning_gym_names() -> list[str]:
@@ -42,6 +48,23 @@ def reasoning_gym_names() -> list[str]:
     except ImportError:  # pragma: no cover - dependency missing
         return []
     return sorted(DATASETS)
+
+
+def _distinct(examples: list[Example]) -> list[Example]:
+    seen: set[str] = set()
+    return [e for e in examples if not (e.prompt in seen or seen.add(e.prompt))]
+
+
+def _rg_held_out(name: str, size: int, seed: int, args: dict) -> list[Example]:
+    """`size` problems with distinct prompts: small generators repeat themselves (two-term chain_sum gives 90
+    distinct prompts in 100), and a repeated problem would count twice. Items are generated from the seed
+    and their index, so a larger draw extends a smaller one and the split stays deterministic."""
+    drawn = size
+    while True:
+        out = _distinct(_rg_examples(name, drawn, seed, args))
+        if len(out) >= size or drawn >= 16 * size:
+            return out[:size]
+        drawn *= 2
 
 
 def _rg_examples(name: str, size: int, seed: int, args: dict) -> list[Example]:
@@ -171,10 +194,8 @@ def _load_all(task: str, cfg: TaskConfig, split: str) -> list[Example]:
     names = reasoning_gym_names()
     if task in names or task in FORBIDDEN:
         if split == "eval":
-            return _rg_examples(task, cfg.eval_size, cfg.seed + EVAL_SEED_OFFSET, cfg.args)
-        train = _rg_examples(task, cfg.size, cfg.seed, cfg.args)
-        held = {e.prompt for e in _rg_examples(task, cfg.eval_size, cfg.seed + EVAL_SEED_OFFSET, cfg.args)}
-        return [e for e in train if e.prompt not in held]
+            return _rg_held_out(task, cfg.eval_size, cfg.seed + EVAL_SEED_OFFSET, cfg.args)
+        return _rg_examples(task, cfg.size, cfg.seed, cfg.args)
     if Path(task).suffix:
         raise AhaError(f"task: {task}: file not found or not a .jsonl file")
     raise AhaError(f"task: unknown task '{task}'{closest(task, names)}; see `aha tasks`")
@@ -202,9 +223,49 @@ def load_task(task: str, cfg: TaskConfig | None = None, split: str = "train") ->
         examples = load_jsonl_task(cfg.eval_file)
     else:
         examples = _load_all(task, cfg, split)
+    if split == "eval":
+        examples = _distinct(examples)
+    elif split == "train":  # never a problem of the own held-out split, or of any split in `holdout`
+        own = [split_spec(task, cfg)] if cfg.eval_size > 0 or cfg.eval_file else []
+        held = held_out_prompts(own + cfg.holdout)
+        kept = [e for e in examples if e.prompt not in held]
+        if examples and not kept:
+            raise AhaError(f"task: every train problem of '{task}' is held out for evaluation (its own eval split "
+                           "or, in a pipeline, another stage's: an eval stage of a file evaluates every row unless "
+                           "it says split: eval)")
+        examples = kept
     if not examples and not (split == "eval" and cfg.eval_size == 0):
         raise AhaError(f"task: '{task}' gave an empty {split} split")
     return examples
+
+
+HOLDOUT_KEYS = ("seed", "eval_size", "args", "eval_file")
+
+
+def split_spec(task: str, cfg: TaskConfig, split: str = "eval") -> dict[str, Any]:
+    """The description of one evaluation split, as `TaskConfig.holdout` lists them."""
+    return {"task": task, "split": split, **{k: getattr(cfg, k) for k in HOLDOUT_KEYS}}
+
+
+def held_out_prompts(specs: list[dict[str, Any]]) -> set[str]:
+    """The prompts of every split in `specs` (see `TaskConfig.holdout`)."""
+    out: set[str] = set()
+    for spec in specs:
+        out |= _split_prompts(json.dumps(spec, sort_keys=True, default=str)) if not is_file_task(spec["task"]) \
+            else _load_split_prompts(spec)
+    return out
+
+
+def _load_split_prompts(spec: dict[str, Any]) -> frozenset[str]:
+    cfg = TaskConfig(**{k: spec[k] for k in HOLDOUT_KEYS if k in spec})
+    return frozenset(e.prompt for e in load_task(spec["task"], cfg, spec.get("split", "eval")))
+
+
+@functools.lru_cache(maxsize=64)
+def _split_prompts(key: str) -> frozenset[str]:
+    """Generated splits are a function of their spec: each is generated once per process (files are read
+    every time, since they may change)."""
+    return _load_split_prompts(json.loads(key))
 
 
 def list_tasks() -> list[tuple[str, str]]:

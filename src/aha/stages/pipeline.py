@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from aha.config import build_section, load_config, recipe_source, to_dict
+from aha.data.tasks import TaskConfig, is_file_task, split_spec
 from aha.errors import AhaError, closest
 from aha.io import atomic_write_text, path_signature
 from aha.stages.evaluate import EvalConfig, evaluate
@@ -199,10 +200,41 @@ def load_pipeline(recipe: str | None, overrides: list[str] | None = None) -> Pip
         config = build_section(cls, tree, key + ".", src)
         stages.append(Stage(name, str(body["kind"]), config, sorted(set(found))))
         outputs[name] = str(root / name)
+    hold_out_every_eval_split(stages)
     if cfg.restart_from and cfg.restart_from not in cfg.stages:
         raise AhaError(f"from: unknown stage '{cfg.restart_from}'{closest(cfg.restart_from, cfg.stages)}; "
                        f"stages: {', '.join(cfg.stages)}")
     return Pipeline(cfg, stages, str(recipe or ""))
+
+
+def task_sections(config: Any):
+    """(task, data section, evaluated split) of every config node, nested ones included, that names a
+    `task` with its `data: TaskConfig` (a train stage's held-out split; an eval stage's split; a distill
+    stage's sampling task)."""
+    if not dataclasses.is_dataclass(config):
+        return
+    task, data = getattr(config, "task", None), getattr(config, "data", None)
+    if isinstance(task, str) and isinstance(data, TaskConfig):
+        split = getattr(config, "split", "eval")
+        if split == "auto":
+            split = "all" if is_file_task(task) else "eval"
+        yield task, data, split
+    for f in dataclasses.fields(config):
+        yield from task_sections(getattr(config, f.name))
+
+
+def hold_out_every_eval_split(stages: list[Stage]) -> None:
+    """Give every stage's task the evaluation splits of all stages (`TaskConfig.holdout`): a stage with
+    another seed must not train on the problems that another stage (or the final eval) tests on."""
+    specs: list[dict] = []
+    for stage in stages:
+        for task, data, split in task_sections(stage.config):
+            spec = split_spec(task, data, split)
+            if (split != "eval" or data.eval_size > 0 or data.eval_file) and spec not in specs:
+                specs.append(spec)
+    for stage in stages:
+        for _, data, _ in task_sections(stage.config):
+            data.holdout = [*data.holdout, *(s for s in specs if s not in data.holdout)]
 
 
 # ----------------------------------------------------------------------------------------- fingerprints
