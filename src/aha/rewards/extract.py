@@ -3,8 +3,9 @@
 R1's template asks for `<think> reasoning </think> <answer> answer </answer>`; the answer is the content
 of the LAST `<answer>…</answer>` pair (a model may quote the tags while thinking), else the last
 `\\boxed{…}` anywhere (the MATH convention, which small instruct models use without being asked), else
-nothing. Everything here is linear in the text length: plain `str.find`/`rfind` and one brace scan, no
-backtracking regex, so a 1 MB completion costs milliseconds.
+nothing; `final_answer` narrows an answer that contains a `\\boxed{…}` to the box. Everything here is
+linear in the text length: plain `str.find`/`rfind` and one brace scan, no backtracking regex, so a 1 MB
+completion costs milliseconds.
 """
 
 from __future__ import annotations
@@ -85,6 +86,19 @@ def extract_answer(text: str) -> str | None:
         return tagged.strip()
     boxed = last_boxed(text)
     return boxed.strip() if boxed is not None else None
+
+
+def final_answer(text: str) -> str | None:
+    """What the verifiers compare: `extract_answer(text)`, narrowed to the content of its `\\boxed{…}` when
+    it has exactly one, balanced (`<answer>First … so the result is \\boxed{42}.</answer>` -> "42": the box
+    is the answer, the text around it is explanation). Several boxes are left to the verifier as they are,
+    so `\\boxed{4} or \\boxed{5}` stays a hedge rather than becoming its last box."""
+    answer = extract_answer(text)
+    if answer and answer.count(_BOXED) == 1:
+        boxed = last_boxed(answer)
+        if boxed is not None:
+            return boxed.strip()
+    return answer
 
 
 def unbox(answer: str) -> str:

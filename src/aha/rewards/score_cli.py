@@ -1,8 +1,9 @@
 """`aha score`: score a JSONL of completions offline, or self-test the verifiers on gold answers.
 
 Scoring writes every input row back with `reward` (the weighted total) and one field per reward
-component, atomically (a temporary file renamed into place), and prints the mean of each component and
-the gold parse-failure rate. The self-test wraps each gold answer as `<think>…</think><answer>GOLD</answer>`
+component, atomically (a temporary file renamed into place; a row holding a lone UTF-16 surrogate is
+written with JSON `\\uXXXX` escapes rather than crash the write after all the scoring), and prints the
+mean of each component and the gold parse-failure rate. The self-test wraps each gold answer as `<think>…</think><answer>GOLD</answer>`
 (must score accuracy 1) and a perturbed gold (first integer n -> 9 followed by n + 1; countdown: the target + 1) (must score 0),
 and fails loudly when too many golds do not parse or do not score 1: the anchors are a verifier that
 scored every MATH problem 0 in worker processes, and one that gave 1.0 whenever the gold did not parse.
@@ -12,6 +13,7 @@ The trainer runs `selftest` before step 1.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -35,7 +37,9 @@ class ScoreConfig:
     output: str = ""
     """Where scored rows go (default: <input>.scored.jsonl next to the input)."""
     task: str = "math"
-    """Verifier for rows without a `task` field: math, number, countdown, code or rg:<dataset>."""
+    """Verifier for rows without a `task` field: math, number, countdown, code or rg:<dataset>. Self-test
+    without `input`: math and number check built-in gold answers; countdown and rg:<dataset> the
+    reasoning-gym dataset's; any other task name (a reasoning-gym dataset, a .jsonl, hf:NAME) its data."""
     rewards: list[str] = field(default_factory=lambda: ["accuracy", "format"])
     """Rewards to compute, each `name` or `name:weight` (weight 1 when omitted); `reward` is the weighted sum."""
     selftest: bool = False
@@ -242,6 +246,43 @@ def selftest(examples: list[Example], reward_set, max_parse_failure: float = 0.0
     return report
 
 
+# Gold answers in the shapes each verifier must handle, for `aha score selftest=true task=math|number`
+# without an input file: these verifiers have no data set of their own to draw golds from.
+BUILTIN_GOLDS: dict[str, tuple[str, ...]] = {
+    "math": ("42", "-7", "1,450,000", r"\frac{1}{2}", r"-\frac{3}{4}", "0.75", r"\sqrt{2}/2", r"3\sqrt{3}",
+             r"\{1, 2\}", "[-2, 7]", "(1, 2]", "(3, 4)", "x^2 + 1", r"\frac{\pi}{4}", r"50\%", "2^{10}",
+             "10^{-3}", r"\text{Sunday}", "x = 5", r"\text{(C)}"),
+    "number": ("72", "18", "-3", "0.5", "1,450,000", "3/4", "12345678901234567890123", "#### 1234"),
+}
+
+
+def selftest_examples(task: str, load) -> list[Example]:
+    """The examples `aha score selftest=true` checks when there is no input file. `task` names a verifier
+    (as it does for scoring): math and number have no data of their own, so they get `BUILTIN_GOLDS`;
+    `rg:<dataset>` loads the reasoning-gym dataset `<dataset>`; any other name (countdown, a reasoning-gym
+    dataset, a .jsonl, hf:NAME) is loaded as a task with `load(name)`."""
+    if task in BUILTIN_GOLDS:
+        return [Example(prompt="(built-in gold)", answer=g, task=task, id=f"{task}-builtin-{i}")
+                for i, g in enumerate(BUILTIN_GOLDS[task])]
+    if task == "code":
+        raise AhaError("task 'code': the self-test skips code (its golds need the sandbox); give input=<file>.jsonl "
+                       "or another task")
+    return load(task[3:] if task.startswith("rg:") else task)
+
+
+def jsonl_line(row: dict) -> str:
+    """One output line. Non-ASCII text is written as itself (UTF-8), except in a row holding a lone UTF-16
+    surrogate (a completion cut inside a character: "\\ud800"), which UTF-8 cannot encode: that row is
+    written with `ensure_ascii=True`, so the surrogate becomes the JSON escape `\\ud800` and reads back
+    exactly; nothing is replaced or dropped."""
+    line = json.dumps(row, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(row, ensure_ascii=True)
+    return line + "\n"
+
+
 # -- scoring -------------------------------------------------------------------------------------
 def default_output(input_path: str) -> str:
     p = Path(input_path)
@@ -253,7 +294,7 @@ def run_score(input: str, output: str = "", task: str = "math", rewards: list[st
               selftest: bool = False, max_parse_failure: float = 0.01, workers: int = 0,
               timeout_s: float = 2.0, language: str = "en", echo=print) -> dict:
     """Score `input` into `output` (or self-test the verifiers on it) and return the summary."""
-    from aha.io import atomic_write_jsonl, read_jsonl
+    from aha.io import atomic_write_text, read_jsonl
     from aha.rewards.rewardset import RewardSet
 
     if not input and selftest:
@@ -261,7 +302,7 @@ def run_score(input: str, output: str = "", task: str = "math", rewards: list[st
         from aha.data.tasks import TaskConfig, load_task
         from aha.rewards.rewardset import RewardSet
 
-        examples = load_task(task, TaskConfig(size=200, eval_size=0))[:200]
+        examples = selftest_examples(task, lambda name: load_task(name, TaskConfig(size=200, eval_size=0))[:200])
         cfg = RewardsConfig(weights={"accuracy": 1.0}, language=language, timeout_s=timeout_s, workers=workers)
         with RewardSet(cfg) as reward_set:
             report = selftest_fn(examples, reward_set, max_parse_failure)
@@ -314,7 +355,7 @@ def run_score(input: str, output: str = "", task: str = "math", rewards: list[st
         for name, values in parts.items():
             new[name] = values[i]
         scored.append(new)
-    atomic_write_jsonl(Path(out_path), scored)
+    atomic_write_text(Path(out_path), "".join(jsonl_line(r) for r in scored))
     n = len(rows)
     gold_fail = sum(1 for s in status.get("accuracy", []) if s == "gold")
     summary = {
