@@ -51,6 +51,7 @@ def test_collections_and_junk_holding_the_gold_score_zero(answer):
     ("(5, 7)", "(5, 7)"),
     ("5", r"\{5\}"),                    # a single value, however written
     ("5", "x = 5"),
+    (r"2\sqrt{3}", "2√3"),
 ])
 def test_a_collection_gold_still_matches_an_equal_answer(gold, answer):
     assert math_accuracy(tagged(answer), gold) == 1.0
@@ -198,6 +199,7 @@ def test_answer_math_is_the_whole_answer():
     assert answer_math("The answer is $\\frac{1}{2}$.") == "\\frac{1}{2}"
     assert answer_math("The answer is 5.") == "5"
     assert answer_math("Answer: 5") == "5"
+    assert answer_math("Therefore, x = 5.") == "x = 5"
     assert answer_math("x = 5") == "x = 5"
     assert answer_math("ln 5") == "ln 5"          # one word is not a lead-in: it may be a function
     assert answer_math("junk 7 $5$") is None      # a digit outside the math delimiters

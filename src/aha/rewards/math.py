@@ -78,7 +78,7 @@ def _parse(text: str) -> list:
 
 
 # -- normalizing an answer's math --------------------------------------------------------------------
-_UNICODE = str.maketrans({"−": "-", "≤": "\\le ", "≥": "\\ge ", "∞": "\\infty ", "°": "^\\circ "})
+_UNICODE = str.maketrans({"−": "-", "≤": "\\le ", "≥": "\\ge ", "∞": "\\infty ", "°": "^\\circ ", "√": "\\sqrt "})
 _LE = r"(?:<=|\\leqslant|\\leq|\\le|\\lt|<)"
 _GE = r"(?:>=|\\geqslant|\\geq|\\ge|\\gt|>)"
 _STRICT = ("<", ">", "\\lt", "\\gt")
@@ -146,9 +146,10 @@ _DELIMITED = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", 
 # One character at a time (each matches one branch only), so the match is linear.
 _PROSE = re.compile(r"(?:[^\W\d_]|[\s.,:;!?'\"()-])*")
 _ADJACENT_NUMBERS = re.compile(r"\d(?:\s|\\[,;: !])+\d")
-# A lead-in before plain math: two or more words ("the answer is 5"), or words and a colon ("Answer: 5").
+# A lead-in before plain math: two or more words ("the answer is 5"), or words and a colon or comma
+# ("Answer: 5", "Therefore, x = 5").
 # Words have two letters or more, so a variable (`x = 5`) is never taken for one.
-_LEAD_IN = re.compile(r"(?:(?:[A-Za-z]{2,}[ \t,]+){2,}|[A-Za-z]{2,}(?:[ \t]+[A-Za-z]{2,})*[ \t]*:\s*)(?=\S)")
+_LEAD_IN = re.compile(r"(?:(?:[A-Za-z]{2,}[ \t,]+){2,}|[A-Za-z]{2,}(?:[ \t]+[A-Za-z]{2,})*[ \t]*[:,]\s*)(?=\S)")
 
 
 def answer_math(answer: str) -> str | None:
