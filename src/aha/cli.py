@@ -1,14 +1,17 @@
 """`aha <command> [RECIPE] [key=value ...]`: parse, load the config, call one function.
 
 Bad input (a config typo, a malformed file, an unknown task or model) prints one line
-`aha: <what and where>` and exits 2; `--debug` shows the traceback instead.
+`aha: <what and where>` and exits 2; so does an OS error on a path (an out_dir that is a file, a
+read-only folder, a full disk). `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aha.errors import AhaError, closest
 
@@ -167,6 +170,22 @@ def _print_help(name: str, cmd: Command) -> None:
             print(f"      {doc}")
 
 
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+"""OS errors that name no file yet need no traceback: the machine, not aha, is at fault."""
+
+
+def os_error_line(e: OSError) -> str | None:
+    """The one-line message for an OS error on a path (None: a bug, whose traceback should show)."""
+    if e.filename is None:
+        return e.strerror if e.errno in ENVIRONMENT_ERRNOS else None
+    path = Path(e.filename)
+    if e.errno in (errno.EEXIST, errno.ENOTDIR):  # a folder was wanted where a file is
+        blocker = next((p for p in (path, *path.parents) if p.is_file()), None)
+        if blocker is not None:
+            return f"cannot create folder {path}: {blocker} is a file"
+    return f"{path}: {e.strerror or e}"
+
+
 def parse_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
     """(recipe, overrides, debug) from the words after the command."""
     debug = "--debug" in argv
@@ -209,8 +228,6 @@ def main(argv: list[str] | None = None) -> int:
                 overrides.insert(0, f"run={recipe}")  # `aha plot RUN_DIR`
                 recipe = None
             if name in ("train", "sft") and recipe and not recipe.endswith((".yaml", ".yml")):
-                from pathlib import Path
-
                 if (Path(recipe) / "config.yaml").exists():  # `aha train|sft RUN_DIR resume=true`
                     recipe = str(Path(recipe) / "config.yaml")
             if name == "pipeline":
@@ -225,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"aha: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        line = os_error_line(e)
+        if debug or line is None:
+            raise
+        print(f"aha: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("aha: interrupted", file=sys.stderr)

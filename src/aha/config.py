@@ -8,15 +8,63 @@ Fields are documented where they are declared (a string right under each field).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 
 from aha.errors import AhaError, closest
+from aha.io import read_text
+
+# ---------------------------------------------------------------------------------------------
+# Number ranges, declared with a field's type and checked where a value enters (recipe or command line).
+# Every float must be finite (nan and inf never mean anything here); a field that takes a range says so
+# in its type: `group_size: PositiveInt = 8`.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The allowed range of a number field, attached to its type with `Annotated[int, Bounds(low=1)]`."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    """True: `low` itself is excluded."""
+    high_open: bool = False
+    """True: `high` itself is excluded."""
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+PositiveInt = Annotated[int, Bounds(low=1)]
+"""Sizes and counts: group sizes, batch sizes, token budgets, intervals."""
+NonNegInt = Annotated[int, Bounds(low=0)]
+"""Counts where 0 has a documented meaning (none, off, all)."""
+PositiveFloat = Annotated[float, Bounds(low=0, low_open=True)]
+"""Time limits, learning rates."""
+NonNegFloat = Annotated[float, Bounds(low=0)]
+"""Temperatures (0: greedy), coefficients and norms (0: off)."""
+Probability = Annotated[float, Bounds(low=0, high=1, low_open=True)]
+"""In (0, 1]: top_p, similarity thresholds."""
+Fraction = Annotated[float, Bounds(low=0, high=1)]
+"""In [0, 1]: shares of a batch or of a text."""
+FractionBelowOne = Annotated[float, Bounds(low=0, high=1, high_open=True)]
+"""In [0, 1): Adam's betas, dropout, a share whose complement is divided by."""
 
 # ---------------------------------------------------------------------------------------------
 # Generic machinery: YAML + overrides -> dataclass, with located errors.
@@ -95,6 +143,12 @@ def _coerce(value: Any, tp, key: str, src: _Source) -> Any:
 
     if tp is Any:
         return value
+    if origin is Annotated:
+        value = _coerce(value, args[0], key, src)
+        for bounds in (m for m in tp.__metadata__ if isinstance(m, Bounds)):
+            if value is not None and not bounds.holds(value):
+                raise AhaError(f"{src.where(key)}: {key}: must be {bounds}, got {value!r}")
+        return value
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -131,14 +185,17 @@ def _coerce(value: Any, tp, key: str, src: _Source) -> Any:
                 pass
         raise bad("an integer")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-5` as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads `1e-5` as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise bad("a number")
+        if number is not None and math.isfinite(number):
+            return number
+        raise bad("a finite number")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -164,7 +221,7 @@ def _coerce(value: Any, tp, key: str, src: _Source) -> Any:
 
 
 def _build(cls, data: dict, prefix: str, src: _Source):
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for k, v in data.items():
@@ -177,7 +234,7 @@ def _build(cls, data: dict, prefix: str, src: _Source):
         obj = cls(**kwargs)
     except (TypeError, ValueError) as e:
         name, sep, rest = str(e).partition(":")
-        if sep and name in fields:  # a check of one field ("field: why"): name it in full, where it was set
+        if sep and name.split(".")[0] in fields:  # a check of one key ("field[.sub]: why"): name it in full, where it was set
             key = f"{prefix}{name}"
             raise AhaError(f"{src.where(key)}: {key}:{rest}") from None
         raise AhaError(f"{src.where(prefix.rstrip('.') or 'config')}: {e}") from None
@@ -212,7 +269,7 @@ def load_config(cls, recipe: str | os.PathLike | None = None, overrides: list[st
         path = Path(recipe)
         if not path.is_file():
             raise AhaError(f"{recipe}: recipe file not found")
-        text = path.read_text()
+        text = read_text(path)
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -238,7 +295,7 @@ def recipe_source(recipe: str | os.PathLike | None = None, overrides: list[str] 
     """Where each dotted key of a loaded recipe came from: `.where(key)` is "file:line" or "command line"."""
     src = _Source()
     if recipe is not None:
-        src = _Source(str(recipe), _key_lines(Path(recipe).read_text()))
+        src = _Source(str(recipe), _key_lines(read_text(recipe)))
     src.cli_keys = {_parse_override(o)[0] for o in overrides or []}
     return src
 

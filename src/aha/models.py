@@ -191,6 +191,29 @@ def resolve(model: str) -> Path:
                    f"({', '.join(REGISTRY)}), a .gguf file or an HF folder")
 
 
+def load_errors() -> tuple[type[BaseException], ...]:
+    """What transformers and safetensors raise for a model folder whose files do not load (truncated,
+    corrupt, of another architecture)."""
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, RuntimeError, EOFError, SafetensorError
+
+
+def load_error(model: str, folder: Path, error: BaseException, what: str = "cannot load model") -> AhaError:
+    """The one-line error for a model that does not load: the weights file that does not open when there is
+    one (a truncated download, a corrupt copy), else the model and the first line of the reason."""
+    from safetensors import safe_open
+
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except Exception as e:  # any failure to open it means this file is the culprit
+            return AhaError(f"{f}: corrupt weights file ({(str(e).strip().splitlines() or [reason])[0]})")
+    return AhaError(f"{model}: {what}: {reason}")
+
+
 def load_tokenizer(model: str):
     from transformers import AutoTokenizer
 
@@ -209,8 +232,8 @@ def load_model(model: str, dtype: str = "float32", device: str = "cpu"):
     tok = load_tokenizer(model)
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype(dtype, device))
-    except (OSError, ValueError) as e:
-        raise AhaError(f"{model}: cannot load model: {str(e).splitlines()[0]}") from None
+    except load_errors() as e:
+        raise load_error(model, folder, e) from None
     lm.to(device)
     if lm.generation_config is not None and lm.generation_config.pad_token_id is None:
         lm.generation_config.pad_token_id = tok.pad_token_id

@@ -102,7 +102,7 @@ def load_reward_model(model: str, device: str, dtype: str):
     """(model, tokenizer) of a sequence-classification folder, in eval mode, loaded once per process."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from aha.models import resolve, torch_dtype
+    from aha.models import load_error, load_errors, resolve, torch_dtype
     from aha.train.grpo_loop import pick_device
 
     folder = resolve(model)
@@ -112,8 +112,8 @@ def load_reward_model(model: str, device: str, dtype: str):
     tok.truncation_side = "left"  # keep the response's end: the score is read at the last token
     try:
         rm = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch_dtype(dtype))
-    except (OSError, ValueError) as e:
-        raise AhaError(f"{model}: cannot load as a sequence-classification model: {str(e).splitlines()[0]}") from None
+    except load_errors() as e:
+        raise load_error(model, folder, e, "cannot load as a sequence-classification model") from None
     if rm.config.pad_token_id is None:
         rm.config.pad_token_id = tok.pad_token_id
     return rm.to(pick_device(device)).eval().requires_grad_(False), tok

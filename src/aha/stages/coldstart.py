@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from aha.config import PositiveInt
 from aha.errors import AhaError
 from aha.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from aha.rewards.extract import extract_answer, split_think
@@ -62,7 +63,7 @@ class ColdStartConfig:
     """source=rollouts: the R1-Zero run folder (reads rollouts/step_*.jsonl)."""
     input: str = ""
     """source=file: JSONL of {prompt, completion} with completions in R1's form."""
-    size: int = 200
+    size: PositiveInt = 200
     """Most samples kept (R1 used thousands; a few hundred suit a CPU)."""
     filters: FilterConfig = field(default_factory=lambda: FilterConfig(format="r1", max_per_prompt=1))
     """Readability filters for the rollouts and file sources (few_shot uses sample.filters)."""

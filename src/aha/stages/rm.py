@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from aha.config import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
 from aha.errors import AhaError
 from aha.io import read_jsonl
 from aha.models import resolve_dtype
@@ -30,39 +31,39 @@ class RMConfig:
     a scalar one. A sequence-classification folder continues training with its own head."""
     data: str = "recipes/data/preferences_helpful.jsonl"
     """Preference pairs, JSONL rows {prompt, chosen, rejected} (strings; chosen is the better response)."""
-    eval_size: int = 8
+    eval_size: NonNegInt = 8
     """Held-out pairs: the file's last rows (at most half of it); their pairwise accuracy is the metric."""
     out_dir: str = "runs/rm"
     """Run folder: config, metrics.jsonl, checkpoints (the newest is the reward model)."""
-    epochs: int = 2
+    epochs: PositiveInt = 2
     """Passes over the training pairs."""
-    batch_size: int = 4
+    batch_size: PositiveInt = 4
     """Pairs per optimizer step."""
-    micro_batch_size: int = 0
+    micro_batch_size: NonNegInt = 0
     """Pairs per forward and backward pass; gradients accumulate over the step's batch_size pairs, the same
     gradient as all at once (0: all at once)."""
     gradient_checkpointing: bool = False
     """Recompute each layer in the backward pass instead of keeping its activations (exact): long pairs on
     GPUs."""
-    lr: float = 1e-5
+    lr: PositiveFloat = 1e-5
     """Peak AdamW learning rate (constant after warm-up)."""
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
+    weight_decay: NonNegFloat = 0.0
+    warmup_steps: NonNegInt = 0
     """Linear warm-up (optimizer steps)."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: NonNegFloat = 1.0
     """Gradient clipping by global norm (0 disables)."""
-    max_length: int = 512
+    max_length: PositiveInt = 512
     """Longest pair member in tokens; longer ones keep their end (the score is read at the last token)."""
     seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16"] = "float32"
     """Compute dtype: bfloat16 autocasts over fp32 master weights, as in `aha train`."""
     device: str = "auto"
     """cpu, cuda or auto."""
-    eval_every: int = 0
+    eval_every: NonNegInt = 0
     """Held-out accuracy every N steps (0: before and after training only)."""
-    checkpoint_every: int = 50
+    checkpoint_every: PositiveInt = 50
     """Save a checkpoint every N steps (and at the end)."""
-    keep_checkpoints: int = 1
+    keep_checkpoints: PositiveInt = 1
     """Keep the newest K checkpoints."""
     resume: bool = False
     """Continue from the newest checkpoint in out_dir."""
@@ -141,15 +142,15 @@ def load_backbone(model: str, device: str):
     """(sequence-classification model with one label, tokenizer) from a causal LM or a reward model folder."""
     from transformers import AutoModelForSequenceClassification
 
-    from aha.models import load_tokenizer, resolve
+    from aha.models import load_error, load_errors, load_tokenizer, resolve
 
     folder = resolve(model)
     tok = load_tokenizer(model)
     tok.truncation_side = "left"
     try:
         rm = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1)
-    except (OSError, ValueError) as e:
-        raise AhaError(f"{model}: cannot load as a reward model backbone: {str(e).splitlines()[0]}") from None
+    except load_errors() as e:
+        raise load_error(model, folder, e, "cannot load as a reward model backbone") from None
     rm.config.pad_token_id = tok.pad_token_id  # batches > 1 need it to find each row's last token
     return rm.to(device), tok
 

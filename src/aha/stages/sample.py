@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from aha.config import Fraction, NonNegFloat, NonNegInt, PositiveInt, Probability
 from aha.data.example import Example
 from aha.data.tasks import TaskConfig, load_task
 from aha.data.templates import R1_SUMMARY_SYSTEM, R1_SYSTEM, render_prompt, with_prefill
@@ -47,23 +48,23 @@ class FilterConfig:
     `<think>…</think>`, a readable summary, then `<answer>…</answer>`; none: any text."""
     language: str = "en"
     """Target language of the reasoning (en, zh, ja, ko, ru)."""
-    min_language: float = 0.9
+    min_language: Fraction = 0.9
     """Least share of the reasoning's words in `language` (R1's language consistency); 0 disables. Reasoning
     without any words (pure arithmetic) passes."""
     truncated: bool = True
     """Drop completions cut off at max_new_tokens."""
-    max_tokens: int = 0
+    max_tokens: NonNegInt = 0
     """Drop completions longer than this many tokens (0: no limit below max_new_tokens)."""
-    repeat_ngram: int = 8
+    repeat_ngram: PositiveInt = 8
     """Length in words of the n-grams checked for repetition."""
-    max_repeats: int = 3
+    max_repeats: NonNegInt = 3
     """Drop a completion in which one repeat_ngram-word n-gram occurs more than this many times; 0 disables."""
     no_code: bool = False
     """Drop completions whose reasoning contains a code block (a ``` fence), as R1 does for its reasoning data."""
-    near_duplicate: float = 0.9
+    near_duplicate: Probability = 0.9
     """Drop a completion whose word-trigram Jaccard similarity to one already kept for the same prompt is at
     least this; 1.0 drops exact duplicates only (those are always dropped)."""
-    max_per_prompt: int = 4
+    max_per_prompt: PositiveInt = 4
     """m: completions kept per prompt at most."""
 
 
@@ -80,13 +81,13 @@ class SampleConfig:
     data: TaskConfig = field(default_factory=lambda: TaskConfig(
         size=500, eval_size=100, args={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}))
     """Task size, seeds and difficulty; the train split is sampled (held-out problems stay held out)."""
-    limit: int = 0
+    limit: NonNegInt = 0
     """Sample only the first N prompts (0: all)."""
-    group_size: int = 8
+    group_size: PositiveInt = 8
     """k: completions sampled per prompt."""
-    temperature: float = 0.7
-    top_p: float = 0.95
-    max_new_tokens: int = 256
+    temperature: NonNegFloat = 0.7
+    top_p: Probability = 0.95
+    max_new_tokens: PositiveInt = 256
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
     """Completions also end when their text contains one of these."""
     template: Literal["auto", "r1_zero", "chat", "r1", "plain"] = "auto"
@@ -101,7 +102,7 @@ class SampleConfig:
     """JSONL of {prompt, completion} worked examples shown as earlier chat turns before each question
     (few-shot prompting with long chains of thought); replaces few_shot."""
     filters: FilterConfig = field(default_factory=FilterConfig)
-    batch_size: int = 64
+    batch_size: PositiveInt = 64
     """Sequences decoded at once; batch_size // group_size prompts are sampled, filtered and written together
     (a crash loses at most that batch)."""
     out_dir: str = "runs/sample"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from aha.config import FractionBelowOne, NonNegInt, PositiveFloat, PositiveInt
 from aha.data.templates import render_completion_target, render_prompt, strip_prefill
 from aha.errors import AhaError
 from aha.io import read_jsonl
@@ -31,18 +32,18 @@ class MixConfig:
 
     file: str = ""
     """JSONL of non-reasoning samples ({prompt, completion} or {messages}): answers with no chain of thought."""
-    ratio: float = 0.0
+    ratio: FractionBelowOne = 0.0
     """Share of the training samples drawn from `file` (0.25: one sample in four); 0 mixes nothing. The
     file is sampled without replacement, and repeated only when it is too small for the ratio."""
 
 
 @dataclass
 class SFTLogConfig:
-    checkpoint_every: int = 50
+    checkpoint_every: PositiveInt = 50
     """Save a checkpoint every N steps (and at the end)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: PositiveInt = 2
     """Keep the newest K checkpoints."""
-    eval_every: int = 20
+    eval_every: NonNegInt = 20
     """Validation loss on the held-out slice every N steps (and before and after training)."""
     tensorboard: bool = True
     progress: bool = True
@@ -56,7 +57,7 @@ class SFTConfig:
     input: str = ""
     """JSONL of samples: {prompt, completion} (prompt: the bare question) or {messages: [{role, content}, ...]}
     ending with the assistant's message; optional `kind: general` marks a non-reasoning sample."""
-    eval_size: int = 16
+    eval_size: NonNegInt = 16
     """Held-out samples for the validation loss (whole prompts, drawn with `seed`); 0: none."""
     mix: MixConfig = field(default_factory=MixConfig)
     """Non-reasoning samples mixed in at a ratio."""
@@ -69,16 +70,16 @@ class SFTConfig:
     prefill: str = "<think>"
     """Text that starts the assistant's turn of reasoning samples; removed from the front of targets that
     begin with it, so it is never duplicated. Use the value RL and evaluation use."""
-    max_length: int = 1024
+    max_length: PositiveInt = 1024
     """Tokens per packed row; samples longer than this are dropped (and counted)."""
     packing: bool = True
     """Pack several samples per row (no attention across them); false: one sample per row, rows of similar
     length batched together."""
-    samples_per_step: int = 16
+    samples_per_step: PositiveInt = 16
     """Samples per optimizer step; the loss is the mean over their completion tokens."""
-    epochs: float = 2.0
+    epochs: PositiveFloat = 2.0
     """Passes over the training samples (used when steps is 0)."""
-    steps: int = 0
+    steps: NonNegInt = 0
     """Optimizer steps; 0: epochs * samples / samples_per_step."""
     out_dir: str = "runs/sft"
     """Run folder: config, metrics, TensorBoard events, checkpoints (HF folders)."""
@@ -88,7 +89,7 @@ class SFTConfig:
     computes it fast (see aha.models.fast_bf16), else float32."""
     device: str = "auto"
     """cpu, cuda or auto."""
-    threads: int = 0
+    threads: NonNegInt = 0
     """torch intra-op threads (0: torch's default)."""
     malloc: Literal["tuned", "default"] = "tuned"
     """tuned: glibc keeps freed memory for reuse instead of unmapping it (aha.runtime.tune_malloc, as in

@@ -73,8 +73,16 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-    except BaseException:
+    except BaseException as e:
+        from safetensors import SafetensorError
+
+        from aha.io import write_error
+
+        # A full disk or a read-only folder: one line naming the checkpoint (torch and safetensors word it their way).
+        failed = write_error(final, e) if isinstance(e, (OSError, RuntimeError, SafetensorError)) else None
         shutil.rmtree(tmp, ignore_errors=True)
+        if failed is not None:
+            raise failed from e
         raise
     for _, old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)

@@ -6,6 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from aha.config import (
+    Fraction,
+    FractionBelowOne,
+    NonNegFloat,
+    NonNegInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+)
 from aha.data.tasks import TaskConfig
 from aha.rewards.config import RewardsConfig
 
@@ -14,25 +23,25 @@ DEFAULT_REWARDS = {"accuracy": 1.0, "accuracy_lenient": 0.5, "format_partial": 0
 
 @dataclass
 class GRPOConfig:
-    group_size: int = 8
+    group_size: PositiveInt = 8
     """Completions sampled per prompt (G). The one name for this everywhere."""
-    prompts_per_step: int = 8
+    prompts_per_step: PositiveInt = 8
     """Prompts per optimisation step (B); a step trains on B*G completions."""
-    kl_coef: float = 0.0
+    kl_coef: NonNegFloat = 0.0
     """beta: weight of the k3 KL to a frozen reference; 0 skips loading the reference model."""
-    eps_low: float = 0.2
+    eps_low: Fraction = 0.2
     """Lower clip of the ratio (1 - eps_low)."""
-    eps_high: float = 0.2
+    eps_high: NonNegFloat = 0.2
     """Upper clip of the ratio (1 + eps_high); DAPO's clip-higher uses 0.28."""
     scale_by_std: bool = True
     """Divide advantages by the group std (GRPO); false for Dr.GRPO."""
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
     """Loss aggregation: GRPO seq_mean_token_mean, DAPO token_mean, Dr.GRPO seq_mean_token_sum_norm."""
-    mu: int = 1
+    mu: PositiveInt = 1
     """Inner optimisation iterations over the same rollouts (old log-probs are stored when mu > 1)."""
     dynamic_sampling: bool = False
     """DAPO: drop groups whose rewards are all equal and draw more prompts until the batch is full."""
-    max_resample_rounds: int = 3
+    max_resample_rounds: NonNegInt = 3
     """Cap on extra prompt draws per step for dynamic sampling."""
     mask_truncated: bool = False
     """Exclude completions cut off at max_new_tokens from the loss (DAPO's overlong filtering)."""
@@ -42,17 +51,17 @@ class GRPOConfig:
 class RolloutConfig:
     engine: Literal["hf", "vllm"] = "hf"
     """Rollout engine: hf (transformers, CPU or GPU) or vllm (GPU)."""
-    temperature: float = 1.0
+    temperature: NonNegFloat = 1.0
     """Sampling temperature for training rollouts."""
-    top_p: float = 1.0
-    top_k: int = 0
-    max_new_tokens: int = 128
+    top_p: Probability = 1.0
+    top_k: NonNegInt = 0
+    max_new_tokens: PositiveInt = 128
     """Completion budget in tokens; longer completions are truncated (finished=false)."""
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
     """Completions also end when their text contains one of these."""
-    max_batch: int = 64
+    max_batch: PositiveInt = 64
     """Most sequences decoded at once."""
-    compact_finished: float = 0.0
+    compact_finished: Fraction = 0.0
     """hf engine: finished completions leave the decode batch (which copies the KV cache) once this share of
     the batch has finished; 0 drops them at once."""
     fast_decode: bool = True
@@ -63,18 +72,18 @@ class RolloutConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-5
+    lr: PositiveFloat = 2e-5
     """Peak AdamW learning rate."""
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.99
-    warmup_steps: int = 3
+    weight_decay: NonNegFloat = 0.0
+    beta1: FractionBelowOne = 0.9
+    beta2: FractionBelowOne = 0.99
+    warmup_steps: NonNegInt = 3
     """Linear warm-up (optimizer steps)."""
     schedule: Literal["constant", "cosine"] = "constant"
     """LR after warm-up."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: NonNegFloat = 1.0
     """Gradient clipping by global norm (0 disables)."""
-    micro_batch_size: int = 32
+    micro_batch_size: PositiveInt = 32
     """Sequences per forward/backward; gradients accumulate over the step's B*G sequences. With packed groups
     (share_prompt) 32 puts four groups of 8 in a row: training -7% and reference -6% against two on the CPU
     benchmark (attention runs one prompt's run at a time, so longer rows cost no more attention per token);
@@ -102,46 +111,40 @@ class OptimConfig:
     """Recompute each decoder layer in the backward pass instead of keeping its activations (exact; one more
     forward pass of compute for activation memory of one layer instead of all): for long completions on GPUs.
     In GRPO it turns share_prefix off (a recomputed layer cannot re-read a cache it wrote to)."""
-    logprob_chunk: int = 0
+    logprob_chunk: NonNegInt = 0
     """The LM head runs this many positions at a time and again in the backward pass, so that a micro-batch's
     (positions x vocabulary) logits never exist at once (exact; aha.grpo.head_logprobs): for long completions
     on GPUs, where they outgrow the layers' activations. 0: all positions at once (one head pass fewer)."""
-    pack_tokens: int = 4096
+    pack_tokens: PositiveInt = 4096
     """Most tokens in one packed row (its prompt and completions); a longer group is split over rows, each
     with its prompt. Bounds the row's block attention mask (L x L) and the attention it computes and masks."""
-
-    def __post_init__(self):
-        if self.logprob_chunk < 0:
-            raise ValueError(f"logprob_chunk: must be >= 0 (0: all positions at once), got {self.logprob_chunk}")
 
 
 @dataclass
 class LoRAConfig:
-    rank: int = 0
+    rank: NonNegInt = 0
     """Rank of the adapters (0: train every weight, no LoRA). With a rank, only the adapters train: the
     optimizer state and gradients shrink to theirs, and the KL reference needs no copy of the model."""
-    alpha: float = 32.0
+    alpha: PositiveFloat = 32.0
     """Scale numerator: the update is B @ A x alpha / rank."""
-    dropout: float = 0.0
+    dropout: FractionBelowOne = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Module names to adapt (peft's `target_modules`); "all-linear": every linear layer but the LM head."""
 
     def __post_init__(self):
-        if self.rank < 0:
-            raise ValueError(f"rank: must be >= 0 (0: no LoRA), got {self.rank}")
         if self.rank and not self.target_modules:
             raise ValueError("target_modules: empty, so nothing would train")
 
 
 @dataclass
 class LogConfig:
-    rollouts_every: int = 5
+    rollouts_every: NonNegInt = 5
     """Dump rollouts/step_N.jsonl every N steps (0: never)."""
-    checkpoint_every: int = 20
+    checkpoint_every: PositiveInt = 20
     """Save a checkpoint every N steps (and at the end)."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: PositiveInt = 2
     """Keep the newest K checkpoints."""
-    eval_every: int = 10
+    eval_every: NonNegInt = 10
     """Held-out greedy accuracy every N steps (0: only before and after training when eval_size > 0)."""
     tensorboard: bool = True
     progress: bool = True
@@ -171,7 +174,7 @@ class TrainConfig:
     """Text that starts every completion ("" for none); rewards and logs see prefill + completion."""
     out_dir: str = "runs/r1_zero_smollm2"
     """Run folder: config, metrics, rollouts, checkpoints, TensorBoard events."""
-    steps: int = 40
+    steps: NonNegInt = 40
     """Optimisation steps (each on prompts_per_step * group_size completions)."""
     seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -180,7 +183,7 @@ class TrainConfig:
     slower than fp32 on CPUs without them)."""
     device: str = "auto"
     """cpu, cuda or auto."""
-    threads: int = 0
+    threads: NonNegInt = 0
     """torch intra-op threads (0: torch's default)."""
     malloc: Literal["tuned", "default"] = "tuned"
     """tuned: glibc keeps freed memory for reuse instead of unmapping it (aha.runtime.tune_malloc; see

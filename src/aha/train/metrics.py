@@ -7,7 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from aha.io import append_jsonl, atomic_write_jsonl
+from aha.errors import AhaError
+from aha.io import append_jsonl, atomic_write_jsonl, read_jsonl
 
 REFLECTION_WORDS = ("wait", "re-check", "recheck", "let me verify", "let me check", "however", "but wait",
                     "double-check", "double check", "re-evaluate", "reconsider", "hmm")
@@ -53,10 +54,19 @@ class MetricsLogger:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl ([] when there is none); a row that is not a JSON object with a
+    numeric `step` is an AhaError naming the file and line."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for lineno, row in read_jsonl(path):
+        step = row.get("step")
+        if isinstance(step, bool) or not isinstance(step, (int, float)):
+            raise AhaError(f"{path}:{lineno}: " + ("missing field 'step'" if step is None else
+                                                   f"field 'step' must be a number, got {step!r}"))
+        rows.append(row)
+    return rows
 
 
 def component_means(parts: dict[str, list[float]], row_weights: list[dict[str, float]]) -> dict[str, float]:
