@@ -1,20 +1,24 @@
 """Benchmark: the README's main job (R1-Zero on SmolLM2-135M-Instruct, CPU) with held-out accuracy
 before and after training, greedy and pass@1 (k samples at T=0.6, top-p 0.95), plus the curves.
 
-    .venv/bin/python bench/r1_zero_cpu.py [RECIPE] [key=value ...]
+    .venv/bin/python bench/r1_zero_cpu.py [RECIPE] [key=value ...] [--result NAME]
 
-Writes bench/results/r1_zero_cpu.json and the run's PNG figures; prints a Markdown table for
-bench/README.md. Extra key=value pairs override the training recipe (e.g. steps=30).
+Writes bench/results/NAME.json (default r1_zero_cpu) with the commit and the CPU kind inside, and the run's
+PNG figures; prints a Markdown table for bench/README.md. Extra key=value pairs override the training
+recipe (e.g. steps=30). Accuracy is the binary verdict (aha's `accuracy` reward).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from aha.config import load_config
+from aha.io import atomic_write_text
+from aha.models import fast_bf16
 from aha.stages.evaluate import EvalConfig, evaluate
 from aha.train.config import TrainConfig
 from aha.train.grpo_loop import train
@@ -28,13 +32,14 @@ def held_out(model: str, cfg: TrainConfig, out: Path, samples: int) -> dict:
     greedy = evaluate(EvalConfig(model=[model], samples=1, temperature=0.0, out_dir=str(out / "greedy"), **common))[0]
     sampled = evaluate(EvalConfig(model=[model], samples=samples, temperature=0.6, top_p=0.95,
                                   out_dir=str(out / "sampled"), **common))[0]
-    return {"greedy_accuracy": greedy["pass@1"], "greedy_format_rate": greedy["format_rate"],
+    return {"problems": greedy["problems"], "greedy_accuracy": greedy["pass@1"], "greedy_format_rate": greedy["format_rate"],
             "pass@1": sampled["pass@1"], "pass@1_se": sampled["pass@1_se"], f"cons@{samples}": sampled[f"cons@{samples}"],
             "length_mean": sampled["length_mean"], "eval_seconds": greedy["seconds"] + sampled["seconds"]}
 
 
 def main(argv: list[str]) -> None:
     recipe = argv[0] if argv and argv[0].endswith(".yaml") else "recipes/r1_zero_smollm2.yaml"
+    name = argv[argv.index("--result") + 1] if "--result" in argv else "r1_zero_cpu"
     overrides = [a for a in argv if "=" in a]
     cfg = load_config(TrainConfig, recipe, ["out_dir=runs/bench_r1_zero", "log.progress=false", *overrides])
     out = Path(cfg.out_dir)
@@ -48,11 +53,11 @@ def main(argv: list[str]) -> None:
     _, last = latest_checkpoint(run_dir)
     after = held_out(str(last), cfg, out / "eval_after", samples)
     figures = [str(p) for p in plot_run(str(run_dir))]
-    result = {"recipe": recipe, "overrides": overrides, "steps": cfg.steps, "train_seconds": train_s,
-              "eval_problems": cfg.data.eval_size, "before": before, "after": after, "figures": figures}
-    dest = Path("bench/results/r1_zero_cpu.json")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(result, indent=2))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    result = {"commit": commit, "cpu": "with bf16 units (AMX/AVX512-BF16)" if fast_bf16() else "without bf16 units",
+              "recipe": recipe, "overrides": overrides, "steps": cfg.steps, "train_seconds": train_s,
+              "eval_problems": after["problems"], "before": before, "after": after, "figures": figures}
+    atomic_write_text(Path(f"bench/results/{name}.json"), json.dumps(result, indent=2) + "\n")
     print(f"| | greedy acc | pass@1 (k={samples}, T=0.6) | cons@{samples} | mean length |")
     print("|---|---|---|---|---|")
     for name, r in (("before", before), ("after", after)):

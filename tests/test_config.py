@@ -140,3 +140,19 @@ def test_nested_overrides_keep_the_other_defaults(tmp_path):
     cfg = load_config(TrainConfig, recipe)
     assert cfg.rewards.weights == {"accuracy": 1.0}  # a mapping in a recipe says exactly what it means
     assert cfg.data.eval_size == 5 and cfg.data.args == default.data.args
+
+
+def test_overlong_follows_the_sampling_cut_and_a_contradiction_is_refused(tmp_path):
+    """An overlong penalty at 256 tokens while sampling 4,096 gives -1 to every long answer: refused with the
+    file, line and key; left unset it follows rollout.max_new_tokens (buffer: a fifth)."""
+    from aha.train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, None, ["rollout.max_new_tokens=4096", "rewards.weights={accuracy: 1.0, overlong: 1.0}"])
+    assert (cfg.rewards_config.overlong.max_tokens, cfg.rewards_config.overlong.buffer) == (4096, 819)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rollout: {max_new_tokens: 4096}\nrewards:\n  weights: {accuracy: 1.0, overlong: 1.0}\n"
+                      "  overlong: {max_tokens: 256}\n")
+    with pytest.raises(AhaError, match=r"r\.yaml:4: rewards\.overlong\.max_tokens: 256 is not rollout\.max_new_tokens"):
+        load_config(TrainConfig, str(recipe), [])
+    # not weighted: no contradiction to refuse
+    load_config(TrainConfig, None, ["rollout.max_new_tokens=4096", "rewards.overlong.max_tokens=256"])

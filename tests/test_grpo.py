@@ -13,6 +13,7 @@ from aha.grpo import (
     head_logprobs,
     k3_kl,
     selected_logprobs,
+    truncated_is_weights,
 )
 
 
@@ -98,6 +99,25 @@ def test_grpo_loss_kl_term_added():
     terms = grpo_loss(logp, None, torch.tensor([0.0]), torch.ones(1, 1), ref_logprobs=ref, kl_coef=0.1)
     assert terms.kl == pytest.approx(0.5 - math.log(0.5) - 1, abs=1e-6)
     assert terms.loss.item() == pytest.approx(0.1 * terms.kl, abs=1e-6)
+
+
+def test_truncated_importance_weights_by_hand():
+    trainer = torch.log(torch.tensor([[0.5, 0.3, 0.9]]))
+    sampler = torch.log(torch.tensor([[0.25, 0.3, 0.3]]))
+    w = truncated_is_weights(trainer, sampler, cap=2.0)
+    assert torch.allclose(w, torch.tensor([[2.0, 1.0, 2.0]]))  # 0.5/0.25 = 2, 1, 0.9/0.3 = 3 -> capped at 2
+    # in the loss: mu=1, advantage 1, one sequence of 3 tokens: -(2 + 1 + 2) / 3, gradient -w / 3 per token
+    logp = trainer.clone().requires_grad_(True)
+    terms = grpo_loss(logp, None, torch.tensor([1.0]), torch.ones(1, 3), sampler_logprobs=sampler, tis_cap=2.0)
+    assert terms.loss.item() == pytest.approx(-5 / 3)
+    terms.loss.backward()
+    assert torch.allclose(logp.grad, -w / 3)
+    assert terms.tis_mean == pytest.approx(5 / 3) and terms.tis_capped == pytest.approx(2 / 3)
+    # the sampler was the trainer: weights 1, the plain loss
+    same = grpo_loss(trainer, None, torch.tensor([1.0]), torch.ones(1, 3), sampler_logprobs=trainer)
+    assert same.loss.item() == pytest.approx(-1.0) and same.tis_mean == 1.0
+    off = grpo_loss(trainer, None, torch.tensor([1.0]), torch.ones(1, 3), sampler_logprobs=sampler, tis_cap=0.0)
+    assert off.loss.item() == pytest.approx(-1.0)
 
 
 def test_selected_logprobs_match_log_softmax_per_position():

@@ -471,7 +471,7 @@ ADVERSARIAL = {
 def test_every_reward_is_total_and_bounded_on_adversarial_text(name):
     text = ADVERSARIAL[name]
     weights = {"accuracy": 1.0, "format": 1.0, "format_partial": 1.0, "language": 1.0, "overlong": 1.0, "budget": 1.0}
-    rs = RewardSet(RewardsConfig(weights=weights, timeout_s=0.5))
+    rs = RewardSet(RewardsConfig(weights=weights, timeout_s=0.5, overlong=OverlongConfig(max_tokens=256)))
     exs = [Example("q", "5"), Example("q", "5", task="number"),
            Example("q", "", task="countdown", metadata={"numbers": [1], "target": 1}),
            Example("q", "5", task="rg:leg_counting", metadata={"entry": {"answer": "5", "metadata": {}}})]

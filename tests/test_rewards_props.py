@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from aha.data.example import Example
 from aha.rewards import REGISTRY, RewardsConfig, extract_answer, split_think
+from aha.rewards.config import OverlongConfig
 from aha.rewards.countdown import countdown_accuracy
 from aha.rewards.format import format_partial, format_strict
 from aha.rewards.guard import OK, TIMEOUT, call_guarded
@@ -64,7 +65,7 @@ def test_number_and_countdown_in_range(text):
 @FAST
 @given(texts, st.integers(0, 10_000), st.integers(0, 5_000))
 def test_length_rewards_in_range(text, n_ids, step):
-    cfg = RewardsConfig()
+    cfg = RewardsConfig(overlong=OverlongConfig(max_tokens=256))
     c = Completion(text, completion_ids=tuple(range(n_ids)))
     ex = Example("q", "1")
     assert in_range(REGISTRY["overlong"](cfg).fn(c, ex, step), -1.0, 0.0)

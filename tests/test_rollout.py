@@ -157,18 +157,26 @@ def test_sampled_completions_do_not_depend_on_the_rest_of_the_batch(tiny_model_d
     assert [[c.completion_ids for c in g] for g in got] == [[c.completion_ids for c in g] for g in want]
 
 
-@pytest.mark.gpu
-def test_vllm_engine_generates_groups(tiny_model_dir):
-    pytest.importorskip("vllm")
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
+@pytest.mark.parametrize("fast", [True, False])
+def test_recorded_logprobs_are_the_sampling_models_own(tiny_model_dir, fast):
+    """record_logprobs: each sampled token's temperature-1 log-prob under the engine's model, as a forward pass
+    over prompt + completion gives it (the sampler's side of the importance correction)."""
     from aha.models import load_model
-    from aha.rollout.vllm import VLLMEngine
 
     model, tok = load_model(tiny_model_dir)
-    engine = VLLMEngine(model, tok)
-    groups = engine.generate([tok("Hi")["input_ids"]], 3, SamplingConfig(max_new_tokens=5))
-    assert len(groups) == 1 and len(groups[0]) == 3
+    prompts = [tok("What is 1 + 2?")["input_ids"], tok("Hi")["input_ids"]]
+    torch.manual_seed(0)
+    groups = HFEngine(model, tok, fast_decode=fast, record_logprobs=True).generate(
+        prompts, 2, SamplingConfig(temperature=0.7, max_new_tokens=6, stop=()))
+    for g in groups:
+        for c in g:
+            ids = torch.tensor([list(c.prompt_ids) + list(c.completion_ids)])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, len(c.prompt_ids) - 1:-1].float()
+            want = torch.log_softmax(logits, -1).gather(1, torch.tensor(c.completion_ids)[:, None]).squeeze(1)
+            assert len(c.logprobs) == len(c.completion_ids)
+            assert torch.allclose(torch.tensor(c.logprobs), want, atol=1e-4)
+    assert HFEngine(model, tok).generate(prompts[:1], 1, SamplingConfig(max_new_tokens=2))[0][0].logprobs is None
 
 
 def _tiny_family(kind: str, tok):

@@ -187,6 +187,33 @@ def test_bf16_autocast_step(tiny_model_dir, task_file, tmp_path, memory):
     assert torch.equal(p.detach().to(torch.bfloat16), r)  # rollout copy re-synced
 
 
+@pytest.mark.parametrize("cap", [2.0, 0.0])
+def test_bf16_rollout_copy_is_corrected_by_truncated_importance_weights(tiny_model_dir, task_file, tmp_path, cap):
+    """Rollouts from the bf16 copy are not the trainer's policy: the engine records its log-probs and the
+    policy term is reweighted (tis_mean != 1, and the update differs from the uncorrected one); tis_cap=0
+    records nothing and weights every token 1."""
+    def one_step(c):
+        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{c}", "dtype=bfloat16", "steps=1",
+                       f"grpo.tis_cap={c}")
+        trainer = GRPOTrainer(cfg)
+        trainer.rewards.score = lambda comps, exs, step=0: ([float(i % 2) for i in range(len(comps))],
+                                                            {"accuracy": [0.0] * len(comps)})
+        torch.manual_seed(0)
+        m = trainer.step()
+        return trainer, m
+
+    trainer, m = one_step(cap)
+    recorded = [c.logprobs for c in trainer._last_rollouts.completions]
+    if cap:
+        assert all(lp is not None and len(lp) == len(c.completion_ids)
+                   for lp, c in zip(recorded, trainer._last_rollouts.completions))
+        assert m["tis_mean"] != 1.0 and 0 < m["tis_mean"] <= cap
+        plain, _ = one_step(0.0)
+        assert not torch.equal(next(trainer.policy.parameters()), next(plain.policy.parameters()))
+    else:
+        assert all(lp is None for lp in recorded) and m["tis_mean"] == 1.0
+
+
 def _learning_rows(path: Path) -> list[dict]:
     keep = ("loss", "reward", "accuracy", "length_mean", "grad_norm", "kl", "eval/accuracy", "lr", "entropy")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -255,7 +282,7 @@ def test_disk_full_while_checkpointing_keeps_earlier(tiny_model_dir, task_file, 
         return real_save(obj, f, *a, **k)
 
     monkeypatch.setattr(ckpt.torch, "save", full_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(AhaError, match=r"cannot write .*step_000002: No space left on device"):
         trainer.run()
     found = ckpt.list_checkpoints(tmp_path / "run")
     assert [s for s, _ in found] == [1]

@@ -84,6 +84,14 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str, num_sequences: float |
     raise ValueError(f"unknown loss aggregation '{mode}'; choose from {LOSS_AGGREGATIONS}")
 
 
+def truncated_is_weights(trainer_logprobs: Tensor, sampler_logprobs: Tensor, cap: float = 2.0) -> Tensor:
+    """(N, C) per-token weights min(pi_trainer / pi_sampler, cap) for rollouts sampled by another copy of the
+    weights (vLLM, a bf16 copy): the surrogate assumes the samples came from the trainer's policy, so each
+    token is reweighted by how much likelier the trainer finds it, truncated at `cap` to bound the variance
+    (truncated importance sampling, as TRL applies by default with vLLM). No gradient flows through them."""
+    return torch.exp(trainer_logprobs.detach() - sampler_logprobs).clamp(max=cap)
+
+
 @dataclass
 class LossTerms:
     loss: Tensor
@@ -94,19 +102,30 @@ class LossTerms:
     clip_low: float
     """Fraction of real tokens clipped at 1-eps_low."""
     clip_high: float
+    tis_mean: float = 1.0
+    """Mean truncated importance weight over real tokens (1 when the sampler is the trainer)."""
+    tis_capped: float = 0.0
+    """Fraction of real tokens whose weight hit the cap."""
 
 
 def grpo_loss(logprobs: Tensor, old_logprobs: Tensor | None, advantages: Tensor, mask: Tensor,
               ref_logprobs: Tensor | None = None, kl_coef: float = 0.0, eps_low: float = 0.2,
               eps_high: float = 0.2, loss_agg: str = "seq_mean_token_mean", num_sequences: float | None = None,
-              num_tokens: float | None = None, max_tokens: int | None = None) -> LossTerms:
-    """The GRPO objective for one (micro-)batch: clipped surrogate + kl_coef * k3 KL, aggregated.
+              num_tokens: float | None = None, max_tokens: int | None = None,
+              sampler_logprobs: Tensor | None = None, tis_cap: float = 2.0) -> LossTerms:
+    """The GRPO objective for one (micro-)batch: clipped surrogate (times the truncated importance weights
+    when `sampler_logprobs` are given) + kl_coef * k3 KL, aggregated.
 
     old_logprobs=None means mu=1: the rollouts came from these very weights, so the ratio is 1 by
-    construction and we use logprobs.detach() instead of a second forward pass.
+    construction and we use logprobs.detach() instead of a second forward pass. `sampler_logprobs` (N, C):
+    the log-probs the rollout engine sampled with, when its copy of the weights differs from the trainer's.
     """
     old = logprobs.detach() if old_logprobs is None else old_logprobs
     per_token, low, high = clipped_surrogate(logprobs, old, advantages, eps_low, eps_high)
+    tis = None
+    if sampler_logprobs is not None and tis_cap > 0:
+        tis = truncated_is_weights(old, sampler_logprobs, tis_cap)
+        per_token = per_token * tis
     kl_tok = None
     if ref_logprobs is not None and kl_coef:
         kl_tok = k3_kl(logprobs, ref_logprobs)
@@ -118,8 +137,11 @@ def grpo_loss(logprobs: Tensor, old_logprobs: Tensor | None, advantages: Tensor,
         policy = aggregate(per_token - (kl_coef * kl_tok if kl_tok is not None else 0.0), mask, loss_agg,
                            num_sequences, num_tokens, max_tokens)
         kl = float((kl_tok * m).sum() / n) if kl_tok is not None else 0.0
+        tis_mean = float((tis * m).sum() / n) if tis is not None else 1.0
+        tis_capped = float(((tis >= tis_cap).float() * m).sum() / n) if tis is not None else 0.0
     return LossTerms(loss=loss, policy_loss=float(policy), kl=kl,
-                     clip_low=float((low.float() * m).sum() / n), clip_high=float((high.float() * m).sum() / n))
+                     clip_low=float((low.float() * m).sum() / n), clip_high=float((high.float() * m).sum() / n),
+                     tis_mean=tis_mean, tis_capped=tis_capped)
 
 
 def selected_logprobs(logits: Tensor, rows: Tensor, targets: Tensor, with_entropy: bool = False):

@@ -16,10 +16,18 @@ from aha.rewards.rm import RewardModelConfig
 class OverlongConfig:
     """DAPO's soft overlong punishment (DAPO §3.4)."""
 
-    max_tokens: int = 256
-    """Length (tokens) at which the penalty reaches -1; set it to the sampling max_new_tokens."""
-    buffer: int = 64
-    """The penalty ramps linearly from 0 at max_tokens - buffer to -1 at max_tokens (DAPO: 4096 of 20480)."""
+    max_tokens: int = 0
+    """Length (tokens) at which the penalty reaches -1: the sampling cut. 0: `aha train` uses its
+    rollout.max_new_tokens (and refuses any other value while overlong is weighted, since a penalty below the
+    cut would punish the very length growth R1-Zero is about); `aha score` needs it set."""
+    buffer: int | None = None
+    """The penalty ramps linearly from 0 at max_tokens - buffer to -1 at max_tokens (0: a hard edge). Unset: a
+    fifth of max_tokens (DAPO: 4096 of 20480)."""
+
+    def resolved(self, max_new_tokens: int) -> OverlongConfig:
+        """With the defaults filled in for sampling cut at `max_new_tokens`."""
+        max_tokens = self.max_tokens or max_new_tokens
+        return OverlongConfig(max_tokens, max_tokens // 5 if self.buffer is None else self.buffer)
 
 
 @dataclass
@@ -98,11 +106,11 @@ class RewardsConfig:
             raise AhaError(f"rewards.workers must be >= 0, got {self.workers}")
         if self.code_isolation not in ("auto", "bwrap", "rlimits"):
             raise AhaError(f"rewards.code_isolation must be auto, bwrap or rlimits, got {self.code_isolation!r}")
-        if self.overlong.buffer < 0 or self.overlong.max_tokens <= 0 or self.overlong.buffer > self.overlong.max_tokens:
-            raise AhaError(
-                f"rewards.overlong: need 0 <= buffer <= max_tokens and max_tokens > 0, got "
-                f"max_tokens={self.overlong.max_tokens} buffer={self.overlong.buffer}"
-            )
+        ol = self.overlong
+        buffer = ol.buffer or 0
+        if buffer < 0 or ol.max_tokens < 0 or (ol.max_tokens and buffer > ol.max_tokens):
+            raise AhaError(f"rewards.overlong: need 0 <= buffer <= max_tokens and max_tokens >= 0, got "
+                           f"max_tokens={ol.max_tokens} buffer={ol.buffer}")
         self.budget.validate()
         from aha.rewards.registry import REGISTRY
 

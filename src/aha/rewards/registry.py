@@ -198,7 +198,11 @@ def _build_language(cfg: RewardsConfig) -> RewardSpec:
 
 
 def _build_overlong(cfg: RewardsConfig) -> RewardSpec:
-    fn = partial(overlong, max_tokens=cfg.overlong.max_tokens, buffer=cfg.overlong.buffer)
+    if not cfg.overlong.max_tokens:
+        raise AhaError("rewards.overlong.max_tokens: set it to the sampling cut (max_new_tokens); only aha train "
+                       "fills it in by itself")
+    ol = cfg.overlong.resolved(cfg.overlong.max_tokens)
+    fn = partial(overlong, max_tokens=ol.max_tokens, buffer=ol.buffer)
     return RewardSpec("overlong", fn, -1.0, 0.0)
 
 

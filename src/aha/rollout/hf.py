@@ -81,7 +81,7 @@ class HFEngine:
     """Batched sampling from a transformers causal LM (the policy itself: no weight copy needed)."""
 
     def __init__(self, model, tokenizer, max_batch: int = 64, compact_finished: float = 0.0,
-                 fast_decode: bool = True, share_prefix: bool = True):
+                 fast_decode: bool = True, share_prefix: bool = True, record_logprobs: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -94,6 +94,10 @@ class HFEngine:
         models, or False, decode through transformers."""
         self.share_prefix = share_prefix
         """Prefill the tokens all prompts of a call begin with once, not once per prompt."""
+        self.record_logprobs = record_logprobs
+        """Keep each sampled token's log-prob (temperature 1, as the trainer computes them) in
+        `Completion.logprobs`, for the trainer's importance correction when this copy of the weights differs
+        from the trainer's (a bf16 copy). One log-softmax per decode step."""
         self.eos_ids = {i for i in [tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)]
                         if i is not None for i in (i if isinstance(i, list) else [i])}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos_ids), 0)
@@ -146,6 +150,7 @@ class HFEngine:
         total = len(prompts) * n
         alive = torch.arange(total, device=device)  # row index into the outputs for each cache row
         tokens: list[list[int]] = [[] for _ in range(total)]
+        logps: list[list[float]] = [[] for _ in range(total)]
         finished = [False] * total
         stops = [s for s in sampling.stop if s]
         tail = max((len(s) for s in stops), default=0) + 8
@@ -155,10 +160,14 @@ class HFEngine:
             # which other rows are still in the batch (so compaction settings do not change the samples).
             nxt = sample_next(logits, sampling, uniform=torch.rand(total, dtype=torch.float64, device=device)[alive])
             nxt_list = nxt.tolist()
+            lp_list = (torch.log_softmax(logits.float(), dim=-1).gather(1, nxt[:, None]).squeeze(1).tolist()
+                       if self.record_logprobs else None)
             for j, (row, tok) in enumerate(zip(alive.tolist(), nxt_list)):
                 if not live[j]:
                     continue
                 tokens[row].append(tok)
+                if lp_list is not None:
+                    logps[row].append(lp_list[j])
                 done = tok in self.eos_ids
                 if not done and stops:
                     text_tail = self.tokenizer.decode(tokens[row][-8:], skip_special_tokens=False)[-tail:]
@@ -196,6 +205,7 @@ class HFEngine:
                 ids_row = tokens[row]
                 text_ids = ids_row[:-1] if ids_row and ids_row[-1] in self.eos_ids else ids_row
                 group.append(Completion(text=self.tokenizer.decode(text_ids, skip_special_tokens=True),
-                                        completion_ids=tuple(ids_row), prompt_ids=tuple(p), finished=finished[row]))
+                                        completion_ids=tuple(ids_row), prompt_ids=tuple(p), finished=finished[row],
+                                        logprobs=tuple(logps[row]) if self.record_logprobs else None))
             groups.append(group)
         return groups

@@ -2,8 +2,15 @@
 after every update). The only module in aha that touches a third-party engine's internals.
 
 Status: written against vLLM's public `LLM.generate` API and the colocate weight-loading path that TRL
-uses with vLLM 0.7-0.10 (`model_executor.driver_worker.model_runner.model.load_weights`); it has not been
-run in this repository's CI (no GPU there). `tests/test_rollout_vllm.py` exercises it under `-m gpu`.
+uses with vLLM 0.7-0.10 (`model_executor.driver_worker.model_runner.model.load_weights`); it has never run
+on a GPU in this repository. `tests/test_rollout_vllm.py` checks its bookkeeping on the CPU against a stand-in
+`LLM` (prefix cache reset after every weight sync, sampled log-probs recorded) and runs it for real under
+`-m gpu`.
+
+Two things make its rollouts differ from the trainer's policy, and both are handled: prefix caching would
+serve prompts from keys and values computed with the previous weights, so the cache is reset after every
+sync; and vLLM samples from its own bf16 numbers, so every sampled token's log-prob is recorded
+(`Completion.logprobs`) for the trainer's truncated importance correction (`grpo.tis_cap`).
 """
 
 from __future__ import annotations
@@ -32,16 +39,26 @@ class VLLMEngine:
         except AttributeError as e:  # vLLM moved its internals: fail loudly rather than sample stale weights
             raise AhaError(f"this vLLM version does not expose the colocated model ({e}); pin vllm<=0.10") from None
         target.load_weights(((name, p.detach()) for name, p in model.state_dict().items()))
+        self.llm.reset_prefix_cache()  # cached keys and values were computed with the old weights
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
         from vllm import SamplingParams
 
         params = SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
                                 top_k=sampling.top_k or -1, max_tokens=sampling.max_new_tokens,
-                                stop=list(sampling.stop), include_stop_str_in_output=True)
+                                stop=list(sampling.stop), include_stop_str_in_output=True, logprobs=0)
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         groups = []
         for p, out in zip(prompts, outputs):
             groups.append([Completion(text=o.text, completion_ids=tuple(o.token_ids), prompt_ids=tuple(p),
-                                      finished=o.finish_reason != "length") for o in out.outputs])
+                                      finished=o.finish_reason != "length", logprobs=sampled_logprobs(o))
+                           for o in out.outputs])
         return groups
+
+
+def sampled_logprobs(output) -> tuple[float, ...]:
+    """The log-prob of each sampled token of a vLLM CompletionOutput (`logprobs=0` asks for exactly those:
+    one {token_id: Logprob} dict per position)."""
+    if output.logprobs is None or len(output.logprobs) != len(output.token_ids):
+        raise AhaError("vLLM returned no log-prob for every sampled token; the importance correction needs them")
+    return tuple(float(pos[tok].logprob) for tok, pos in zip(output.token_ids, output.logprobs))

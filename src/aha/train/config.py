@@ -3,6 +3,7 @@ README's main job (R1-Zero-style RL of SmolLM2-135M-Instruct on two-term chain_s
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,6 +46,10 @@ class GRPOConfig:
     """Cap on extra prompt draws per step for dynamic sampling."""
     mask_truncated: bool = False
     """Exclude completions cut off at max_new_tokens from the loss (DAPO's overlong filtering)."""
+    tis_cap: NonNegFloat = 2.0
+    """Truncated importance sampling between sampler and trainer: each token's policy term is weighted by
+    min(pi_trainer / pi_sampler, tis_cap) when the rollouts come from another copy of the weights (vLLM, or
+    the bf16 rollout copy of dtype=bfloat16), whose log-probs the engine then records. 0: off."""
 
 
 @dataclass
@@ -200,3 +205,18 @@ class TrainConfig:
     """Rewards and weights. The default shapes for a small instruct model that rarely writes answer tags at
     first: partial format credit and lenient accuracy (the last number) carry signal from step 1."""
     log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self):
+        # The overlong penalty belongs at the sampling cut: derived from it unless set (`rewards_config`), and
+        # refused when set elsewhere while weighted (-1 for every answer past 256 tokens while sampling 4,096
+        # would stop the length growth R1-Zero is about; past the cut it would never fire).
+        ol, cut = self.rewards.overlong, self.rollout.max_new_tokens
+        weighted = any(w.get("overlong") for w in (self.rewards.weights, *self.rewards.by_kind.values()))
+        if ol.max_tokens and ol.max_tokens != cut and weighted:
+            raise ValueError(f"rewards.overlong.max_tokens: {ol.max_tokens} is not rollout.max_new_tokens ({cut}); "
+                             "leave it unset to follow the sampling cut (a length target is the budget reward's job)")
+
+    @property
+    def rewards_config(self) -> RewardsConfig:
+        """`rewards` with the overlong penalty's lengths filled in for this run's sampling cut."""
+        return dataclasses.replace(self.rewards, overlong=self.rewards.overlong.resolved(self.rollout.max_new_tokens))

@@ -139,7 +139,7 @@ class GRPOTrainer:
         self.by_kind = len({e.kind for e in self.examples + self.eval_examples}) > 1
         """Several routing kinds (R1's all-scenario RL): metrics are also logged per kind."""
         self.prompt_ids = {}
-        self.rewards = RewardSet(cfg.rewards)
+        self.rewards = RewardSet(cfg.rewards_config)
         if model is None:
             from aha.models import load_model
 
@@ -161,7 +161,10 @@ class GRPOTrainer:
                 self.rollout_model = copy.deepcopy(model).eval().requires_grad_(False)
                 if self.autocast:
                     self.rollout_model.to(torch.bfloat16)
-            extra = ({"compact_finished": cfg.rollout.compact_finished, "fast_decode": cfg.rollout.fast_decode}
+            # a bf16 copy samples from other numbers than the trainer's: it records its log-probs for the
+            # importance correction (vLLM always does)
+            extra = ({"compact_finished": cfg.rollout.compact_finished, "fast_decode": cfg.rollout.fast_decode,
+                      "record_logprobs": self.autocast and cfg.grpo.tis_cap > 0}
                      if cfg.rollout.engine == "hf" else {})
             engine = make_engine(cfg.rollout.engine, self.rollout_model, tokenizer, max_batch=cfg.rollout.max_batch,
                                  **extra)
@@ -373,7 +376,8 @@ class GRPOTrainer:
                     logp, ent = self.forward_logprobs(self.policy, b, with_entropy=True, prefix=prefix, embed=embed)
                     terms = grpo_loss(logp, old.get(i), adv, b.completion_mask, ref.get(i), g.kl_coef, g.eps_low,
                                       g.eps_high, g.loss_agg, num_sequences=n, num_tokens=num_tokens,
-                                      max_tokens=cfg.rollout.max_new_tokens)
+                                      max_tokens=cfg.rollout.max_new_tokens, tis_cap=g.tis_cap,
+                                      sampler_logprobs=sampler_logprobs(ro.completions, idx, logp))
                     if not torch.isfinite(terms.loss):
                         raise FloatingPointError(f"step {self.step_no + 1}: loss is {terms.loss.item()}")
                     terms.loss.backward()
@@ -382,6 +386,8 @@ class GRPOTrainer:
                     stats["kl"] += terms.kl * w / g.mu
                     stats["clip_low"] += terms.clip_low * w / g.mu
                     stats["clip_high"] += terms.clip_high * w / g.mu
+                    stats["tis_mean"] += terms.tis_mean * w / g.mu
+                    stats["tis_capped"] += terms.tis_capped * w / g.mu
                     stats["entropy"] += float((ent * b.completion_mask).sum() / max(num_tokens, 1.0)) / g.mu
                 if prefix is not None:
                     prefix.backward()  # the prefix's share of the gradient, gathered over all micro-batches
@@ -504,6 +510,18 @@ class GRPOTrainer:
         every = self.cfg.log.rollouts_every
         if every and (step % every == 0 or step == 1):
             self.dump_rollouts(step)
+
+
+def sampler_logprobs(completions: list[Completion], idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+    """(N, C) log-probs the engine sampled micro-batch `idx`'s tokens with (zero-padded like `like`), or None
+    when the engine did not record them (it sampled from the trainer's own weights)."""
+    rows = [completions[j].logprobs for j in idx.tolist()]
+    if any(r is None for r in rows):
+        return None
+    out = torch.zeros_like(like, dtype=torch.float32)
+    for r, lp in enumerate(rows):
+        out[r, :len(lp)] = torch.tensor(lp, dtype=torch.float32)
+    return out
 
 
 def _postfix(metrics: dict) -> dict:
