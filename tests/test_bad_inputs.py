@@ -130,6 +130,12 @@ def _rm(f, **kw):
     (["coldstart", "size=-3"], ["size: must be >= 1"]),
     (["distill", "sample.top_p=1.5"], ["sample.top_p: must be in (0, 1], got 1.5"]),
     (["distill", "sft.optim.lr=nan"], ["sft.optim.lr: expected a finite number"]),
+    (["eval", "samples=0"], ["command line: samples: must be >= 1, got 0"]),
+    (["eval", "top_p=2"], ["top_p: must be in (0, 1], got 2.0"]),
+    (["eval", "temperature=-1"], ["temperature: must be >= 0, got -1.0"]),
+    (["eval", "data.eval_size=-1"], ["data.eval_size: must be >= 0, got -1"]),
+    (["train", "data.size=-5"], ["data.size: must be >= 0, got -5"]),
+    (["score", "max_parse_failure=2"], ["max_parse_failure: must be in [0, 1], got 2.0"]),
 ])
 def test_a_bad_number_fails_where_it_was_set(capsys, argv, needles):
     assert_one_line(*cli(capsys, *argv), *needles)

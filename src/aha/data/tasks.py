@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aha.config import NonNegInt
 from aha.data.example import Example
 from aha.errors import AhaError, closest
 from aha.io import read_jsonl
@@ -26,9 +27,9 @@ EVAL_SEED_OFFSET = 1_000_003
 
 @dataclass
 class TaskConfig:
-    size: int = 2000
+    size: NonNegInt = 2000
     """Problems generated for a reasoning-gym task's train split (JSONL files use every row)."""
-    eval_size: int = 100
+    eval_size: NonNegInt = 100
     """Held-out problems (a disjoint seed for generated tasks; the last rows of a JSONL file)."""
     seed: int = 0
     """Generation seed of the train split; the eval split uses seed + 1,000,003."""

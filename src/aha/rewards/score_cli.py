@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aha.config import Fraction, NonNegInt, PositiveFloat
 from aha.data.example import Example
 from aha.errors import AhaError, closest
 from aha.rewards.config import RewardsConfig
@@ -44,11 +45,11 @@ class ScoreConfig:
     """Rewards to compute, each `name` or `name:weight` (weight 1 when omitted); `reward` is the weighted sum."""
     selftest: bool = False
     """Check the verifiers instead: gold answers must score 1 and perturbed golds 0."""
-    max_parse_failure: float = 0.01
+    max_parse_failure: Fraction = 0.01
     """Largest tolerated share of gold answers that fail to parse or to score 1 (self-test fails above it)."""
-    workers: int = 0
+    workers: NonNegInt = 0
     """Processes for verification (0: in this process)."""
-    timeout_s: float = 2.0
+    timeout_s: PositiveFloat = 2.0
     """Time limit per completion for verifiers; a timeout scores 0."""
     language: str = "en"
     """Target language of the `language` reward."""

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aha.config import NonNegFloat, NonNegInt, PositiveInt, Probability
 from aha.data.example import Example
 from aha.data.tasks import TaskConfig, is_file_task, load_task
 from aha.data.templates import render_prompt, with_prefill
@@ -40,13 +41,13 @@ class EvalConfig:
     """Which problems: auto (every row of a file or hf: dataset, the held-out split of a generated task),
     all (every row of a file), eval (the held-out split a training run on the same task keeps out: a file's
     last data.eval_size rows) or train (the rest)."""
-    samples: int = 4
+    samples: PositiveInt = 4
     """k: completions per problem."""
-    temperature: float = 0.6
+    temperature: NonNegFloat = 0.6
     """The paper's sampling temperature; 0 with samples=1 is greedy decoding."""
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    limit: int = 0
+    top_p: Probability = 0.95
+    max_new_tokens: PositiveInt = 256
+    limit: NonNegInt = 0
     """Evaluate only the first N problems (0: all)."""
     seed: int = 0
     out_dir: str = "runs/eval"
@@ -64,7 +65,7 @@ class EvalConfig:
     and prefill), for its base model and every checkpoint alike."""
     pass_k: list[int] = field(default_factory=list)
     """k' values for pass@k' (default: 1, 2, 4, ... up to samples)."""
-    batch_size: int = 64
+    batch_size: PositiveInt = 64
     """Sequences decoded at once."""
     progress: bool = True
     code_isolation: str = "auto"
