@@ -136,6 +136,7 @@ def _rm(f, **kw):
     (["eval", "data.eval_size=-1"], ["data.eval_size: must be >= 0, got -1"]),
     (["train", "data.size=-5"], ["data.size: must be >= 0, got -5"]),
     (["score", "max_parse_failure=2"], ["max_parse_failure: must be in [0, 1], got 2.0"]),
+    (["sample", "code_isolation=none"], ["command line: code_isolation: expected one of"]),
 ])
 def test_a_bad_number_fails_where_it_was_set(capsys, argv, needles):
     assert_one_line(*cli(capsys, *argv), *needles)

@@ -83,6 +83,9 @@ class SampleConfig:
     """Task size, seeds and difficulty; the train split is sampled (held-out problems stay held out)."""
     limit: NonNegInt = 0
     """Sample only the first N prompts (0: all)."""
+    code_isolation: Literal["auto", "bwrap", "rlimits"] = "auto"
+    """Code tasks: how model-written programs are isolated, as rewards.code_isolation in training: auto
+    (bubblewrap, else an error) or rlimits (no namespaces; see docs/sandbox.md)."""
     group_size: PositiveInt = 8
     """k: completions sampled per prompt."""
     temperature: NonNegFloat = 0.7
@@ -370,7 +373,7 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
 
     demos = read_samples(cfg.demos, what="demos") if cfg.demos else []
     rewards = RewardSet(RewardsConfig(weights={"accuracy": 1.0, "format": 0.0, "language": 0.0},
-                                      language=cfg.filters.language))
+                                      language=cfg.filters.language, code_isolation=cfg.code_isolation))
     rewards.prepare(examples[:1])
     from aha.stages.sft import resolve_model
 
