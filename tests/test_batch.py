@@ -217,3 +217,16 @@ def test_chunked_head_only_where_the_head_is_plain(model_and_group, softcap):
     assert g0.keys() == g1.keys() and g0
     for n in g0:
         torch.testing.assert_close(g1[n], g0[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+def test_unset_logprob_chunk_bounds_the_heads_scores_by_the_vocabulary():
+    from aha.train.batch import AUTO_HEAD_ELEMENTS, logprob_chunk
+
+    def model(vocab):
+        head = torch.nn.Linear(8, vocab, bias=False)
+        return type("M", (), {"get_output_embeddings": lambda self: head})()
+
+    assert logprob_chunk(None, model(151_936)) == 883 and 883 * 151_936 <= AUTO_HEAD_ELEMENTS
+    assert logprob_chunk(None, model(49_152)) == 2730
+    assert logprob_chunk(None, model(1_000_000)) == 256  # huge vocabularies: never absurdly short chunks
+    assert logprob_chunk(0, model(151_936)) == 0 and logprob_chunk(64, model(151_936)) == 64

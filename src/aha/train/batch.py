@@ -86,6 +86,18 @@ def _plain_head(model) -> tuple[torch.nn.Module, str] | None:
     return (owner, name) if name else None
 
 
+AUTO_HEAD_ELEMENTS = 1 << 27
+"""Unset `optim.logprob_chunk`: the head runs at most this many (position x vocabulary) scores at a time."""
+
+
+def logprob_chunk(setting: int | None, model) -> int:
+    """The head's chunk in positions: `setting` when given, else AUTO_HEAD_ELEMENTS / vocabulary."""
+    if setting is not None:
+        return setting
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return max(256, AUTO_HEAD_ELEMENTS // vocab)
+
+
 def kept_logprobs(model, run, rows: torch.Tensor, targets: torch.Tensor, with_entropy: bool = False,
                   chunk: int = 0):
     """Log-probs of `targets` (and entropies) from the logits that `run()`, a forward call of `model` with

@@ -116,10 +116,12 @@ class OptimConfig:
     """Recompute each decoder layer in the backward pass instead of keeping its activations (exact; one more
     forward pass of compute for activation memory of one layer instead of all): for long completions on GPUs.
     In GRPO it turns share_prefix off (a recomputed layer cannot re-read a cache it wrote to)."""
-    logprob_chunk: NonNegInt = 0
+    logprob_chunk: NonNegInt | None = None
     """The LM head runs this many positions at a time and again in the backward pass, so that a micro-batch's
-    (positions x vocabulary) logits never exist at once (exact; aha.grpo.head_logprobs): for long completions
-    on GPUs, where they outgrow the layers' activations. 0: all positions at once (one head pass fewer)."""
+    (positions x vocabulary) logits never exist at once (exact; aha.grpo.head_logprobs): for long completions,
+    where they outgrow the layers' activations. 0: all positions at once (one head pass fewer). Unset: chunks
+    of 2^27 / vocabulary positions (512 MB of fp32 scores: 883 positions for Qwen2.5's 151,936 entries, 2,730
+    for SmolLM2's 49,152), which only rows longer than that are cut into."""
     pack_tokens: PositiveInt = 4096
     """Most tokens in one packed row (its prompt and completions); a longer group is split over rows, each
     with its prompt. Bounds the row's block attention mask (L x L) and the attention it computes and masks."""

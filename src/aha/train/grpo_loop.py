@@ -43,6 +43,7 @@ from aha.train.batch import (
     collate_groups,
     completion_logprobs,
     enable_gradient_checkpointing,
+    logprob_chunk,
     packed_groups_logprobs,
     sliding_window,
 )
@@ -248,7 +249,7 @@ class GRPOTrainer:
     def forward_logprobs(self, model, batch, with_entropy=False, prefix: SharedPrefix | None = None,
                          embed: InputEmbeddings | None = None):
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
-            chunk = self.cfg.optim.logprob_chunk
+            chunk = logprob_chunk(self.cfg.optim.logprob_chunk, model)
             if isinstance(batch, PackedGroups):
                 return packed_groups_logprobs(model, batch, with_entropy, prefix, embed, chunk)
             return completion_logprobs(model, batch, with_entropy, embed, chunk)

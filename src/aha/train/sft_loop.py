@@ -36,6 +36,7 @@ from aha.train.batch import (
     enable_gradient_checkpointing,
     input_kwargs,
     kept_logprobs,
+    logprob_chunk,
 )
 from aha.train.grpo_loop import PromptSampler, pick_device
 from aha.train.loop import HeldInterrupt, LoopSettings, run_loop
@@ -209,7 +210,7 @@ class SFTTrainer:
 
     def _loss_sum(self, batch: PackedBatch, embed: InputEmbeddings | None = None) -> torch.Tensor:
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
-            return loss_sum(self.policy, batch, embed, self.cfg.optim.logprob_chunk)
+            return loss_sum(self.policy, batch, embed, logprob_chunk(self.cfg.optim.logprob_chunk, self.policy))
 
     def step(self) -> dict:
         """One optimizer step on `samples_per_step` samples: packed micro-batches, token-mean loss."""
