@@ -25,8 +25,18 @@ from aha.train.grpo_loop import train
 from aha.train.plot import plot_run
 
 
+def in_format_accuracy(samples_jsonl: Path) -> tuple[float, float]:
+    """(share of completions in the strict format, accuracy among those): whether a gain is format or answers."""
+    rows = [json.loads(line) for line in samples_jsonl.read_text().splitlines()]
+    pairs = [(f >= 1.0, c >= 1.0) for r in rows for f, c in zip(r["format"], r["correct"])]
+    kept = [c for f, c in pairs if f]
+    return len(kept) / max(len(pairs), 1), (sum(kept) / len(kept) if kept else 0.0)
+
+
 def held_out(model: str, cfg: TrainConfig, out: Path, samples: int) -> dict:
-    common = dict(task=cfg.task, data=cfg.data, max_new_tokens=cfg.rollout.max_new_tokens, template=cfg.template,
+    """The held-out split the run trained without (`split=eval`), greedy and by the paper's protocol."""
+    common = dict(task=cfg.task, data=cfg.data, split="eval", max_new_tokens=cfg.rollout.max_new_tokens,
+                  template=cfg.template,
                   few_shot=cfg.few_shot, prefill=cfg.prefill,
                   system_prompt=cfg.system_prompt, progress=False, dtype="auto", seed=cfg.seed)
     greedy = evaluate(EvalConfig(model=[model], samples=1, temperature=0.0, out_dir=str(out / "greedy"), **common))[0]
@@ -34,7 +44,10 @@ def held_out(model: str, cfg: TrainConfig, out: Path, samples: int) -> dict:
                                   out_dir=str(out / "sampled"), **common))[0]
     return {"problems": greedy["problems"], "greedy_accuracy": greedy["pass@1"], "greedy_format_rate": greedy["format_rate"],
             "pass@1": sampled["pass@1"], "pass@1_se": sampled["pass@1_se"], f"cons@{samples}": sampled[f"cons@{samples}"],
-            "length_mean": sampled["length_mean"], "eval_seconds": greedy["seconds"] + sampled["seconds"]}
+            "format_rate": sampled["format_rate"], "accuracy_in_format": in_format_accuracy(out / "sampled" / "samples.jsonl")[1],
+            "length_mean": sampled["length_mean"], "truncated": sampled["truncated"],
+            "reflection_per_1k_tokens": sampled["reflection_per_1k_tokens"],
+            "eval_seconds": greedy["seconds"] + sampled["seconds"]}
 
 
 def main(argv: list[str]) -> None:

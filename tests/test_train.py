@@ -467,3 +467,12 @@ def test_prefill_is_scored_as_part_of_the_completion(tiny_model_dir, task_file, 
     # the strict format rule holds only because the prefilled <think> is put back before scoring
     assert m["reward/format"] == 0.5 and math.isfinite(m["loss"])
     assert trainer._last_rollouts.completions[0].text.startswith("<think> 1 </think>")
+
+
+def test_eval_problems_limits_the_greedy_evaluation_not_the_held_out_split(tiny_model_dir, task_file, tmp_path):
+    all4 = GRPOTrainer(make_cfg(tiny_model_dir, task_file, tmp_path / "a", "data.eval_size=4"))
+    two = GRPOTrainer(make_cfg(tiny_model_dir, task_file, tmp_path / "b", "data.eval_size=4", "log.eval_problems=2"))
+    none = GRPOTrainer(make_cfg(tiny_model_dir, task_file, tmp_path / "c", "data.eval_size=4", "log.eval_problems=0"))
+    assert two.eval_examples == all4.eval_examples[:2] and none.eval_examples == [] and none.evaluate() == {}
+    train = {e.prompt for e in none.examples}
+    assert len(none.examples) == len(all4.examples) and not train & {e.prompt for e in all4.eval_examples}

@@ -153,6 +153,9 @@ class LogConfig:
     """Keep the newest K checkpoints."""
     eval_every: NonNegInt = 10
     """Held-out greedy accuracy every N steps (0: only before and after training when eval_size > 0)."""
+    eval_problems: NonNegInt | None = None
+    """How many of the held-out problems that greedy evaluation uses (unset: all of them; 0: none, e.g. when a
+    benchmark evaluates the held-out split by itself). The held-out split stays out of training either way."""
     tensorboard: bool = True
     progress: bool = True
     """Show a progress bar (step, reward, accuracy, length, ETA)."""

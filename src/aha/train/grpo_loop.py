@@ -136,7 +136,7 @@ class GRPOTrainer:
         self.run_dir = Path(cfg.out_dir)
         # Data and rewards first: a typo in either fails in a second, before a model is loaded.
         self.examples = load_examples(cfg, "train")
-        self.eval_examples = load_examples(cfg, "eval") if cfg.data.eval_size > 0 else []
+        self.eval_examples = load_examples(cfg, "eval")[:cfg.log.eval_problems] if cfg.data.eval_size > 0 else []
         self.by_kind = len({e.kind for e in self.examples + self.eval_examples}) > 1
         """Several routing kinds (R1's all-scenario RL): metrics are also logged per kind."""
         self.prompt_ids = {}

@@ -1,0 +1,23 @@
+"""Benchmark: R1-Zero on GSM8K with Qwen2.5-Coder-0.5B-Instruct on the CPU (recipes/r1_zero_qwen_gsm8k.yaml):
+the 500-problem dev split before and after by the paper's protocol (greedy; pass@1 over k=4 at T=0.6,
+top-p 0.95; cons@4; strict-format rate and the accuracy among in-format completions, to tell format-learning
+from better answers), the training time and the R1-Zero figures (accuracy, response length, reflection).
+
+    .venv/bin/python bench/r1_zero_gsm8k.py [task=PATH/gsm8k_train.jsonl] [key=value ...]
+
+Writes bench/results/r1_zero_gsm8k.json (commit and CPU kind inside) and the run's figures. The GSM8K file
+defaults to ../shared/data/gsm8k/train.jsonl; it is read in place, never copied into the project.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from r1_zero_cpu import main  # noqa: E402  (the same before/train/after/figures protocol)
+
+if __name__ == "__main__":
+    main(["recipes/r1_zero_qwen_gsm8k.yaml", "out_dir=runs/bench_r1_zero_gsm8k", *sys.argv[1:],
+          "--result", "r1_zero_gsm8k"])
