@@ -53,6 +53,7 @@ def held_out(model: str, cfg: TrainConfig, out: Path, samples: int) -> dict:
 def main(argv: list[str]) -> None:
     recipe = argv[0] if argv and argv[0].endswith(".yaml") else "recipes/r1_zero_smollm2.yaml"
     name = argv[argv.index("--result") + 1] if "--result" in argv else "r1_zero_cpu"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     overrides = [a for a in argv if "=" in a]
     cfg = load_config(TrainConfig, recipe, ["out_dir=runs/bench_r1_zero", "log.progress=false", *overrides])
     out = Path(cfg.out_dir)
@@ -66,7 +67,6 @@ def main(argv: list[str]) -> None:
     _, last = latest_checkpoint(run_dir)
     after = held_out(str(last), cfg, out / "eval_after", samples)
     figures = [str(p) for p in plot_run(str(run_dir))]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"commit": commit, "cpu": "with bf16 units (AMX/AVX512-BF16)" if fast_bf16() else "without bf16 units",
               "recipe": recipe, "overrides": overrides, "steps": cfg.steps, "train_seconds": train_s,
               "eval_problems": after["problems"], "before": before, "after": after, "figures": figures}
