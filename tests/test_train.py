@@ -220,6 +220,16 @@ def _learning_rows(path: Path) -> list[dict]:
     return [{k: r[k] for k in ("step", *keep) if k in r} for r in rows]
 
 
+def assert_same_learning(full: Path, cut: Path) -> None:
+    """The resumed run's metrics rows equal the uninterrupted run's, step by step (steps 0-4)."""
+    a, b = _learning_rows(full / "metrics.jsonl"), _learning_rows(cut / "metrics.jsonl")
+    assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["step"], k)
+
+
 @pytest.mark.parametrize("extra", [[], ["lora.rank=4", "grpo.kl_coef=0.05"]])
 def test_resume_equals_uninterrupted(tiny_model_dir, task_file, tmp_path, extra):
     full = make_cfg(tiny_model_dir, task_file, tmp_path / "full", "steps=4", *extra)
@@ -243,12 +253,7 @@ def test_resume_equals_uninterrupted(tiny_model_dir, task_file, tmp_path, extra)
         trainer.run()
     resumed = make_cfg(tiny_model_dir, task_file, tmp_path / "cut", "steps=4", "resume=true", *extra)
     GRPOTrainer(resumed).run()
-    a, b = _learning_rows(tmp_path / "full" / "metrics.jsonl"), _learning_rows(tmp_path / "cut" / "metrics.jsonl")
-    assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
-    for ra, rb in zip(a, b):
-        assert ra.keys() == rb.keys()
-        for k in ra:
-            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["step"], k)
+    assert_same_learning(tmp_path / "full", tmp_path / "cut")
 
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_model_dir, task_file, tmp_path):
@@ -332,12 +337,7 @@ def test_ctrl_c_then_resume_equals_uninterrupted(tiny_model_dir, task_file, tmp_
         trainer.run()
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "cut")] == [stopped_at]
     GRPOTrainer(make_cfg(tiny_model_dir, task_file, tmp_path / "cut", "steps=4", "resume=true")).run()
-    a, b = _learning_rows(tmp_path / "full" / "metrics.jsonl"), _learning_rows(tmp_path / "cut" / "metrics.jsonl")
-    assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
-    for ra, rb in zip(a, b):
-        assert ra.keys() == rb.keys()
-        for k in ra:
-            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["step"], k)
+    assert_same_learning(tmp_path / "full", tmp_path / "cut")
 
 
 def test_non_finite_weights_stop_the_run_and_keep_the_last_finite_checkpoint(tiny_model_dir, task_file, tmp_path):
