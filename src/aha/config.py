@@ -160,7 +160,9 @@ def _coerce(value: Any, tp, key: str, src: _Source) -> Any:
                 return _coerce(value, a, key, src)
             except AhaError as e:
                 errors.append(e)
-        raise bad(" or ".join(_type_name(a) for a in args))
+        if len(errors) == 1:  # `X | None`: the one real arm's message (a range says "must be >= 0")
+            raise errors[0]
+        raise bad(" or ".join(_type_name(typing.get_args(a)[0] if typing.get_origin(a) is Annotated else a) for a in args))
     if origin is Literal:
         if value in args:
             return value

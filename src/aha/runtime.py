@@ -43,3 +43,16 @@ def adamw(params, fused: bool = True, **kwargs):
     params = list(params)
     ok = fused and params and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(params, fused=True, **kwargs) if ok else torch.optim.AdamW(params, **kwargs)
+
+
+def pick_device(name: str) -> str:
+    """`auto`: CUDA when available, else the CPU; a CUDA device asked for on a machine without one is an error."""
+    import torch
+
+    from aha.errors import AhaError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AhaError(f"device: '{name}' asked for but no CUDA device is available")
+    return name

@@ -103,7 +103,7 @@ def load_reward_model(model: str, device: str, dtype: str):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from aha.models import load_error, load_errors, resolve, torch_dtype
-    from aha.train.grpo_loop import pick_device
+    from aha.runtime import pick_device
 
     folder = resolve(model)
     tok = AutoTokenizer.from_pretrained(str(folder))

@@ -170,7 +170,7 @@ def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, re
     from aha.models import load_model
     from aha.rewards.extract import extract_answer
     from aha.rollout.hf import HFEngine
-    from aha.train.grpo_loop import pick_device
+    from aha.runtime import pick_device
     from aha.train.metrics import reflection_count
 
     device = pick_device(cfg.device)

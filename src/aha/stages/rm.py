@@ -159,7 +159,7 @@ class RMTrainer:
     def __init__(self, cfg: RMConfig, model=None, tokenizer=None):
         import torch
 
-        from aha.train.grpo_loop import pick_device
+        from aha.runtime import pick_device
 
         self.cfg = cfg
         if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.micro_batch_size < 0:

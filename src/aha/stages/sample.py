@@ -383,7 +383,7 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
     if engine is None:
         from aha.models import load_model
         from aha.rollout.hf import HFEngine
-        from aha.train.grpo_loop import pick_device
+        from aha.runtime import pick_device
 
         model, tokenizer = load_model(source_model, dtype=cfg.dtype, device=pick_device(cfg.device))
         engine = HFEngine(model, tokenizer, max_batch=cfg.batch_size)

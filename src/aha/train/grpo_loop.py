@@ -25,14 +25,13 @@ from aha.config import save_config
 from aha.data.example import Example
 from aha.data.tasks import load_task
 from aha.data.templates import render_prompt, with_prefill
-from aha.errors import AhaError
 from aha.grpo import group_advantages, grpo_loss
 from aha.io import atomic_write_jsonl
 from aha.models import resolve_dtype
 from aha.rewards import RewardSet
 from aha.rollout import make_engine
 from aha.rollout.base import Completion, SamplingConfig, shared_prefix_len
-from aha.runtime import adamw, tune_malloc
+from aha.runtime import adamw, pick_device, tune_malloc
 from aha.train import checkpoint as ckpt
 from aha.train import lora
 from aha.train.batch import (
@@ -48,7 +47,7 @@ from aha.train.batch import (
     sliding_window,
 )
 from aha.train.config import TrainConfig
-from aha.train.loop import HeldInterrupt, LoopSettings, run_loop
+from aha.train.loop import HeldInterrupt, LoopSettings, PromptSampler, run_loop
 from aha.train.metrics import component_means, kind_metrics, reflection_count
 
 
@@ -59,44 +58,6 @@ def load_examples(cfg: TrainConfig, split: str) -> list[Example]:
     for task in cfg.extra_tasks:
         out += load_task(task, dataclasses.replace(cfg.data, eval_file=""), split)
     return out
-
-
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AhaError(f"device: '{name}' asked for but no CUDA device is available")
-    return name
-
-
-class PromptSampler:
-    """Shuffled passes over the examples; its state (epoch, position) is saved in checkpoints."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.pos = n, seed, 0, 0
-        self._order = self._shuffle()
-
-    def _shuffle(self) -> list[int]:
-        order = list(range(self.n))
-        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order
-
-    def take(self, k: int) -> list[int]:
-        out = []
-        while len(out) < k:
-            if self.pos >= self.n:
-                self.epoch, self.pos = self.epoch + 1, 0
-                self._order = self._shuffle()
-            out.append(self._order[self.pos])
-            self.pos += 1
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load(self, state: dict) -> None:
-        self.epoch, self.pos = state["epoch"], state["pos"]
-        self._order = self._shuffle()
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from aha.config import save_config
 from aha.errors import AhaError
 from aha.models import resolve_dtype
-from aha.runtime import adamw, tune_malloc
+from aha.runtime import adamw, pick_device, tune_malloc
 from aha.train import checkpoint as ckpt
 from aha.train import lora
 from aha.train.batch import (
@@ -38,8 +38,7 @@ from aha.train.batch import (
     kept_logprobs,
     logprob_chunk,
 )
-from aha.train.grpo_loop import PromptSampler, pick_device
-from aha.train.loop import HeldInterrupt, LoopSettings, run_loop
+from aha.train.loop import HeldInterrupt, LoopSettings, PromptSampler, run_loop
 
 if TYPE_CHECKING:
     from aha.stages.sft import SFTConfig
