@@ -273,3 +273,40 @@ def test_prefilling_a_shared_prefix_once_samples_the_same(tiny_model_dir, fast):
         engine = HFEngine(model, tok, fast_decode=fast, share_prefix=share)
         out[share] = [[c.completion_ids for c in g] for g in engine.generate(prompts, 3, sampling)]
     assert out[True] == out[False]
+
+
+def test_prepacked_bf16_decoding_gives_the_plain_decoders_logits(tiny_model_dir):
+    """In bf16 on a CPU whose oneDNN has bf16, the decoder prepacks its weights (faster decode matmuls); its
+    logits are those of the plain transposed weights, with biases (qwen2's q/k/v) and rows leaving the batch."""
+    from transformers.cache_utils import DynamicCache
+
+    from aha.models import load_tokenizer
+    from aha.rollout import fast_decode
+
+    if not fast_decode._can_pack(torch.bfloat16, torch.device("cpu")):
+        pytest.skip("this CPU's oneDNN has no bf16")
+    tok = load_tokenizer(tiny_model_dir)
+    model = _tiny_family("qwen2", tok).to(torch.bfloat16)
+    ids = torch.tensor([[5, 9, 14, 3, 7], [11, 4, 6, 2, 9], [8, 8, 20, 1, 3]]).repeat_interleave(3, dim=0)
+    mask = torch.ones_like(ids)
+    logits = {}
+    for pack in (True, False):
+        with torch.no_grad():
+            cache = DynamicCache()
+            model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
+            dec = fast_decode.Decoder.__new__(fast_decode.Decoder)
+            dec.pack = pack
+            dec.__init__(model, cache, mask, max_new=5)
+            assert dec.packed is pack
+            nxt, pos, out = torch.arange(9) + 30, torch.full((9,), 5), []
+            for step in range(5):
+                if step == 2:
+                    keep = torch.tensor(dec.select([0, 3, 4, 8]))
+                    nxt, pos = nxt[keep], pos[keep]
+                got = dec.step(nxt, pos)
+                out.append(got.float())
+                nxt, pos = (got.float() + 0.01 * torch.arange(got.shape[-1])).argmax(-1), pos + 1
+            logits[pack] = out
+    for got, want in zip(logits[True], logits[False]):
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, atol=0.05 * want.abs().max().item(), rtol=0.02), (got - want).abs().max()
