@@ -3,11 +3,17 @@
 Bad input (a config typo, a malformed file, an unknown task or model) prints one line
 `aha: <what and where>` and exits 2; so does an OS error on a path (an out_dir that is a file, a
 read-only folder, a full disk). `--debug` shows the traceback instead.
+
+Under torchrun (`torchrun --nproc_per_node=N -m aha train ...`) each process's line names its rank, and any
+other failure there (an error in one process, a peer's closed connection, a collective past AHA_DIST_TIMEOUT)
+prints one line and exits 1 instead of a traceback per process.
 """
 
 from __future__ import annotations
 
 import errno
+import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,7 +54,8 @@ def _train(cfg):
     from aha.train.grpo_loop import train
 
     run_dir = train(cfg)
-    print(f"run folder: {run_dir}  (plot it: aha plot {run_dir})")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(f"run folder: {run_dir}  (plot it: aha plot {run_dir})")
 
 
 def _eval(cfg):
@@ -237,21 +244,52 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 cfg = load_config(cmd.config_cls, recipe, overrides)
         cmd.run(cfg)
+        _leave_process_group()
         return 0
     except AhaError as e:
         if debug:
             raise
-        print(f"aha: {e}", file=sys.stderr)
+        print(f"aha: {_rank()}{e}", file=sys.stderr)
         return 2
     except OSError as e:
         line = os_error_line(e)
-        if debug or line is None:
+        if debug or (line is None and not _rank()):
             raise
-        print(f"aha: {line}", file=sys.stderr)
-        return 2
+        print(f"aha: {_rank()}{line or _stopped(e)}", file=sys.stderr)
+        return 2 if line else 1
     except KeyboardInterrupt:
-        print("aha: interrupted", file=sys.stderr)
+        print(f"aha: {_rank()}interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if debug or not _rank():
+            raise
+        print(f"aha: {_rank()}{_stopped(e)}", file=sys.stderr)
+        return 1
+
+
+def _rank() -> str:
+    """'rank R: ' in a process torchrun started with more than one process, else ''."""
+    return f"rank {os.environ.get('RANK', '?')}: " if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") else ""
+
+
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out", "Timeout")
+"""How gloo and NCCL word a peer that died or stopped answering within the collective timeout."""
+
+
+def _stopped(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if any(p in first for p in PEER_LOST):
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[source.cc:553] " prefix
+        return f"stopped: another process failed or stopped answering ({first[:160]})"
+    return f"{type(e).__name__}: {first} (--debug shows the traceback)"
+
+
+def _leave_process_group() -> None:
+    """Leave the process group a distributed command joined. aha.dist imports torch, which the CLI does not
+    import for every command: it is closed only when it was loaded."""
+    mod = sys.modules.get("aha.dist")
+    if mod is not None:
+        mod.close()
 
 
 if __name__ == "__main__":

@@ -21,17 +21,19 @@ from pathlib import Path
 
 import torch
 
+from aha import dist
 from aha.config import save_config
 from aha.data.example import Example
 from aha.data.tasks import load_task
 from aha.data.templates import render_prompt, with_prefill
+from aha.errors import AhaError
 from aha.grpo import group_advantages, grpo_loss
 from aha.io import atomic_write_jsonl
 from aha.models import resolve_dtype
 from aha.rewards import RewardSet
 from aha.rollout import make_engine
 from aha.rollout.base import Completion, SamplingConfig, shared_prefix_len
-from aha.runtime import adamw, pick_device, tune_malloc
+from aha.runtime import adamw, tune_malloc
 from aha.train import checkpoint as ckpt
 from aha.train import lora
 from aha.train.batch import (
@@ -87,7 +89,13 @@ def lr_lambda(cfg: TrainConfig):
 class GRPOTrainer:
     def __init__(self, cfg: TrainConfig, model=None, tokenizer=None, engine=None):
         self.cfg = cfg
-        self.device = pick_device(cfg.device)
+        # Under torchrun: this process's place among the others and its device (dist.py); else one process.
+        self.dist, self.device = dist.setup(cfg.device)
+        if self.dist.on and cfg.lora.rank > 0:
+            raise AhaError("lora.rank: LoRA is not supported with more than one process yet; run one process")
+        if self.dist.on and cfg.grpo.prompts_per_step < self.dist.world:
+            raise AhaError(f"grpo.prompts_per_step: {cfg.grpo.prompts_per_step} prompt groups cannot be shared by "
+                           f"{self.dist.world} processes (a group never splits across processes)")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if cfg.malloc == "tuned" and self.device == "cpu":
@@ -119,7 +127,9 @@ class GRPOTrainer:
                 self.ref.to(torch.bfloat16)
         self.rollout_model = model
         if engine is None:
-            if self.autocast or self.lora:  # rollouts from a plain copy, re-synced after every update
+            # rollouts from a plain copy, re-synced after every update (with several processes the policy is
+            # sharded: the copy holds the whole model, gathered once a step, and decodes without collectives)
+            if self.autocast or self.lora or self.dist.on:
                 self.rollout_model = copy.deepcopy(model).eval().requires_grad_(False)
                 if self.autocast:
                     self.rollout_model.to(torch.bfloat16)
@@ -134,6 +144,8 @@ class GRPOTrainer:
         self.policy = lora.apply(model, cfg.lora) if self.lora else model
         if self.rollout_model is model and self.lora:  # a given engine: nothing to merge into, it has its own
             self.rollout_model = self.policy
+        if self.dist.on:  # FSDP2 after the copies: the reference and rollout models stay whole
+            dist.shard(self.policy, bf16=self.autocast)
         self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
         if cfg.optim.gradient_checkpointing:  # after the copies: the reference and rollout models do not train
             enable_gradient_checkpointing(self.policy)
@@ -169,39 +181,57 @@ class GRPOTrainer:
         return Rollouts(repeated, completions, rewards, parts, adv)
 
     def collect(self) -> tuple[Rollouts, dict]:
-        """B groups of G; with dynamic sampling, zero-variance groups are replaced by fresh prompts (capped)."""
-        B, G = self.cfg.grpo.prompts_per_step, self.cfg.grpo.group_size
-        ro = self.rollout([self.examples[i] for i in self.sampler.take(B)])
+        """B groups of G; with dynamic sampling, zero-variance groups are replaced by fresh prompts (capped).
+
+        Several processes: every process draws the same B prompts and samples its share of the groups
+        (round robin, a group never splits); which groups are informative is summed over the processes, so
+        every process keeps the groups one process would keep, and they agree on the number of rounds.
+        `self.group_keys` holds each local group's place in the step's whole list of groups."""
+        B = self.cfg.grpo.prompts_per_step
+        ro = self.rollout(dist.my_share([self.examples[i] for i in self.sampler.take(B)]))
         info = {"groups_sampled": B}
+        self.group_keys = dist.my_share(list(range(B)))
         if not self.cfg.grpo.dynamic_sampling:
             return ro, info
-        keep = [ro]
+        keep, flags = [ro], [self._informative(ro, B)]
         rounds = 0
         while rounds < self.cfg.grpo.max_resample_rounds:
-            kept = sum(int((r.rewards.view(-1, G).std(1) > 0).sum()) for r in keep)
+            kept = sum(sum(f) for f in flags)
             if kept >= B:
                 break
             rounds += 1
-            keep.append(self.rollout([self.examples[i] for i in self.sampler.take(B)]))
+            keep.append(self.rollout(dist.my_share([self.examples[i] for i in self.sampler.take(B)])))
+            flags.append(self._informative(keep[-1], B))
             info["groups_sampled"] += B
-        merged = self._merge_informative(keep, B)
+        merged = self._merge_informative(keep, flags, B)
         info["resample_rounds"] = rounds
         return merged, info
 
-    def _merge_informative(self, parts: list[Rollouts], B: int) -> Rollouts:
+    def _informative(self, r: Rollouts, B: int) -> list[bool]:
+        """For each of the step's B groups (all processes'), whether its rewards differ."""
+        local = (r.rewards.view(-1, self.cfg.grpo.group_size).std(1) > 0).tolist() if len(r.rewards) else []
+        flags = [0.0] * B
+        for key, f in zip(dist.my_share(list(range(B))), local):
+            flags[key] = float(f)
+        return [f > 0 for f in dist.all_reduce_sum(flags)]
+
+    def _merge_informative(self, parts: list[Rollouts], flags: list[list[bool]], B: int) -> Rollouts:
+        """The first B informative groups over all rounds (this process's among them), in round order."""
         G = self.cfg.grpo.group_size
-        sel = []  # (rollouts, group index), informative groups first
-        for r in parts:
-            std = r.rewards.view(-1, G).std(1)
-            sel += [(r, g) for g in range(len(std)) if std[g] > 0]
-        if not sel:  # nothing informative at all: train on the first batch (zero advantages, no update)
+        chosen = [(rnd, g) for rnd, f in enumerate(flags) for g in range(B) if f[g]][:B]
+        if not chosen:  # nothing informative at all: train on the first batch (zero advantages, no update)
             return parts[0]
-        sel = sel[:B]
+        d = self.dist
+        sel, self.group_keys = [], []  # (rollouts, local group index), informative groups first
+        for key, (rnd, g) in enumerate(chosen):
+            if g % d.world == d.rank:
+                sel.append((parts[rnd], g // d.world))
+                self.group_keys.append(key)
         idx = lambda g: range(g * G, (g + 1) * G)  # noqa: E731
         ex = [r.examples[i] for r, g in sel for i in idx(g)]
         comp = [r.completions[i] for r, g in sel for i in idx(g)]
-        rew = torch.cat([r.rewards[g * G:(g + 1) * G] for r, g in sel])
-        adv = torch.cat([r.advantages[g * G:(g + 1) * G] for r, g in sel])
+        rew = torch.cat([r.rewards[g * G:(g + 1) * G] for r, g in sel] or [torch.zeros(0)])
+        adv = torch.cat([r.advantages[g * G:(g + 1) * G] for r, g in sel] or [torch.zeros(0)])
         names = parts[0].parts.keys()
         pts = {k: [r.parts[k][i] for r, g in sel for i in idx(g)] for k in names}
         return Rollouts(ex, comp, rew, pts, adv)
@@ -231,9 +261,9 @@ class GRPOTrainer:
         with torch.no_grad():
             if self.lora:
                 lora.merge_into(self.rollout_model, self.policy)
-            else:
+            else:  # sharded weights are gathered whole (once a step, not per decode step)
                 for dst, src in zip(self.rollout_model.parameters(), self.policy.parameters()):
-                    dst.copy_(src)
+                    dst.copy_(dist.full(src))
 
     def shared_prefix(self, model, ids: list[int], embed: InputEmbeddings | None = None) -> SharedPrefix | None:
         """The step's shared prompt prefix run through `model` (with a graph when gradients are enabled)."""
@@ -285,13 +315,13 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         ro, info = self.collect()
         t_gen = time.perf_counter() - t0  # includes scoring; scoring time is measured below
-        n = len(ro.completions)
+        n = dist.all_reduce_sum([len(ro.completions)])[0] if self.dist.on else len(ro.completions)  # sequences
         mask_keep = [0.0 if (g.mask_truncated and not c.finished) else 1.0 for c in ro.completions]
         groups = self.micro_batches(ro.completions)
         # Prompt tokens every group begins with (system prompt, worked example) run once per pass.
         k = (shared_prefix_len([c.prompt_ids for c in ro.completions]) if cfg.optim.share_prompt
              and cfg.optim.share_prefix and len(groups) > 1 and not sliding_window(self.policy)
-             and not cfg.optim.gradient_checkpointing else 0)
+             and not cfg.optim.gradient_checkpointing and not self.dist.on else 0)
         prefix_ids = list(ro.completions[0].prompt_ids[:k])
         batches = []  # (micro-batch number, index tensor into the step's sequences, batch)
         for i, idx in enumerate(groups):
@@ -301,13 +331,19 @@ class GRPOTrainer:
             b.completion_mask *= torch.tensor([mask_keep[j] for j in idx], device=self.device).unsqueeze(-1)
             batches.append((i, torch.tensor(idx), b))
         num_tokens = float(sum(b.completion_mask.sum().item() for _, _, b in batches))
+        if self.dist.on:  # whole-step normalisers: the update equals one process's on the same rollouts
+            num_tokens = dist.all_reduce_sum([num_tokens])[0]
+        passes = self._padded(batches)  # as many passes in every process (FSDP's collectives pair up)
+        informative = self._any(bool((ro.advantages != 0).any()))
         old, ref = {}, {}
         t_lp = time.perf_counter()
         with torch.no_grad():
-            if g.mu > 1 and (bool((ro.advantages != 0).any()) or self.uses_ref):
+            if g.mu > 1 and (informative or self.uses_ref):
                 old_prefix = self.shared_prefix(self.policy, prefix_ids)  # with mu=1 the ratio is 1: no pass
-                for i, _, b in batches:
-                    old[i] = self.forward_logprobs(self.policy, b, prefix=old_prefix)[0]
+                for i, _, b in passes:
+                    lp = self.forward_logprobs(self.policy, b, prefix=old_prefix)[0]
+                    if i is not None:
+                        old[i] = lp
             if self.uses_ref:
                 with self.reference() as ref_model:
                     ref_prefix = self.shared_prefix(ref_model, prefix_ids)
@@ -321,7 +357,7 @@ class GRPOTrainer:
         t1 = time.perf_counter()
         # All groups flat and no KL term: the gradient is exactly zero, so skip the forward/backward passes
         # (common in early R1-Zero steps) but still take the optimizer step, as the full computation would.
-        skip = bool((ro.advantages == 0).all()) and not self.uses_ref
+        skip = not informative and not self.uses_ref
         stats["skipped_backward"] = float(skip)
         with HeldInterrupt() as held:  # from the first update on, Ctrl-C waits for the step's end
             for _ in range(g.mu):
@@ -331,9 +367,12 @@ class GRPOTrainer:
                         p.grad = torch.zeros_like(p)
                 # With LoRA the embeddings are frozen: no embedding gradient to send at all.
                 embed = (InputEmbeddings(self.policy) if cfg.optim.embedding_grad_once and not skip and not self.lora
-                         else None)
+                         and not self.dist.on else None)
                 prefix = self.shared_prefix(self.policy, prefix_ids, embed) if not skip else None
-                for i, idx, b in (batches if not skip else []):
+                for i, idx, b in (passes if not skip else []):
+                    if i is None:  # a process with fewer micro-batches than another: a pass that adds nothing
+                        (self.forward_logprobs(self.policy, b)[0].sum() * 0.0).backward()
+                        continue
                     adv = ro.advantages[idx].to(self.device)
                     logp, ent = self.forward_logprobs(self.policy, b, with_entropy=True, prefix=prefix, embed=embed)
                     terms = grpo_loss(logp, old.get(i), adv, b.completion_mask, ref.get(i), g.kl_coef, g.eps_low,
@@ -355,7 +394,7 @@ class GRPOTrainer:
                     prefix.backward()  # the prefix's share of the gradient, gathered over all micro-batches
                 if embed is not None:
                     embed.backward()  # the embedding layer's share, after the prefix's (it has embeddings too)
-                gn = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.optim.max_grad_norm or float("inf"))
+                gn = dist.clip_grad_norm(self.trainable, cfg.optim.max_grad_norm or float("inf"))
                 if not torch.isfinite(gn):
                     raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
                 stats["grad_norm"] += float(gn) / g.mu
@@ -367,7 +406,55 @@ class GRPOTrainer:
             self.engine.sync_weights(self.rollout_model)
             t_train = time.perf_counter() - t1
             self.step_no += 1
+        if self.dist.on:
+            ro, stats = self._gathered(ro), self._summed(stats)
         return self._step_metrics(ro, info, stats, t_gen, t_train)
+
+    # ----------------------------------------------------------------------------------------- processes
+    def _any(self, flag: bool) -> bool:
+        """Whether `flag` holds in any process (the flag itself in a single process)."""
+        return dist.all_reduce_sum([float(flag)])[0] > 0 if self.dist.on else flag
+
+    def _padded(self, batches: list) -> list:
+        """`batches`, followed, when another process has more micro-batches, by dummy passes `(None, None,
+        one-token batch)` up to its number: FSDP gathers and reduces the weights pass by pass, so every process
+        must run as many passes. A dummy pass's loss is multiplied by zero."""
+        if not self.dist.on:
+            return batches
+        most = int(dist.all_reduce_max(float(len(batches))))
+        if most == len(batches):
+            return batches
+        one = [Completion(text="", completion_ids=(self.pad_id,), prompt_ids=(self.pad_id,))]
+        dummy = collate_groups(one, self.pad_id) if self.cfg.optim.share_prompt else collate(one, self.pad_id)
+        return batches + [(None, None, dummy.to(self.device))] * (most - len(batches))
+
+    def _summed(self, stats: dict) -> dict:
+        """The step's loss statistics summed over the processes (each process's share is already weighted by
+        the whole step's normalisers); gradient norm, learning rate and timings are the same, or rank 0's."""
+        names = sorted(set().union(*dist.all_gather(sorted(stats))))
+        additive = [k for k in names if k not in ("grad_norm", "lr", "skipped_backward") and not k.startswith("time/")]
+        out = dict(stats)
+        out.update(zip(additive, dist.all_reduce_sum([float(stats.get(k, 0.0)) for k in additive])))
+        return out
+
+    def _gathered(self, ro: Rollouts) -> Rollouts:
+        """The step's rollouts from every process, in the order one process would hold them (for the metrics
+        and the rollout dump)."""
+        G = self.cfg.grpo.group_size
+        shares = dist.all_gather((self.group_keys, ro.examples, ro.completions, ro.rewards.tolist(), ro.parts,
+                                  ro.advantages.tolist()))
+        names = list(dict.fromkeys(k for share in shares for k in share[4]))
+        groups = []  # (key, examples, completions, rewards, advantages, parts) of each group
+        for keys, ex, comp, rew, parts, adv in shares:
+            for j, key in enumerate(keys):
+                rows = slice(j * G, (j + 1) * G)
+                groups.append((key, ex[rows], comp[rows], rew[rows], adv[rows],
+                               {k: parts[k][rows] if k in parts else [0.0] * G for k in names}))
+        groups.sort(key=lambda t: t[0])
+        return Rollouts([e for grp in groups for e in grp[1]], [c for grp in groups for c in grp[2]],
+                        torch.tensor([r for grp in groups for r in grp[3]], dtype=torch.float32),
+                        {k: [v for grp in groups for v in grp[5][k]] for k in names},
+                        torch.tensor([a for grp in groups for a in grp[4]], dtype=torch.float32))
 
     def _step_metrics(self, ro: Rollouts, info: dict, stats: dict, t_gen: float, t_train: float) -> dict:
         lengths = [len(c.completion_ids) for c in ro.completions]
@@ -410,17 +497,17 @@ class GRPOTrainer:
                 "rng": ckpt.rng_state(), "sampler": self.sampler.state()}
 
     def save(self) -> Path:
+        if self.dist.on:  # the optimizer's shards go to their own folder (checkpoint.save_sharded)
+            state = {k: v for k, v in self.state().items() if k != "optimizer"}
+            return ckpt.save_sharded(self.run_dir, self.step_no, self.policy, self.tok, self.opt, state,
+                                     keep=self.cfg.log.keep_checkpoints)
         return ckpt.save_checkpoint(self.run_dir, self.step_no, self.policy, self.tok, self.state(),
                                     keep=self.cfg.log.keep_checkpoints)
 
     def restore(self) -> bool:
-        found = ckpt.latest_checkpoint(self.run_dir)
-        if found is None:
+        state = ckpt.restore(self.run_dir, self.policy, self.opt)
+        if state is None:
             return False
-        _, path = found
-        ckpt.load_weights(self.policy, path)
-        state = ckpt.load_state(path)
-        self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.sampler.load(state["sampler"])
@@ -434,9 +521,15 @@ class GRPOTrainer:
         if not self.eval_examples:
             return {}
         greedy = SamplingConfig(temperature=0.0, max_new_tokens=self.sampling.max_new_tokens, stop=self.sampling.stop)
-        groups = self.engine.generate([self.encode(e) for e in self.eval_examples], 1, greedy)
+        mine = dist.my_share(self.eval_examples)  # several processes: each its share, then gathered
+        groups = self.engine.generate([self.encode(e) for e in mine], 1, greedy) if mine else []
         comps = with_prefill([g[0] for g in groups], self.cfg.prefill)
-        totals, parts = self.rewards.score(comps, self.eval_examples, step=self.step_no)
+        totals, parts = self.rewards.score(comps, mine, step=self.step_no) if mine else ([], {})
+        if self.dist.on:
+            shares = dist.all_gather((comps, totals, parts))
+            names = list(dict.fromkeys(k for share in shares for k in share[2]))
+            comps, totals = dist.interleave([s[0] for s in shares]), dist.interleave([s[1] for s in shares])
+            parts = {k: dist.interleave([s[2].get(k, [0.0] * len(s[1])) for s in shares]) for k in names}
         lengths = [len(c.completion_ids) for c in comps]
         row_weights = [self.rewards.weights_for(e.kind) for e in self.eval_examples]
         means = component_means(parts, row_weights)
@@ -463,14 +556,15 @@ class GRPOTrainer:
             from aha.rewards.score_cli import selftest
 
             selftest(self.examples[:200], self.rewards)
-        save_config(cfg, self.run_dir / "config.yaml")
+        if self.dist.main:
+            save_config(cfg, self.run_dir / "config.yaml")
         settings = LoopSettings(cfg.steps, cfg.resume, cfg.log.eval_every, cfg.log.checkpoint_every, cfg.log.progress,
                                 cfg.log.tensorboard, "aha train", f"aha train {self.run_dir}/config.yaml resume=true")
         return run_loop(self, settings, after_step=self._after_step, postfix=_postfix)
 
     def _after_step(self, step: int, metrics: dict) -> None:
         every = self.cfg.log.rollouts_every
-        if every and (step % every == 0 or step == 1):
+        if every and self.dist.main and (step % every == 0 or step == 1):
             self.dump_rollouts(step)
 
 

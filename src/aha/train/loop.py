@@ -11,6 +11,10 @@ supply the `Steps` below; `run_loop` drives them the same way:
   before its update is rewound (its data position and RNG states as they were when it began, its prompts
   drawn again on resume), and an update is never cut in half (`HeldInterrupt`, used by the steps around
   their optimizer update, holds the signal until the step is whole and logged).
+
+Under torchrun (`aha.dist`) every process runs this loop in step with the others; rank 0 alone writes the
+metrics and draws the progress bar. Ctrl-C there stops every process without a new checkpoint (a save is
+collective, and the processes are cut at different points): the run resumes from the last one.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Protocol
 
 import torch
 
+from aha import dist
 from aha.errors import AhaError
 from aha.train import checkpoint as ckpt
 from aha.train.metrics import MetricsLogger
@@ -135,8 +140,11 @@ class HeldInterrupt:
 
 def check_finite(weights: list[torch.Tensor], step: int) -> None:
     """FloatingPointError when any weight holds a NaN or an infinity after optimizer step `step`."""
-    with torch.no_grad():
-        ok = all(bool(torch.isfinite(w).all()) for w in weights)
+    if dist.env().on:
+        ok = dist.all_finite(weights)  # sharded weights: every process checks its shards
+    else:
+        with torch.no_grad():
+            ok = all(bool(torch.isfinite(w).all()) for w in weights)
     if not ok:
         raise FloatingPointError(f"step {step}: weights are not finite after the optimizer update "
                                  "(is the learning rate too high?)")
@@ -148,9 +156,11 @@ def run_loop(trainer: Steps, s: LoopSettings, after_step: Callable[[int, dict], 
     run folder. `after_step(step, metrics)` runs after each step's metrics are logged (e.g. rollout dumps)."""
     run_dir = trainer.run_dir
     resumed = s.resume and trainer.restore()
-    logger = MetricsLogger(run_dir, s.tensorboard, truncate_after_step=trainer.step_no if resumed else None)
+    main = dist.is_main()  # several processes: rank 0 logs
+    logger = (MetricsLogger(run_dir, s.tensorboard, truncate_after_step=trainer.step_no if resumed else None)
+              if main else None)
     bar = None
-    if s.progress:
+    if s.progress and main:
         from tqdm import tqdm
 
         bar = tqdm(total=s.steps, initial=trainer.step_no, desc=s.desc, dynamic_ncols=True)
@@ -160,7 +170,7 @@ def run_loop(trainer: Steps, s: LoopSettings, after_step: Callable[[int, dict], 
     try:
         if trainer.step_no == 0:
             first = trainer.evaluate()
-            if first:
+            if first and logger is not None:
                 logger.log(0, first)
         while trainer.step_no < s.steps:
             begun = (trainer.step_no, trainer.data_state(), ckpt.rng_state())
@@ -172,7 +182,8 @@ def run_loop(trainer: Steps, s: LoopSettings, after_step: Callable[[int, dict], 
             n = trainer.step_no
             if n == s.steps or (s.eval_every and n % s.eval_every == 0):
                 metrics.update(trainer.evaluate())
-            logger.log(n, metrics)
+            if logger is not None:
+                logger.log(n, metrics)
             if after_step is not None:
                 after_step(n, metrics)
             if n % s.checkpoint_every == 0 or n == s.steps:
@@ -183,6 +194,10 @@ def run_loop(trainer: Steps, s: LoopSettings, after_step: Callable[[int, dict], 
                 if postfix is not None:
                     bar.set_postfix(**postfix(metrics), refresh=False)
     except KeyboardInterrupt:
+        if dist.env().on:
+            last = ckpt.latest_checkpoint(run_dir)
+            raise AhaError(f"interrupted at step {trainer.step_no}: " + (
+                f"resume from {last[1]} with `{s.resume_hint}`" if last else "no checkpoint was saved")) from None
         interrupted = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the save
         if begun is not None and begun[0] == trainer.step_no:  # cut before its update: rewind the step
@@ -193,7 +208,8 @@ def run_loop(trainer: Steps, s: LoopSettings, after_step: Callable[[int, dict], 
         signal.signal(signal.SIGINT, previous)
         if bar is not None:
             bar.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
     if interrupted:
         raise AhaError(f"interrupted at step {trainer.step_no}: checkpoint saved; continue with `{s.resume_hint}`")
     return run_dir

@@ -10,6 +10,10 @@ the positions that have a target (`logits_to_keep`), their log-probs, loss and b
 causal mask or variable-length flash-attention calls. The loss of a step is the mean over the step's
 completion tokens (summed over micro-batches, divided once), so the micro-batch size does not change the
 gradient. Checkpoints, metrics, resume and bf16 (fp32 master weights, bf16 autocast) work as in `aha train`.
+
+Under torchrun (`aha.dist`) each process trains on its share of the step's samples (round robin) with the
+policy sharded by FSDP2; the token count that divides the loss is summed over the processes, so the update
+equals one process's on the same samples.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from aha import dist
 from aha.config import save_config
 from aha.errors import AhaError
 from aha.models import resolve_dtype
-from aha.runtime import adamw, pick_device, tune_malloc
+from aha.runtime import adamw, tune_malloc
 from aha.train import checkpoint as ckpt
 from aha.train import lora
 from aha.train.batch import (
@@ -173,7 +178,12 @@ class SFTTrainer:
         if not train:
             raise AhaError(f"{cfg.input}: no training samples left")
         self.cfg = cfg
-        self.device = pick_device(cfg.device)
+        self.dist, self.device = dist.setup(cfg.device)
+        if self.dist.on and cfg.lora.rank > 0:
+            raise AhaError("lora.rank: LoRA is not supported with more than one process yet; run one process")
+        if self.dist.on and cfg.samples_per_step < self.dist.world:
+            raise AhaError(f"samples_per_step: {cfg.samples_per_step} samples cannot be shared by {self.dist.world} "
+                           "processes")
         if cfg.malloc == "tuned" and self.device == "cpu":
             tune_malloc()
         self.run_dir = Path(cfg.out_dir)
@@ -187,6 +197,8 @@ class SFTTrainer:
             enable_gradient_checkpointing(self.policy)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.autocast = resolve_dtype(cfg.dtype, self.device) == "bfloat16"
+        if self.dist.on:
+            dist.shard(self.policy, bf16=self.autocast)
         self.steps = cfg.steps or math.ceil(cfg.epochs * len(train) / cfg.samples_per_step)
         self.sampler = PromptSampler(len(train), cfg.seed)
         o = cfg.optim
@@ -214,15 +226,21 @@ class SFTTrainer:
     def step(self) -> dict:
         """One optimizer step on `samples_per_step` samples: packed micro-batches, token-mean loss."""
         t0 = time.perf_counter()
-        samples = [self.train_samples[i] for i in self.sampler.take(self.cfg.samples_per_step)]
+        samples = dist.my_share([self.train_samples[i] for i in self.sampler.take(self.cfg.samples_per_step)])
         batches = self._micro_batches(samples)
         n_targets = sum(b.num_targets for b in batches)
+        if self.dist.on:  # the whole step's token count divides every process's loss
+            n_targets = int(dist.all_reduce_sum([n_targets])[0])
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
         # With LoRA the embeddings are frozen: no embedding gradient to send at all.
-        embed = InputEmbeddings(self.policy) if self.cfg.optim.embedding_grad_once and not self.lora else None
-        for b in batches:
-            if not b.num_targets:  # no completion token in it: no gradient (and no graph) to take
+        embed = (InputEmbeddings(self.policy) if self.cfg.optim.embedding_grad_once and not self.lora
+                 and not self.dist.on else None)
+        for b in self._padded(batches):
+            if b is None:  # fewer micro-batches here than in another process: a pass that adds nothing
+                (self._loss_sum(self._dummy()) * 0.0).backward()
+                continue
+            if not b.num_targets and not self.dist.on:  # no completion token: no gradient (and no graph) to take
                 continue
             loss = self._loss_sum(b, embed) / max(n_targets, 1)
             if not torch.isfinite(loss):
@@ -231,7 +249,7 @@ class SFTTrainer:
             total += loss.item()
         if embed is not None:
             embed.backward()  # the embedding layer's gradient, once for all micro-batches
-        gn = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.optim.max_grad_norm or float("inf"))
+        gn = dist.clip_grad_norm(self.trainable, self.cfg.optim.max_grad_norm or float("inf"))
         if not torch.isfinite(gn):
             raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
         lr = self.sched.get_last_lr()[0]
@@ -243,7 +261,10 @@ class SFTTrainer:
         seconds = time.perf_counter() - t0
         width = sum(b.input_ids.numel() for b in batches)
         real = sum(len(s) for s in samples)
-        return {"loss": total, "grad_norm": float(gn), "lr": lr, "tokens": n_targets, "rows": sum(len(b.input_ids) for b in batches),
+        rows = sum(len(b.input_ids) for b in batches)
+        if self.dist.on:
+            total, width, real, rows = dist.all_reduce_sum([total, width, real, rows])
+        return {"loss": total, "grad_norm": float(gn), "lr": lr, "tokens": n_targets, "rows": int(rows),
                 "pack_efficiency": real / max(width, 1), "time/step_s": seconds, "tokens_per_s": real / max(seconds, 1e-9)}
 
     @torch.no_grad()
@@ -254,12 +275,30 @@ class SFTTrainer:
         was_training = self.policy.training
         self.policy.eval()
         total, n = 0.0, 0
-        for b in self._micro_batches(self.held_out):
+        mine = dist.my_share(self.held_out)
+        for b in self._padded(self._micro_batches(mine) if mine else []):
+            if b is None:
+                self._loss_sum(self._dummy())
+                continue
             total += self._loss_sum(b).item()
             n += b.num_targets
+        if self.dist.on:
+            total, n = dist.all_reduce_sum([total, n])
         if was_training:
             self.policy.train()
         return {"eval/loss": total / max(n, 1)}
+
+    # ----------------------------------------------------------------------------------------- processes
+    def _padded(self, batches: list[PackedBatch]) -> list[PackedBatch | None]:
+        """`batches`, then `None` up to the number of micro-batches of the busiest process: FSDP gathers and
+        reduces the weights pass by pass, so every process must run as many passes (None: a dummy one)."""
+        if not self.dist.on:
+            return batches
+        return batches + [None] * (int(dist.all_reduce_max(float(len(batches)))) - len(batches))
+
+    def _dummy(self) -> PackedBatch:
+        one = [TokenSample((self.pad_id,), (self.pad_id,))]
+        return collate_packed(one, [[0]], self.pad_id).to(self.device)
 
     # ----------------------------------------------------------------------------------------- state
     def state(self) -> dict:
@@ -267,16 +306,17 @@ class SFTTrainer:
                 "rng": ckpt.rng_state(), "sampler": self.sampler.state()}
 
     def save(self) -> Path:
+        if self.dist.on:  # the optimizer's shards go to their own folder (checkpoint.save_sharded)
+            state = {k: v for k, v in self.state().items() if k != "optimizer"}
+            return ckpt.save_sharded(self.run_dir, self.step_no, self.policy, self.tok, self.opt, state,
+                                     keep=self.cfg.log.keep_checkpoints)
         return ckpt.save_checkpoint(self.run_dir, self.step_no, self.policy, self.tok, self.state(),
                                     keep=self.cfg.log.keep_checkpoints)
 
     def restore(self) -> bool:
-        found = ckpt.latest_checkpoint(self.run_dir)
-        if found is None:
+        state = ckpt.restore(self.run_dir, self.policy, self.opt)
+        if state is None:
             return False
-        ckpt.load_weights(self.policy, found[1])
-        state = ckpt.load_state(found[1])
-        self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.sampler.load(state["sampler"])
@@ -298,7 +338,8 @@ class SFTTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        save_config(cfg, self.run_dir / "config.yaml")
+        if self.dist.main:
+            save_config(cfg, self.run_dir / "config.yaml")
         settings = LoopSettings(self.steps, cfg.resume, cfg.log.eval_every, cfg.log.checkpoint_every, cfg.log.progress,
                                 cfg.log.tensorboard, "aha sft", f"aha sft {self.run_dir} resume=true")
         return run_loop(self, settings, postfix=lambda m: {"loss": f"{m['loss']:.3f}"})

@@ -1,0 +1,203 @@
+"""Data parallelism: 2 CPU processes under torchrun (gloo, FSDP2) on the tiny random model, against one process.
+
+The processes run aha's command line (tests/dist_worker.py) with a rollout engine that picks completions by
+prompt, so the rollouts are the same whichever process samples a group; the weights after the steps must then
+equal one process's within fp32 rounding. Also: resume after kill -9, a 2-process checkpoint resumed on one
+process, and a failing or hanging process ending the job with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aha.cli import main
+from aha.train import checkpoint as ckpt
+from aha.train import grpo_loop
+
+pytestmark = pytest.mark.dist
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+from dist_worker import PromptEngine  # noqa: E402
+
+
+def torchrun(*args: str, fail: str = "", timeout_s: float = 20, limit: float = 240) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=2 tests/dist_worker.py ARGS` with one thread per process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get(
+        "PYTHONPATH", "")]), "AHA_DIST_TIMEOUT": str(timeout_s), "AHA_TEST_FAIL": fail}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(TESTS / "dist_worker.py"), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from conftest import build_model, build_tokenizer
+
+    root = tmp_path_factory.mktemp("dist")
+    tok = build_tokenizer()
+    build_model(tok).save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    sums = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b), "task": "number"} for a in range(6) for b in range(4)]
+    (root / "sums.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sums))
+    sft = [{"prompt": f"What is {a} + {b}?", "completion": f"<think> {a} + {b} = {a + b} </think> <answer> {a + b} </answer>"}
+           for a in range(5) for b in range(4)]
+    (root / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft))
+    return root
+
+
+def grpo_args(files: Path, out: Path, *extra: str) -> list[str]:
+    # 3 groups over 2 processes: one process has more micro-batches than the other; KL, mu=2 and the
+    # token-mean loss need the reference pass, the old-policy pass and the whole step's token count.
+    return ["train", f"model={files / 'model'}", f"task={files / 'sums.jsonl'}", f"out_dir={out}", "steps=2", "seed=0",
+            "grpo.group_size=4", "grpo.prompts_per_step=3", "rollout.max_new_tokens=12", "optim.lr=1e-3",
+            "optim.warmup_steps=0", "optim.micro_batch_size=3", "dtype=float32", "data.eval_size=4",
+            "log.progress=false", "log.tensorboard=false", "log.checkpoint_every=1", "log.rollouts_every=1",
+            "rewards.weights.accuracy=1.0", "rewards.weights.format_partial=0.5", "selftest=false",
+            "grpo.kl_coef=0.05", "grpo.mu=2", "grpo.loss_agg=token_mean", *extra]
+
+
+def sft_args(files: Path, out: Path, *extra: str) -> list[str]:
+    return ["sft", f"model={files / 'model'}", f"input={files / 'samples.jsonl'}", f"out_dir={out}", "steps=2",
+            "samples_per_step=5", "eval_size=3", "max_length=128", "dtype=float32", "optim.lr=1e-3",
+            "optim.warmup_steps=0", "optim.micro_batch_size=1", "log.progress=false", "log.tensorboard=false",
+            "log.checkpoint_every=1", "log.eval_every=1", *extra]
+
+
+def one_process(args: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(grpo_loop, "make_engine", lambda name, model, tokenizer, **kw: PromptEngine(tokenizer))
+    assert main(args) == 0
+
+
+def weights(run: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "checkpoints" / f"step_{step:06d}" / "model.safetensors"))
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 1e-6) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=k)
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_metrics(a: list[dict], b: list[dict], keys: tuple[str, ...]) -> None:
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for k in keys:
+            if k in ra or k in rb:
+                assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["step"], k)
+
+
+@pytest.fixture(scope="module")
+def grpo_two(files):
+    """The uninterrupted 2-process GRPO run."""
+    out = files / "grpo2"
+    t0 = time.time()
+    done = torchrun(*grpo_args(files, out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert time.time() - t0 < 120
+    return out
+
+
+@pytest.fixture(scope="module")
+def grpo_killed(files):
+    """A 2-process GRPO run whose rank 0 was killed with SIGKILL as step 2 began (step 1's checkpoint written)."""
+    out = files / "grpo_killed"
+    done = torchrun(*grpo_args(files, out), fail="0:2:kill")
+    assert done.returncode != 0
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [1]
+    return out
+
+
+GRPO_KEYS = ("loss", "grad_norm", "kl", "reward", "accuracy", "entropy", "length_mean", "clip_low", "eval/accuracy",
+             "eval/length_mean")
+"""Not train_tokens: one process runs the prompt prefix all groups share once (optim.share_prefix), several don't."""
+
+
+def test_grpo_two_processes_take_the_steps_of_one(grpo_two, files, tmp_path, monkeypatch):
+    one = tmp_path / "grpo1"
+    one_process(grpo_args(files, one), monkeypatch)
+    base = load_file(str(files / "model" / "model.safetensors"))
+    for step in (1, 2):
+        w1, w2 = weights(one, step), weights(grpo_two, step)
+        assert any(not torch.allclose(w2[k], base[k], atol=1e-4) for k in w2), "the 2-process run did not train"
+        assert_same_weights(w2, w1)
+    assert_same_metrics(metrics(grpo_two), metrics(one), GRPO_KEYS)
+    # the rollouts dumped once, by rank 0, in one process's order
+    for step in (1, 2):
+        name = f"rollouts/step_{step:06d}.jsonl"
+        assert (grpo_two / name).read_text() == (one / name).read_text()
+    assert (ckpt.latest_checkpoint(grpo_two)[1] / ckpt.OPTIMIZER_DIR).is_dir()  # sharded optimizer state
+
+
+def test_grpo_resume_after_kill_9_equals_the_uninterrupted_run(grpo_two, grpo_killed, tmp_path):
+    run = tmp_path / "resumed"
+    shutil.copytree(grpo_killed, run)
+    done = torchrun(*grpo_args(run.parent, run, "resume=true")[:1], *grpo_args(grpo_two.parent, run, "resume=true")[1:])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_weights(weights(run, 2), weights(grpo_two, 2), atol=1e-7)
+    assert_same_metrics(metrics(run), metrics(grpo_two), GRPO_KEYS)
+
+
+def test_a_two_process_checkpoint_resumes_on_one_process(grpo_two, grpo_killed, files, tmp_path, monkeypatch):
+    run = tmp_path / "on_one"
+    shutil.copytree(grpo_killed, run)
+    one_process(grpo_args(files, run, "resume=true"), monkeypatch)
+    assert_same_weights(weights(run, 2), weights(grpo_two, 2))
+    assert_same_metrics(metrics(run), metrics(grpo_two), GRPO_KEYS)
+
+
+def test_sft_two_processes_take_the_steps_of_one(files, tmp_path, monkeypatch):
+    two, one = tmp_path / "sft2", tmp_path / "sft1"
+    done = torchrun(*sft_args(files, two))
+    assert done.returncode == 0, done.stderr[-3000:]
+    one_process(sft_args(files, one), monkeypatch)
+    base = load_file(str(files / "model" / "model.safetensors"))
+    for step in (1, 2):
+        w1, w2 = weights(one, step), weights(two, step)
+        assert any(not torch.allclose(w2[k], base[k], atol=1e-4) for k in w2)
+        assert_same_weights(w2, w1)
+    assert_same_metrics(metrics(two), metrics(one), ("loss", "grad_norm", "tokens", "rows", "eval/loss"))
+
+
+def failure_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("aha: ")]
+
+
+def test_a_failing_process_ends_the_job_with_one_line_and_keeps_the_checkpoint(files, tmp_path):
+    out = tmp_path / "fails"
+    t0 = time.time()
+    done = torchrun(*grpo_args(files, out, "steps=3"), fail="1:2:raise", timeout_s=60)
+    assert done.returncode != 0 and time.time() - t0 < 60  # torchrun ends the other process at once
+    lines = failure_lines(done.stderr)
+    assert lines[0] == "aha: rank 1: RuntimeError: injected failure at step 2 (--debug shows the traceback)"
+    # rank 0, unless torchrun ended it first, says why it stopped
+    assert all(line.startswith("aha: rank 0: stopped: another process failed") for line in lines[1:]), lines
+    assert done.stderr.count("Traceback") == 1 and "ChildFailedError" in done.stderr  # torchrun's own report only
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [1]
+    assert not list((out / "checkpoints").glob(".tmp_*"))
+    assert load_file(str(ckpt.latest_checkpoint(out)[1] / "model.safetensors"))
+
+
+def test_a_hanging_process_ends_the_job_at_the_collective_timeout(files, tmp_path):
+    out = tmp_path / "hangs"
+    t0 = time.time()
+    done = torchrun(*grpo_args(files, out), fail="1:2:hang", timeout_s=8)
+    elapsed = time.time() - t0
+    assert done.returncode != 0 and elapsed < 90, elapsed
+    lines = failure_lines(done.stderr)
+    assert lines == [lines[0]] and lines[0].startswith("aha: rank 0: stopped: another process failed or stopped "
+                                                       "answering ("), done.stderr[-3000:]
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [1]
