@@ -56,6 +56,7 @@ def install() -> None:
     for cls in (grpo_loop.GRPOTrainer, sft_loop.SFTTrainer):
         def step_or_fail(self, _step=cls.step):
             if self.step_no + 1 == int(step):
+                print(f"dist_worker: failing at {time.time()}", file=sys.stderr, flush=True)
                 if how == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
                 if how == "hang":

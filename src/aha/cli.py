@@ -73,7 +73,9 @@ def _score(cfg):
 def _rm(cfg):
     from aha.stages.rm import run
 
-    print(f"reward model run folder: {run(cfg)}  (use it as rewards.reward_models.NAME.model)")
+    run_dir = run(cfg)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(f"reward model run folder: {run_dir}  (use it as rewards.reward_models.NAME.model)")
 
 
 def _pipeline(pipeline):

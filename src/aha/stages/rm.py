@@ -159,13 +159,14 @@ class RMTrainer:
     def __init__(self, cfg: RMConfig, model=None, tokenizer=None):
         import torch
 
-        from aha.runtime import pick_device
+        from aha import dist
 
         self.cfg = cfg
         if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.micro_batch_size < 0:
             raise AhaError("batch_size and epochs must be >= 1, micro_batch_size >= 0")
         self.train_pairs, self.eval_pairs = split_pairs(load_pairs(cfg.data), cfg.eval_size)
-        self.device = pick_device(cfg.device)
+        # Under torchrun: each process scores its share of a step's pairs, the model sharded by FSDP2 (aha.dist).
+        self.dist, self.device = dist.setup(cfg.device)
         torch.manual_seed(cfg.seed)
         if model is None:
             model, tokenizer = load_backbone(cfg.model, self.device)
@@ -174,6 +175,8 @@ class RMTrainer:
             from aha.train.batch import enable_gradient_checkpointing
 
             enable_gradient_checkpointing(self.model)
+        if self.dist.on:
+            dist.shard(self.model, bf16=resolve_dtype(cfg.dtype, self.device) == "bfloat16")
         self.run_dir = Path(cfg.out_dir)
         self.total_steps = cfg.epochs * math.ceil(len(self.train_pairs) / cfg.batch_size)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -195,29 +198,48 @@ class RMTrainer:
                             enabled=resolve_dtype(self.cfg.dtype, self.device) == "bfloat16"):
             return self.model(**enc).logits[:, 0].float()
 
+    def _parts(self, pairs: list[Pair], size: int) -> list[list[Pair] | None]:
+        """`pairs` in chunks of `size`; with several processes, followed by None (a pass that adds nothing) up to
+        the number of chunks of the busiest process: FSDP gathers and reduces the weights pass by pass."""
+        from aha import dist
+
+        parts = [pairs[i:i + size] for i in range(0, len(pairs), size)]
+        if not self.dist.on:
+            return parts
+        return parts + [None] * (int(dist.all_reduce_max(float(len(parts)))) - len(parts))
+
     def step(self) -> dict:
         import torch
 
+        from aha import dist
+
         self.model.train()
-        pairs = [self.train_pairs[i] for i in batch_at(self.step_no, len(self.train_pairs), self.cfg.batch_size,
-                                                       self.cfg.seed)]
+        everyone = [self.train_pairs[i] for i in batch_at(self.step_no, len(self.train_pairs), self.cfg.batch_size,
+                                                          self.cfg.seed)]
+        pairs = dist.my_share(everyone)  # several processes: each scores its share, the loss is the mean over all
         self.opt.zero_grad(set_to_none=True)
-        mbs = self.cfg.micro_batch_size or len(pairs)
+        mbs = self.cfg.micro_batch_size or max(len(pairs), 1)
         c, r, loss = [], [], 0.0
-        for i in range(0, len(pairs), mbs):  # the mean over the step's pairs, a micro-batch's share at a time
-            part = pairs[i:i + mbs]
+        for part in self._parts(pairs, mbs):  # the mean over the step's pairs, a micro-batch's share at a time
+            if part is None:  # as many passes as a real micro-batch: chosen, then rejected
+                one = self.train_pairs[:1]
+                ((self.scores(one, "chosen") + self.scores(one, "rejected")).sum() * 0.0).backward()
+                continue
             chosen, rejected = self.scores(part, "chosen"), self.scores(part, "rejected")
-            share = bradley_terry_loss(chosen, rejected) * (len(part) / len(pairs))
+            share = bradley_terry_loss(chosen, rejected) * (len(part) / len(everyone))
             if not torch.isfinite(share):
                 raise FloatingPointError(f"step {self.step_no + 1}: loss is {share.item()}")
             share.backward()
             loss += share.item()
             c += chosen.detach().tolist()
             r += rejected.detach().tolist()
-        gn = torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.max_grad_norm or float("inf"))
+        gn = dist.clip_grad_norm(self.trainable, self.cfg.max_grad_norm or float("inf"))
         if not torch.isfinite(gn):
             raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
         lr = self.sched.get_last_lr()[0]
+        if self.dist.on:
+            loss = dist.all_reduce_sum([loss])[0]
+            c, r = self._gathered(c, r)
         from aha.train.loop import HeldInterrupt
 
         with HeldInterrupt() as held:  # the update and its step count are never split by Ctrl-C
@@ -232,21 +254,38 @@ class RMTrainer:
         """Held-out pairwise accuracy and mean margin r(chosen) - r(rejected)."""
         import torch
 
+        from aha import dist
+
         if not self.eval_pairs:
             return {}
         self.model.eval()
         c, r = [], []
         with torch.no_grad():
-            for start in range(0, len(self.eval_pairs), self.cfg.batch_size):
-                chunk = self.eval_pairs[start:start + self.cfg.batch_size]
+            for chunk in self._parts(dist.my_share(self.eval_pairs), self.cfg.batch_size):
+                if chunk is None:
+                    self.scores(self.eval_pairs[:1], "chosen"), self.scores(self.eval_pairs[:1], "rejected")
+                    continue
                 c += self.scores(chunk, "chosen").tolist()
                 r += self.scores(chunk, "rejected").tolist()
+        if self.dist.on:
+            c, r = self._gathered(c, r)
         return {"eval/pairwise_accuracy": pairwise_accuracy(c, r),
                 "eval/margin": sum(a - b for a, b in zip(c, r)) / len(c)}
+
+    def _gathered(self, c: list[float], r: list[float]) -> tuple[list[float], list[float]]:
+        """Every process's scores of chosen and rejected responses, in the order of the whole list of pairs."""
+        from aha import dist
+
+        shares = dist.all_gather((c, r))
+        return dist.interleave([s[0] for s in shares]), dist.interleave([s[1] for s in shares])
 
     def save(self) -> Path:
         from aha.train import checkpoint as ckpt
 
+        if self.dist.on:  # the optimizer's shards go to their own folder (checkpoint.save_sharded)
+            state = {"step": self.step_no, "scheduler": self.sched.state_dict(), "rng": ckpt.rng_state()}
+            return ckpt.save_sharded(self.run_dir, self.step_no, self.model, self.tok, self.opt, state,
+                                     keep=self.cfg.keep_checkpoints)
         state = {"step": self.step_no, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                  "rng": ckpt.rng_state()}
         return ckpt.save_checkpoint(self.run_dir, self.step_no, self.model, self.tok, state,
@@ -255,12 +294,9 @@ class RMTrainer:
     def restore(self) -> bool:
         from aha.train import checkpoint as ckpt
 
-        found = ckpt.latest_checkpoint(self.run_dir)
-        if found is None:
+        state = ckpt.restore(self.run_dir, self.model, self.opt)
+        if state is None:
             return False
-        ckpt.load_weights(self.model, found[1])
-        state = ckpt.load_state(found[1])
-        self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.step_no = state["step"]
@@ -278,7 +314,8 @@ class RMTrainer:
 
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
+        if self.dist.main:
+            save_config(cfg, self.run_dir / "config.yaml")
         settings = LoopSettings(self.total_steps, cfg.resume, cfg.eval_every, cfg.checkpoint_every, cfg.progress,
                                 False, "aha rm", f"aha rm {self.run_dir}/config.yaml resume=true")
         return run_loop(self, settings, postfix=lambda m: {"loss": f"{m['loss']:.3f}", "acc": f"{m['accuracy']:.2f}"})
