@@ -172,6 +172,15 @@ def test_a_two_process_checkpoint_resumes_on_one_process(grpo_two, grpo_killed, 
     assert_same_metrics(metrics(run), metrics(grpo_two), GRPO_KEYS)
 
 
+def test_a_one_process_checkpoint_resumes_on_two_processes(grpo_two, files, tmp_path, monkeypatch):
+    run = tmp_path / "one_then_two"
+    one_process(grpo_args(files, run, "steps=1"), monkeypatch)
+    done = torchrun(*grpo_args(files, run, "resume=true"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_weights(weights(run, 2), weights(grpo_two, 2))
+    assert_same_metrics(metrics(run)[-1:], metrics(grpo_two)[-1:], GRPO_KEYS)  # step 1 had its own final eval
+
+
 def test_sft_two_processes_take_the_steps_of_one(files, tmp_path, monkeypatch):
     two, one = tmp_path / "sft2", tmp_path / "sft1"
     done = torchrun(*sft_args(files, two))

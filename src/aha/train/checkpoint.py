@@ -6,7 +6,8 @@ only after the new one exists, so running out of disk (or a kill) mid-write lose
 Several processes (FSDP2, `aha.dist`): the same folder, with the consolidated weights (gathered, written by
 rank 0: every later stage loads it as any model) and the optimizer state written by every process as its own
 shards with `torch.distributed.checkpoint` in `optimizer/`; `trainer_state.pt` then holds every process's RNG
-states. DCP reshards on load, so such a checkpoint resumes on any number of processes, one included.
+states. DCP reshards on load, so such a checkpoint resumes on any number of processes, one included; a
+one-process checkpoint resumes on several too (its whole optimizer state is sharded on load).
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def _tied_names(model) -> list[str]:
 def restore(run_dir: Path, model, optimizer) -> dict | None:
     """Load the newest checkpoint's weights and optimizer state into `model` and `optimizer` (sharded or not,
     whichever number of processes wrote it) and return its trainer state, with `rng` this process's RNG
-    states; None when there is no checkpoint. A one-process checkpoint resumes on one process only."""
+    states (rank 0's for a process the writer did not have); None when there is no checkpoint."""
     found = latest_checkpoint(run_dir)
     if found is None:
         return None
@@ -213,10 +214,9 @@ def restore(run_dir: Path, model, optimizer) -> dict | None:
     else:
         load_weights(model, path)
     state = load_state(path)
-    if "optimizer" in state:
-        if d.on:
-            raise AhaError(f"{path}: written by one process, so it resumes on one process only "
-                           f"(this run has {d.world})")
+    if "optimizer" in state and d.on:  # written by one process: its whole state, sharded here
+        _load_full_optimizer(model, optimizer, state["optimizer"])
+    elif "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
     else:
         _load_sharded_optimizer(model, optimizer, path / OPTIMIZER_DIR)
@@ -238,6 +238,20 @@ def _load_full_weights(model, ckpt: Path) -> None:
     if unexpected:
         raise AhaError(f"{ckpt}: checkpoint does not match the model (unexpected {unexpected[:3]})")
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def _load_full_optimizer(model, optimizer, saved: dict) -> None:
+    """A one-process optimizer state (`optimizer.state_dict()`: parameters by position) into the optimizer of a
+    sharded model: the positions are named as the model names its trainable parameters, in the same order (the
+    order the trainers build their optimizers in), and every process keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if sum(len(g["params"]) for g in saved["param_groups"]) != len(names):
+        raise AhaError("checkpoint: its optimizer state does not match the model's trainable parameters")
+    full = {"state": {names[i]: v for i, v in saved["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in saved["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))
 
 
 def _load_sharded_optimizer(model, optimizer, folder: Path) -> None:
