@@ -239,3 +239,10 @@ def test_rm_two_processes_take_the_steps_of_one(files, tmp_path, monkeypatch):
         assert_same_weights(weights(two, step), weights(one, step))
     assert_same_metrics(metrics(two), metrics(one), ("loss", "accuracy", "margin", "grad_norm",
                                                       "eval/pairwise_accuracy", "eval/margin"))
+
+
+def test_commands_that_do_not_share_their_work_refuse_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["eval", "model=x"]) == 2
+    assert capsys.readouterr().err.strip() == "aha: rank 1: aha eval runs in one process; under torchrun run train, sft, rm"

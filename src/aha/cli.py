@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             _print_help(name, cmd)
             return 0
         recipe, overrides, debug = parse_args(argv)
+        if _rank() and name not in DISTRIBUTED:  # every process would do the whole job and write the same files
+            raise AhaError(f"aha {name} runs in one process; under torchrun run {', '.join(DISTRIBUTED)}")
         cfg = None
         if cmd.config_cls is not None:
             from aha.config import load_config
@@ -267,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"aha: {_rank()}{_stopped(e)}", file=sys.stderr)
         return 1
+
+
+DISTRIBUTED = ("train", "sft", "rm")
+"""The commands that share their work among the processes torchrun starts (aha.dist)."""
 
 
 def _rank() -> str:
