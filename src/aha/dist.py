@@ -157,8 +157,10 @@ def interleave(shares: list[list]) -> list:
 
 # --------------------------------------------------------------------------------------------- FSDP2
 def decoder_layers(model) -> list[torch.nn.Module]:
-    """The transformer blocks of a causal LM (Llama, Qwen2, Gemma, ...: `model.model.layers`)."""
-    inner = getattr(model, "model", None)
+    """The transformer blocks of a causal LM (Llama, Qwen2, Gemma, ...: `model.model.layers`), through a LoRA
+    wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(base, "model", None)
     layers = getattr(inner, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
         raise AhaError(f"{type(model).__name__}: no decoder layers found (model.model.layers) to shard")

@@ -160,15 +160,23 @@ def save_sharded(run_dir: Path, step: int, model, tokenizer, optimizer, state: d
             tmp.mkdir(parents=True)
         except OSError as e:
             failed = e
-    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    for name in _tied_names(model):  # stored once, as save_pretrained stores tied weights
-        weights.pop(name, None)
+    from aha.train import lora
+
+    if lora.is_lora(model):  # the merged model, and the adapter for resuming
+        weights, adapter = lora.gathered(model)
+    else:
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        for name in _tied_names(model):  # stored once, as save_pretrained stores tied weights
+            weights.pop(name, None)
     rngs = dist.all_gather(rng_state())
     if dist.all_reduce_sum([float(failed is not None)])[0] == 0:
         try:
             dcp_save({"optimizer": get_optimizer_state_dict(model, optimizer)}, checkpoint_id=str(tmp / OPTIMIZER_DIR))
             if main:
-                model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+                if lora.is_lora(model):
+                    lora.write(model, tmp, weights, adapter)
+                else:
+                    model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(tmp)
                 torch.save({**state, "rng_by_rank": rngs}, tmp / STATE_FILE)
@@ -209,7 +217,9 @@ def restore(run_dir: Path, model, optimizer) -> dict | None:
         return None
     path = found[1]
     d = dist.env()
-    if d.on:
+    from aha.train import lora
+
+    if d.on and not lora.is_lora(model):  # a LoRA model takes its adapter (load_weights), sharded or not
         _load_full_weights(model, path)
     else:
         load_weights(model, path)

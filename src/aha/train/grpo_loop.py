@@ -91,8 +91,6 @@ class GRPOTrainer:
         self.cfg = cfg
         # Under torchrun: this process's place among the others and its device (dist.py); else one process.
         self.dist, self.device = dist.setup(cfg.device)
-        if self.dist.on and cfg.lora.rank > 0:
-            raise AhaError("lora.rank: LoRA is not supported with more than one process yet; run one process")
         if self.dist.on and cfg.grpo.prompts_per_step < self.dist.world:
             raise AhaError(f"grpo.prompts_per_step: {cfg.grpo.prompts_per_step} prompt groups cannot be shared by "
                            f"{self.dist.world} processes (a group never splits across processes)")
@@ -347,8 +345,11 @@ class GRPOTrainer:
             if self.uses_ref:
                 with self.reference() as ref_model:
                     ref_prefix = self.shared_prefix(ref_model, prefix_ids)
-                    for i, _, b in batches:
-                        ref[i] = self.forward_logprobs(ref_model, b, prefix=ref_prefix)[0]
+                    # the frozen copy is whole in every process; with LoRA the reference is the sharded policy
+                    for i, _, b in (batches if self.ref is not None else passes):
+                        lp = self.forward_logprobs(ref_model, b, prefix=ref_prefix)[0]
+                        if i is not None:
+                            ref[i] = lp
         stats = defaultdict(float, {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0})
         stats["time/logprob_s"] = time.perf_counter() - t_lp  # old-policy and reference passes (no gradient)
         # Tokens the training forward passes see: real (prompt + completion) and with padding.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from aha import dist
 from aha.train.config import LoRAConfig
 
 ADAPTER_DIR = "adapter"
@@ -44,7 +45,8 @@ def reference(model):
 
 def merged_items(model):
     """(name, tensor) of the plain model (its own parameter names), every adapted weight merged; one merged
-    tensor at a time, so that refreshing a copy never holds a second copy of all the weights."""
+    tensor at a time, so that refreshing a copy never holds a second copy of all the weights. Sharded weights
+    (FSDP2, several processes) are gathered whole, in the same order in every process."""
     from peft.tuners.lora import LoraLayer
 
     base = model.get_base_model()
@@ -54,8 +56,10 @@ def merged_items(model):
         if "lora_" in key:
             continue
         module = adapted.get(key)
+        value = dist.full(value)
         if module is not None:
-            value = value + sum(module.get_delta_weight(a).detach() for a in module.active_adapters).to(value.dtype)
+            value = value + sum(dist.full(module.get_delta_weight(a).detach())
+                                for a in module.active_adapters).to(value.dtype)
         yield key.replace(".base_layer.", "."), value
 
 
@@ -76,13 +80,29 @@ def merge_into(plain, model) -> None:
 
 def save(model, folder: Path) -> None:
     """The merged model as a plain `save_pretrained` folder, and the adapter in `folder/adapter`."""
+    write(model, folder, *gathered(model))
+
+
+def gathered(model) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """(the merged model's state, the adapter's state or None for peft's own) to save; sharded weights gathered
+    (every process calls this, `write` runs in one)."""
     base = model.get_base_model()
     state = {k: v.contiguous() for k, v in merged_state(model).items()}
     tied = getattr(base.config, "tie_word_embeddings", False)
     if tied:  # stored once, as transformers does
         state.pop("lm_head.weight", None)
-    base.save_pretrained(folder, state_dict=state, safe_serialization=True)
-    model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
+    adapter = None
+    if dist.env().on:
+        from peft import get_peft_model_state_dict
+
+        adapter = {k: dist.full(v).detach().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    return state, adapter
+
+
+def write(model, folder: Path, state: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor] | None) -> None:
+    model.get_base_model().save_pretrained(folder, state_dict=state, safe_serialization=True)
+    model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True,
+                          **({"state_dict": adapter} if adapter is not None else {}))
 
 
 def load_adapter(model, folder: Path) -> None:
@@ -95,6 +115,25 @@ def load_adapter(model, folder: Path) -> None:
     path = Path(folder) / ADAPTER_DIR / "adapter_model.safetensors"
     if not path.exists():
         raise AhaError(f"{folder}: no LoRA adapter in this checkpoint (was it trained with lora.rank=0?)")
+    if dist.env().on:
+        return _load_sharded_adapter(model, load_file(str(path)), folder)
     result = set_peft_model_state_dict(model, load_file(str(path)))
     if getattr(result, "unexpected_keys", None):
         raise AhaError(f"{folder}: the adapter does not match the model (unexpected {result.unexpected_keys[:3]})")
+
+
+def _load_sharded_adapter(model, saved: dict[str, torch.Tensor], folder: Path) -> None:
+    """The saved adapter (peft's names, without the adapter's name) into a sharded model's adapters."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    from aha.errors import AhaError
+
+    names = {}  # saved name -> the model's name
+    for key in model.state_dict():
+        if "lora_" in key:
+            names[key.replace(".default.", ".")] = key
+    unexpected = [k for k in saved if k not in names]
+    if unexpected:
+        raise AhaError(f"{folder}: the adapter does not match the model (unexpected {unexpected[:3]})")
+    set_model_state_dict(model, {names[k]: v for k, v in saved.items()},
+                         options=StateDictOptions(full_state_dict=True, strict=False))

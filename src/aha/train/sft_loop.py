@@ -179,8 +179,6 @@ class SFTTrainer:
             raise AhaError(f"{cfg.input}: no training samples left")
         self.cfg = cfg
         self.dist, self.device = dist.setup(cfg.device)
-        if self.dist.on and cfg.lora.rank > 0:
-            raise AhaError("lora.rank: LoRA is not supported with more than one process yet; run one process")
         if self.dist.on and cfg.samples_per_step < self.dist.world:
             raise AhaError(f"samples_per_step: {cfg.samples_per_step} samples cannot be shared by {self.dist.world} "
                            "processes")
