@@ -156,6 +156,8 @@ class GRPOTrainer:
                          weight_decay=o.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.step_no = 0
+        if self.dist.on:  # after every random initialisation (LoRA's): each process samples its own random numbers
+            torch.manual_seed(cfg.seed + self.dist.rank)
 
     # ----------------------------------------------------------------------------------------- data
     def encode(self, ex: Example) -> list[int]:
