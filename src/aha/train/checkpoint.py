@@ -181,10 +181,13 @@ def save_sharded(run_dir: Path, step: int, model, tokenizer, optimizer, state: d
                     tokenizer.save_pretrained(tmp)
                 torch.save({**state, "rng_by_rank": rngs}, tmp / STATE_FILE)
         except (OSError, RuntimeError, SafetensorError, CheckpointException) as e:
-            failed = e
+            # DCP reports every process's failure as one exception: the first is the reason
+            failed = next(iter(e.failures.values()))[0] if isinstance(e, CheckpointException) and e.failures else e
     if dist.all_reduce_sum([float(failed is not None)])[0]:  # every process learns of a failure anywhere
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(failed, KeyboardInterrupt):  # Ctrl-C came during the save: the loop's interrupt, not a write error
+            raise KeyboardInterrupt
         if failed is not None:
             raise write_error(final, failed) from failed
         raise AhaError(f"cannot write {final}: another process failed writing it")

@@ -194,10 +194,13 @@ def run_loop(trainer: Steps, s: LoopSettings, after_step: Callable[[int, dict], 
                 if postfix is not None:
                     bar.set_postfix(**postfix(metrics), refresh=False)
     except KeyboardInterrupt:
-        if dist.env().on:
+        if dist.env().on:  # every process got the signal; rank 0 says where to resume from
+            if not dist.is_main():
+                raise SystemExit(130) from None
             last = ckpt.latest_checkpoint(run_dir)
+            hint = f"torchrun --nproc_per_node={dist.env().world} -m {s.resume_hint}"
             raise AhaError(f"interrupted at step {trainer.step_no}: " + (
-                f"resume from {last[1]} with `{s.resume_hint}`" if last else "no checkpoint was saved")) from None
+                f"resume from {last[1]} with `{hint}`" if last else "no checkpoint was saved")) from None
         interrupted = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the save
         if begun is not None and begun[0] == trainer.step_no:  # cut before its update: rewind the step
