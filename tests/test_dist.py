@@ -30,7 +30,7 @@ sys.path.insert(0, str(TESTS))
 from dist_worker import PromptEngine  # noqa: E402
 
 
-def torchrun(*args: str, fail: str = "", timeout_s: float = 20, limit: float = 240) -> subprocess.CompletedProcess:
+def torchrun(*args: str, fail: str = "", timeout_s: float = 60, limit: float = 240) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node=2 tests/dist_worker.py ARGS` with one thread per process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get(
         "PYTHONPATH", "")]), "AHA_DIST_TIMEOUT": str(timeout_s), "AHA_TEST_FAIL": fail}
@@ -265,3 +265,40 @@ def test_commands_that_do_not_share_their_work_refuse_torchrun(monkeypatch, caps
     monkeypatch.setenv("RANK", "1")
     assert main(["eval", "model=x"]) == 2
     assert capsys.readouterr().err.strip() == "aha: rank 1: aha eval runs in one process; under torchrun run train, sft, rm"
+
+
+def test_a_pipeline_stage_runs_under_torchrun(files, tmp_path, monkeypatch):
+    """`launcher.nproc: 2`: the pipeline (one process) runs the stage with torchrun; its checkpoint is sharded."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    recipe = tmp_path / "pipe.yaml"
+    recipe.write_text(f"""out_dir: {tmp_path / 'out'}
+stages:
+  tune:
+    kind: sft
+    launcher: {{nproc: 2}}
+    model: {files / 'model'}
+    input: {files / 'samples.jsonl'}
+    steps: 1
+    samples_per_step: 4
+    eval_size: 2
+    dtype: float32
+    log: {{progress: false, tensorboard: false}}
+""")
+    assert main(["pipeline", str(recipe)]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["stages"]["tune"]["status"] == "done"
+    step, path = ckpt.latest_checkpoint(tmp_path / "out" / "tune")
+    assert step == 1 and (path / ckpt.OPTIMIZER_DIR).is_dir()
+
+
+@pytest.mark.parametrize("launcher, message", [
+    ("{nproc: 2}", "stages.ev.launcher.nproc: stage kind 'eval' runs in one process (torchrun runs train, sft, rm)"),
+    ("{nproc: 0}", "stages.ev.launcher.nproc: must be an integer >= 1, got 0"),
+    ("{procs: 2}", "stages.ev.launcher: a mapping with one key, nproc (processes for torchrun)"),
+])
+def test_a_bad_launcher_is_one_line(tmp_path, capsys, launcher, message):
+    recipe = tmp_path / "pipe.yaml"
+    recipe.write_text(f"out_dir: {tmp_path / 'out'}\nstages:\n  ev: {{kind: eval, model: x, launcher: {launcher}}}\n")
+    assert main(["pipeline", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aha: ") and err.endswith(message) and "\n" not in err

@@ -22,6 +22,10 @@ unchanged and done; resumes one that was interrupted (status running, same finge
 `resume=true` when its config has that key, else reruns it; reruns one whose fingerprint changed, from
 an emptied folder. Every completed run of a stage gets a new artifact id, so the stages that read it
 rerun too. `from=STAGE` reruns STAGE and every later stage regardless.
+
+**Several processes**: `launcher: {nproc: N}` in a train, sft or rm stage runs that stage under
+`torchrun --nproc_per_node=N` (aha.dist), its config handed over as `OUT_DIR/NAME/launch.yaml`; the pipeline
+itself stays one process. The launcher is not part of the fingerprint (the stage computes the same update).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ import inspect
 import json
 import re
 import shutil
+import subprocess
+import sys
 import time
 import typing
 from collections.abc import Callable
@@ -41,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aha.config import build_section, load_config, recipe_source, to_dict
+from aha.config import build_section, load_config, recipe_source, save_config, to_dict
 from aha.data.tasks import TaskConfig, is_file_task, split_spec
 from aha.errors import AhaError, closest
 from aha.io import atomic_write_text, path_signature
@@ -88,6 +94,12 @@ class Stage:
     """The stage's config object: references resolved to paths, out_dir set by the pipeline."""
     needs: list[str]
     """Earlier stages whose outputs this one reads."""
+    nproc: int = 1
+    """Processes torchrun starts for the stage (`launcher.nproc`); 1: it runs in the pipeline's process."""
+
+
+DISTRIBUTED_KINDS = ("train", "sft", "rm")
+"""Stage kinds that may run under torchrun (`launcher.nproc` > 1)."""
 
 
 @dataclass
@@ -179,11 +191,12 @@ def load_pipeline(recipe: str | None, overrides: list[str] | None = None) -> Pip
             raise AhaError(f"{src.where(key)}: {key}: stage names are letters, digits, _ and - (a letter first)")
         if not isinstance(body, dict) or "kind" not in body:
             raise AhaError(f"{src.where(key)}: {key}: a stage is a mapping with a kind ({', '.join(STAGES)})")
-        tree = {k: v for k, v in body.items() if k != "kind"}
+        tree = {k: v for k, v in body.items() if k not in ("kind", "launcher")}
         try:
             cls, _ = stage_entry(str(body["kind"]))
         except AhaError as e:
             raise AhaError(f"{src.where(key + '.kind')}: {key}.kind: {e}") from None
+        nproc = launcher_nproc(body, key, src)
         if "out_dir" in tree:
             raise AhaError(f"{src.where(key + '.out_dir')}: {key}: the pipeline sets out_dir ({root / name})")
         if "out_dir" not in {f.name for f in dataclasses.fields(cls)}:
@@ -198,13 +211,45 @@ def load_pipeline(recipe: str | None, overrides: list[str] | None = None) -> Pip
             raise AhaError(f"{src.where(where)}: {where}: unknown stage '@{ref}'{later}") from None
         tree["out_dir"] = str(root / name)
         config = build_section(cls, tree, key + ".", src)
-        stages.append(Stage(name, str(body["kind"]), config, sorted(set(found))))
+        stages.append(Stage(name, str(body["kind"]), config, sorted(set(found)), nproc))
         outputs[name] = str(root / name)
     hold_out_every_eval_split(stages)
     if cfg.restart_from and cfg.restart_from not in cfg.stages:
         raise AhaError(f"from: unknown stage '{cfg.restart_from}'{closest(cfg.restart_from, cfg.stages)}; "
                        f"stages: {', '.join(cfg.stages)}")
     return Pipeline(cfg, stages, str(recipe or ""))
+
+
+def launcher_nproc(body: dict, key: str, src) -> int:
+    """A stage's `launcher.nproc` (1 when there is no launcher), checked: a positive integer, and above 1 only
+    for the kinds that share their work among processes."""
+    launcher = body.get("launcher", {})
+    where = f"{key}.launcher"
+    if not isinstance(launcher, dict) or set(launcher) - {"nproc"}:
+        raise AhaError(f"{src.where(where)}: {where}: a mapping with one key, nproc (processes for torchrun)")
+    nproc = launcher.get("nproc", 1)
+    where += ".nproc"
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise AhaError(f"{src.where(where)}: {where}: must be an integer >= 1, got {nproc!r}")
+    if nproc > 1 and body["kind"] not in DISTRIBUTED_KINDS:
+        raise AhaError(f"{src.where(where)}: {where}: stage kind '{body['kind']}' runs in one process "
+                       f"(torchrun runs {', '.join(DISTRIBUTED_KINDS)})")
+    return nproc
+
+
+def run_distributed(kind: str, config: Any, nproc: int) -> Path:
+    """`torchrun --nproc_per_node=nproc -m aha KIND OUT_DIR/launch.yaml`: a stage in several processes."""
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = out / "launch.yaml"
+    save_config(config, recipe)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "aha",
+           kind, str(recipe)]
+    code = subprocess.run(cmd).returncode
+    if code:
+        raise AhaError(f"{out}: the {kind} stage under torchrun ({nproc} processes) exited with {code} "
+                       "(its processes' lines are above)")
+    return out
 
 
 def task_sections(config: Any):
@@ -358,7 +403,7 @@ def run_pipeline(p: Pipeline, log: Callable[[str], None] = print) -> Path:
         write()
         t0 = time.perf_counter()
         try:
-            result = fn(config)
+            result = run_distributed(stage.kind, config, stage.nproc) if stage.nproc > 1 else fn(config)
         except BaseException:
             log(f"[pipeline] {stage.name} stopped; rerun the same command to resume it (from={stage.name} restarts it)")
             raise
