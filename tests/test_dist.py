@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from aha.cli import main
@@ -201,9 +202,23 @@ def test_lora_two_processes_take_the_steps_of_one_and_resume_on_one(files, tmp_p
 
 
 def test_sft_two_processes_take_the_steps_of_one(files, tmp_path, monkeypatch):
-    two, one = tmp_path / "sft2", tmp_path / "sft1"
-    done = torchrun(*sft_args(files, two))
-    assert done.returncode == 0, done.stderr[-3000:]
+    """The 2 processes run as a pipeline stage with `launcher.nproc: 2` (the pipeline itself is one process)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    stage = {"kind": "sft", "launcher": {"nproc": 2}}
+    for arg in sft_args(files, tmp_path)[1:]:  # the same keys, nested
+        key, value = arg.split("=", 1)
+        *parents, name = key.split(".")
+        node = stage
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[name] = yaml.safe_load(value)
+    del stage["out_dir"]
+    recipe = tmp_path / "pipe.yaml"
+    recipe.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "pipe"), "stages": {"tune": stage}}))
+    assert main(["pipeline", str(recipe)]) == 0
+    assert json.loads((tmp_path / "pipe" / "manifest.json").read_text())["stages"]["tune"]["status"] == "done"
+    two, one = tmp_path / "pipe" / "tune", tmp_path / "sft1"
+    assert (ckpt.latest_checkpoint(two)[1] / ckpt.OPTIMIZER_DIR).is_dir()  # sharded: it ran in 2 processes
     one_process(sft_args(files, one), monkeypatch)
     base = load_file(str(files / "model" / "model.safetensors"))
     for step in (1, 2):
@@ -265,30 +280,6 @@ def test_commands_that_do_not_share_their_work_refuse_torchrun(monkeypatch, caps
     monkeypatch.setenv("RANK", "1")
     assert main(["eval", "model=x"]) == 2
     assert capsys.readouterr().err.strip() == "aha: rank 1: aha eval runs in one process; under torchrun run train, sft, rm"
-
-
-def test_a_pipeline_stage_runs_under_torchrun(files, tmp_path, monkeypatch):
-    """`launcher.nproc: 2`: the pipeline (one process) runs the stage with torchrun; its checkpoint is sharded."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    recipe = tmp_path / "pipe.yaml"
-    recipe.write_text(f"""out_dir: {tmp_path / 'out'}
-stages:
-  tune:
-    kind: sft
-    launcher: {{nproc: 2}}
-    model: {files / 'model'}
-    input: {files / 'samples.jsonl'}
-    steps: 1
-    samples_per_step: 4
-    eval_size: 2
-    dtype: float32
-    log: {{progress: false, tensorboard: false}}
-""")
-    assert main(["pipeline", str(recipe)]) == 0
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["stages"]["tune"]["status"] == "done"
-    step, path = ckpt.latest_checkpoint(tmp_path / "out" / "tune")
-    assert step == 1 and (path / ckpt.OPTIMIZER_DIR).is_dir()
 
 
 @pytest.mark.parametrize("launcher, message", [
