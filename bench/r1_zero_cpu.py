@@ -1,7 +1,7 @@
 """Benchmark: the README's main job (R1-Zero on SmolLM2-135M-Instruct, CPU) with held-out accuracy
 before and after training, greedy and pass@1 (k samples at T=0.6, top-p 0.95), plus the curves.
 
-    .venv/bin/python bench/r1_zero_cpu.py [RECIPE] [key=value ...] [--result NAME]
+    .venv/bin/python bench/r1_zero_cpu.py [RECIPE] [key=value ...] [--result NAME] [--before-only]
 
 Writes bench/results/NAME.json (default r1_zero_cpu) with the commit and the CPU kind inside, and the run's
 PNG figures; prints a Markdown table for bench/README.md. Extra key=value pairs override the training
@@ -10,6 +10,8 @@ recipe (e.g. steps=30). Accuracy is the binary verdict (aha's `accuracy` reward)
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -50,6 +52,20 @@ def held_out(model: str, cfg: TrainConfig, out: Path, samples: int) -> dict:
             "eval_seconds": greedy["seconds"] + sampled["seconds"]}
 
 
+def cpu_kind() -> str:
+    return "with bf16 units (AMX/AVX512-BF16)" if fast_bf16() else "without bf16 units"
+
+
+def eval_settings(cfg: TrainConfig, samples: int) -> dict:
+    """What the held-out evaluation depends on: the same settings give the same numbers for the same model."""
+    task = Path(cfg.task)
+    digest = hashlib.sha256(task.read_bytes()).hexdigest() if task.is_file() else cfg.task
+    return {"model": cfg.model, "task": digest, "data": dataclasses.asdict(cfg.data), "template": cfg.template,
+            "few_shot": cfg.few_shot, "prefill": cfg.prefill, "system_prompt": cfg.system_prompt,
+            "max_new_tokens": cfg.rollout.max_new_tokens, "seed": cfg.seed, "samples": samples,
+            "cpu": cpu_kind()}  # dtype=auto: bf16 on CPUs with bf16 units, fp32 elsewhere
+
+
 def main(argv: list[str]) -> None:
     recipe = argv[0] if argv and argv[0].endswith(".yaml") else "recipes/r1_zero_smollm2.yaml"
     name = argv[argv.index("--result") + 1] if "--result" in argv else "r1_zero_cpu"
@@ -58,7 +74,23 @@ def main(argv: list[str]) -> None:
     cfg = load_config(TrainConfig, recipe, ["out_dir=runs/bench_r1_zero", "log.progress=false", *overrides])
     out = Path(cfg.out_dir)
     samples = 4
-    before = held_out(cfg.model, cfg, out / "eval_before", samples)
+    # The base model's evaluation does not depend on the training: `--before-only` runs it alone and keeps it in
+    # bench/results/NAME_before.json, which a later full run reuses when the evaluation is the same (model, task
+    # file, split, template, lengths, seed), so that training and the final evaluation fit in one sitting.
+    settings = eval_settings(cfg, samples)
+    before_file = Path(f"bench/results/{name}_before.json")
+    kept = json.loads(before_file.read_text()) if before_file.exists() else None
+    before_commit = commit
+    if kept and kept.get("settings") == settings and "--before-only" not in argv:
+        before, before_commit = kept["before"], kept["commit"]
+        print(f"before: reusing {before_file} (commit {kept['commit']}, the same evaluation)")
+    else:
+        before = held_out(cfg.model, cfg, out / "eval_before", samples)
+        atomic_write_text(before_file, json.dumps({"commit": commit, "cpu": cpu_kind(), "settings": settings,
+                                                   "before": before}, indent=2) + "\n")
+        if "--before-only" in argv:
+            print(json.dumps(before, indent=2))
+            return
     t0 = time.perf_counter()
     run_dir = train(cfg)
     train_s = time.perf_counter() - t0
@@ -67,9 +99,9 @@ def main(argv: list[str]) -> None:
     _, last = latest_checkpoint(run_dir)
     after = held_out(str(last), cfg, out / "eval_after", samples)
     figures = [str(p) for p in plot_run(str(run_dir))]
-    result = {"commit": commit, "cpu": "with bf16 units (AMX/AVX512-BF16)" if fast_bf16() else "without bf16 units",
+    result = {"commit": commit, "cpu": cpu_kind(),
               "recipe": recipe, "overrides": overrides, "steps": cfg.steps, "train_seconds": train_s,
-              "eval_problems": after["problems"], "before": before, "after": after, "figures": figures}
+              "eval_problems": after["problems"], "before_commit": before_commit, "before": before, "after": after, "figures": figures}
     atomic_write_text(Path(f"bench/results/{name}.json"), json.dumps(result, indent=2) + "\n")
     print(f"| | greedy acc | pass@1 (k={samples}, T=0.6) | cons@{samples} | mean length |")
     print("|---|---|---|---|---|")
