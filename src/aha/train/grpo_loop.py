@@ -142,8 +142,10 @@ class GRPOTrainer:
         self.policy = lora.apply(model, cfg.lora) if self.lora else model
         if self.rollout_model is model and self.lora:  # a given engine: nothing to merge into, it has its own
             self.rollout_model = self.policy
-        if self.dist.on:  # FSDP2 after the copies: the reference and rollout models stay whole
+        if self.dist.on:  # FSDP2 after the copies: the rollout model stays whole (it decodes without collectives)
             dist.shard(self.policy, bf16=self.autocast)
+            if self.ref is not None:  # the frozen reference is sharded too, in its own dtype (bf16 with autocast)
+                dist.shard(self.ref, bf16=False)
         self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
         if cfg.optim.gradient_checkpointing:  # after the copies: the reference and rollout models do not train
             enable_gradient_checkpointing(self.policy)
@@ -347,8 +349,8 @@ class GRPOTrainer:
             if self.uses_ref:
                 with self.reference() as ref_model:
                     ref_prefix = self.shared_prefix(ref_model, prefix_ids)
-                    # the frozen copy is whole in every process; with LoRA the reference is the sharded policy
-                    for i, _, b in (batches if self.ref is not None else passes):
+                    # sharded (the frozen copy, or with LoRA the policy): as many passes in every process
+                    for i, _, b in passes:
                         lp = self.forward_logprobs(ref_model, b, prefix=ref_prefix)[0]
                         if i is not None:
                             ref[i] = lp
