@@ -1,6 +1,7 @@
 """Model loading: HF folders, a tiny GGUF written with the gguf package, the registry and bad input."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -168,3 +169,25 @@ def test_registry_pins_the_qwen_parts():
         spec = REGISTRY[name]
         assert len(spec.parts) == n and spec.version and len(spec.sha256) == 64 and spec.size > 0
         assert all(f"{p}=={spec.version}" in spec.install for p in spec.parts)
+
+
+def test_a_model_is_converted_by_one_process_while_the_others_wait(tmp_path, aha_home, tiny_model_dir):
+    """The processes of a torchrun job resolve the same model at once: while one converts (holds the lock),
+    another waits, then takes the finished folder instead of converting over it."""
+    import threading
+
+    from aha.models import exclusive, gguf_cache_dir
+
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(b"not read: the folder is finished before the waiting process looks")
+    out = gguf_cache_dir(path)
+    got = []
+    with exclusive(out):  # this "process" is converting
+        waiter = threading.Thread(target=lambda: got.append(resolve(str(path))))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not got  # it waits for the lock instead of converting at once
+        shutil.copytree(tiny_model_dir, out)  # the conversion finishes
+        mtime = (out / "config.json").stat().st_mtime_ns
+    waiter.join(timeout=30)
+    assert got == [out] and (out / "config.json").stat().st_mtime_ns == mtime

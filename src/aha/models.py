@@ -14,8 +14,15 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: no lock there
+    fcntl = None
 
 from aha.errors import AhaError, closest
 
@@ -237,25 +244,51 @@ def _convert_gguf(gguf_path: Path, out: Path) -> Path:
     return out
 
 
+@contextmanager
+def exclusive(target: Path) -> Iterator[None]:
+    """One process at a time prepares `target` (the processes of a torchrun job resolve the same model at once,
+    and one must not convert over another's finished folder): an advisory lock on a file beside it, held for
+    the block. A no-op where there is no fcntl."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(target.parent / f".{target.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def gguf_cache_dir(path: Path) -> Path:
+    """Where a .gguf file's converted HF folder is cached: named by the file's path, size and mtime."""
+    import hashlib
+
+    digest = hashlib.sha1(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode()).hexdigest()
+    return aha_home() / "models" / f"{path.stem}-{digest[:10]}"
+
+
+def _converted(out: Path, gguf_path) -> Path:
+    """The HF folder `out`, converted from the .gguf that `gguf_path()` gives when no process has done it yet."""
+    if (out / "config.json").exists():
+        return out
+    with exclusive(out):
+        if (out / "config.json").exists():  # another process converted it while this one waited
+            return out
+        return _convert_gguf(gguf_path(), out)
+
+
 def resolve(model: str) -> Path:
     """A registry name, a .gguf file, an HF folder or a run folder (its newest checkpoint) -> an HF folder
     with safetensors weights."""
     if model in REGISTRY:
-        out = cache_dir(model)
-        if (out / "config.json").exists():
-            return out
-        return _convert_gguf(_package_gguf(REGISTRY[model]), out)
+        return _converted(cache_dir(model), lambda: _package_gguf(REGISTRY[model]))
     path = Path(model).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise AhaError(f"{model}: .gguf file not found")
-        import hashlib
-
-        digest = hashlib.sha1(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode()).hexdigest()
-        out = aha_home() / "models" / f"{path.stem}-{digest[:10]}"
-        if (out / "config.json").exists():
-            return out
-        return _convert_gguf(path, out)
+        return _converted(gguf_cache_dir(path), lambda: path)
     if path.is_dir():
         if not (path / "config.json").exists() and (path / "checkpoints").is_dir():
             from aha.train.checkpoint import latest_checkpoint
