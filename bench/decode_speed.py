@@ -18,28 +18,25 @@ import json
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 from transformers.cache_utils import DynamicCache
 
+from aha.io import atomic_write_text
 from aha.models import load_model
 from aha.rollout import fast_decode
+
+sys.path.insert(0, str(Path(__file__).parent / "grpo_vs_trl"))
+from run import cpu_flags  # noqa: E402
 
 VARIANTS = {  # name: (pack, fused attention)
     "transposed + matmul attention (before)": (False, False),
     "prepacked + matmul attention": (True, False),
     "prepacked + fused attention (now)": (True, True),
 }
-
-
-def cpu_flags() -> list[str]:
-    flags = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags |= set(line.split(":", 1)[1].split())
-    return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512f")))
 
 
 def bandwidth() -> float:
@@ -57,8 +54,8 @@ def decoder(model, cache_src, mask, steps, pack, fused):
     cache = DynamicCache()
     for layer in cache_src.layers:  # a fresh copy of the filled cache for each variant
         cache.update(layer.keys.clone(), layer.values.clone(), len(cache.layers))
-    fast_decode.Decoder.pack = pack
-    dec = fast_decode.Decoder(model, cache, mask, steps + 2)
+    variant = type("Variant", (fast_decode.Decoder,), {"pack": pack})  # this decoder's choice only
+    dec = variant(model, cache, mask, steps + 2)
     dec.fused = fused  # the attention path this variant measures
     return dec
 
@@ -109,10 +106,7 @@ def main() -> None:
               "threads": args.threads, "context": args.context, "steps": args.steps, "rounds": args.rounds,
               "streamed_bytes": streamed, "bandwidth_GBps": round(bw, 1), "bound_ms": round(bound_ms, 1),
               "rows": rows_out}
-    out = Path(__file__).parent / "results" / "decode_speed.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
+    atomic_write_text(Path(__file__).parent / "results" / "decode_speed.json", json.dumps(result, indent=1) + "\n")
     print(f"commit {commit}, {args.model}, {args.threads} threads, context {args.context}, CPU flags {cpu_flags()}")
     print(f"weights read per step {streamed / 1e6:.0f} MB at {bw:.1f} GB/s: bound {bound_ms:.1f} ms a step\n")
     print("| rows | variant | ms/step (median) | tokens/s | share of the streaming bound |")

@@ -21,15 +21,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "grpo_vs_trl"))
 
-from run import cpu_name, run_worker  # noqa: E402
+from run import cpu_flags, cpu_name, run_worker  # noqa: E402
 
-
-def cpu_flags() -> list[str]:
-    flags = set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags |= set(line.split(":", 1)[1].split())
-    return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16")))
+from aha.io import atomic_write_text  # noqa: E402
 
 WORKER = str(HERE / "grpo_vs_trl" / "aha_worker.py")
 
@@ -73,10 +67,7 @@ def main() -> None:
                             cwd=HERE).stdout.strip()
     result = {"commit": commit, "cpu": cpu_name(), "cpu_flags": cpu_flags(), "steps": args.steps, "rounds": args.rounds,
               "overrides": overrides, "summary": summary}
-    out = HERE / "results" / "dist_overhead.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
+    atomic_write_text(HERE / "results" / "dist_overhead.json", json.dumps(result, indent=1) + "\n")
     print(f"commit {commit}, {cpu_name()}, {cpu_flags()}\n")
     print("| launch | s/step (median) | generate | train | tokens trained | peak RSS per process |")
     print("|---|---|---|---|---|---|")

@@ -192,6 +192,15 @@ def main() -> None:
     print(table(summary))
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's bf16 matrix-unit flags (AMX, AVX512-BF16): which kind of machine a figure came from."""
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16")))
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
