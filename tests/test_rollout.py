@@ -316,3 +316,77 @@ def test_bf16_decoding_gives_transformers_logits(tiny_model_dir, pack, monkeypat
             scale = want.abs().max().item()
             assert (got - want).abs().max().item() <= 0.03 * scale, (step, (got - want).abs().max(), scale)
             nxt, next_pos = want.argmax(-1), next_pos + 1
+
+
+def test_a_prompt_admitted_into_a_finished_row_decodes_as_if_alone(tiny_model_dir):
+    """Continuous batching in the lean decoder: after two steps, row 1's slot takes a new prompt (prefilled on
+    its own, same width) while rows 0 and 2 decode on and row 2 is held for a step; every row's logits are
+    transformers' for its own sequence."""
+    from transformers.cache_utils import DynamicCache
+
+    from aha.models import load_tokenizer
+    from aha.rollout import fast_decode
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = _tiny_family("qwen2", tok)
+    pad = tok.pad_token_id
+
+    def prefill(prompts, W):
+        ids = torch.tensor([[pad] * (W - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (W - len(p)) + [1] * len(p) for p in prompts])
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True).logits
+        return cache, mask, pos[:, -1] + 1, logits[:, -1]
+
+    def reference(prompt, fed):  # the logits after prompt + fed tokens, in one forward
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([prompt + fed])).logits[0, -1]
+
+    prompts = [[5, 9, 14, 3, 7], [11, 4], [8, 8, 20, 1]]
+    cache, mask, pos, _ = prefill(prompts, 5)
+    dec = fast_decode.Decoder(model, cache, mask, max_new=8)
+    fed = [[], [], []]
+    seqs = [list(p) for p in prompts]
+    for step in range(6):
+        if step == 2:  # row 1 finished: a new prompt takes its slot
+            new = [3, 3, 12, 6]
+            c, m, p, _ = prefill([new], 5)
+            dec.admit([1], c, m)
+            seqs[1], fed[1] = new, []
+            pos[1] = p[0]
+        active = torch.tensor([True, True, step != 3])  # row 2 holds its slot for one step
+        nxt = torch.tensor([30 + step, 40 + step, 50 + step])
+        got = dec.step(nxt, pos, active=active)
+        for r in range(3):
+            if active[r]:
+                fed[r].append(int(nxt[r]))
+                want = reference(seqs[r], fed[r])
+                assert torch.allclose(got[r], want, atol=1e-4, rtol=1e-4), (step, r, (got[r] - want).abs().max())
+        pos = pos + active
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_continuous_batching_samples_what_one_batch_samples(tiny_model_dir, kind):
+    """With 4 rows for 7 prompts x 2 samples, finished rows take the next prompts; the completions are those of
+    decoding all 14 at once (each completion draws from its own random stream), and `stream` yields every
+    prompt's group once, as it completes."""
+    from aha.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    model = _tiny_family(kind, tok)
+    system = tok("A conversation between User and Assistant.")["input_ids"]
+    prompts = [system + tok(q)["input_ids"] for q in ("1 + 2?", "Hi", "State 15 - 43", "x", "Why is the sky", "7", "")]
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=12, stop=("e", "a"))  # rows end at random
+    torch.manual_seed(4)
+    one = HFEngine(model, tok, max_batch=64).generate(prompts, 2, sampling)
+    torch.manual_seed(4)
+    engine = HFEngine(model, tok, max_batch=4)
+    streamed = list(engine.stream(prompts, 2, sampling))
+    assert sorted(i for i, _ in streamed) == list(range(7))
+    lengths = {len(c.completion_ids) for g in one for c in g}
+    assert len(lengths) > 2, "every completion had the same length: no row finished early to be refilled"
+    got = dict(streamed)
+    assert [[c.completion_ids for c in got[i]] for i in range(7)] == [[c.completion_ids for c in g] for g in one]
+    assert all(c.prompt_ids == tuple(p) for p, g in zip(prompts, one) for c in g)

@@ -143,22 +143,40 @@ class Decoder:
                                             bias=getattr(model.lm_head, "bias", None))
         n_layers = len(self.layers)
         layer0 = prefill_cache.layers[0]
-        self.kv = layer0.keys.new_empty((n_layers, 2, B, self.n_kv, W + max_new, self.head_dim))
-        for i, cl in enumerate(prefill_cache.layers[:n_layers]):
-            self.kv[i, 0, :, :, :W] = cl.keys
-            self.kv[i, 1, :, :, :W] = cl.values
-        self.length = W
+        self.width = W
+        # Zeros, not empty memory: a row shorter than the widest reads columns it has not written (masked, but a
+        # NaN left there by the allocator would survive the mask's zero weight).
+        self.kv = layer0.keys.new_zeros((n_layers, 2, B, self.n_kv, W + max_new, self.head_dim))
+        # Additive key bias: 0 where a key may be attended to, -inf for left padding and unwritten columns.
+        self.bias = torch.full((B, W + max_new), float("-inf"), dtype=self.kv.dtype, device=self.kv.device)
+        self.lengths = torch.full((B,), W, dtype=torch.long, device=self.kv.device)
+        """Per row: the columns written (its prompt's W, then one per token fed); rows that joined later or
+        were held (`step(active=...)`) are shorter."""
+        self.admit(list(range(B)), prefill_cache, key_mask)
         self.shared = shared if B >= self.cascade_rows and not self.fused else 0
         if self.shared:  # the prefix's keys and values once (from row 0), (n_layers, 2, n_kv, S, D)
             self.prefix = self.kv[:, :, 0, :, :shared].clone()
-        # Additive key bias: 0 where a key may be attended to, -inf for left padding and unwritten columns.
-        self.bias = torch.full((B, W + max_new), float("-inf"), dtype=self.kv.dtype, device=self.kv.device)
-        self.bias[:, :W].masked_fill_(key_mask.bool(), 0.0)
+
+    def admit(self, slots: list[int], prefill_cache, key_mask: torch.Tensor) -> None:
+        """Rows `slots` start over with new prompts: the transformers cache of their prefill (len(slots) rows,
+        the same W columns as every prompt of this decoder: shared prefix, left padding, the rest) and its key
+        mask. Continuous batching: a finished row's slot takes the next prompt while the others decode on."""
+        if key_mask.shape != (len(slots), self.width):
+            raise ValueError(f"admit: key mask {tuple(key_mask.shape)}, want ({len(slots)}, {self.width})")
+        W = self.width
+        idx = torch.tensor(slots, device=self.kv.device)
+        for i, cl in enumerate(prefill_cache.layers[:len(self.layers)]):
+            self.kv[i, 0, idx, :, :W] = cl.keys
+            self.kv[i, 1, idx, :, :W] = cl.values
+        bias = torch.full((len(slots), self.bias.shape[1]), float("-inf"), dtype=self.bias.dtype, device=self.bias.device)
+        bias[:, :W].masked_fill_(key_mask.bool(), 0.0)
+        self.bias[idx] = bias
+        self.lengths[idx] = W
 
     def select(self, idx: list[int]) -> list[int]:
         """Keep only the rows `idx` (ascending; finished rows leave the batch). Returns the new row order as old
         row numbers: rows from the end move into the holes, so only as many rows are copied as have left."""
-        n, t = len(idx), self.length
+        n, t = len(idx), int(self.lengths.max())
         keep = set(idx)
         holes = [r for r in range(n) if r not in keep]
         movers = [r for r in idx if r >= n]
@@ -166,8 +184,9 @@ class Decoder:
         for hole, row in zip(holes, movers):
             self.kv[:, :, hole, :, :t] = self.kv[:, :, row, :, :t]
             self.bias[hole] = self.bias[row]
+            self.lengths[hole] = self.lengths[row]
             order[hole] = row
-        self.kv, self.bias = self.kv[:, :, :n], self.bias[:n]
+        self.kv, self.bias, self.lengths = self.kv[:, :, :n], self.bias[:n], self.lengths[:n]
         if self.shared and n < self.cascade_rows:
             self.shared = 0  # the plain path reads the prefix from every row's own columns (still there)
             self.prefix = None
@@ -181,16 +200,20 @@ class Decoder:
         return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True).add_(self.eps)) * weight
 
     @torch.no_grad()
-    def step(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def step(self, ids: torch.Tensor, positions: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) new tokens at (B,) positions -> (B, V) next-token logits; the tokens' keys and values join the
-        cache."""
+        cache, each row's in its next column. `active`: (B,) bool, False for rows that only hold their slot
+        (finished, waiting for a new prompt): their column is overwritten again next step."""
         inner = self.model.model
-        B, t = ids.shape[0], self.length
+        B = ids.shape[0]
+        cols = self.lengths
+        rows = torch.arange(B, device=cols.device)
+        t = int(cols.max())  # the widest row's new column; shorter rows' later columns are masked
         nh, nkv, D = self.n_heads, self.n_kv, self.head_dim
         h = inner.embed_tokens(ids)  # (B, H)
         cos, sin = inner.rotary_emb(h, positions.unsqueeze(-1))  # (B, 1, D) each
         cos, sin = cos.view(B, 1, D), sin.view(B, 1, D)
-        self.bias[:, t] = 0.0
+        self.bias[rows, cols] = 0.0
         bias = self.bias[:, None, None, :t + 1]
         if self.fused:  # the fused kernel reads a contiguous mask (a strided one costs a copy per layer)
             bias = bias.contiguous()
@@ -202,8 +225,8 @@ class Decoder:
             rot = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
             qk = qk * cos + rot * sin  # rotary on the query and key heads together
             q, k = qk.split([nh, nkv], dim=1)
-            self.kv[i, 0, :, :, t] = k
-            self.kv[i, 1, :, :, t] = v
+            self.kv[i, 0, rows, :, cols] = k
+            self.kv[i, 1, rows, :, cols] = v
             q = q.reshape(B, nkv, nh // nkv, D)  # query heads grouped under their kv head
             if self.fused:
                 attn = F.scaled_dot_product_attention(q.contiguous(), self.kv[i, 0, :, :, :t + 1], self.kv[i, 1, :, :, :t + 1],
@@ -219,7 +242,7 @@ class Decoder:
             x = self._rms_norm(h, ln2)
             gate, up = (x @ gate_up).chunk(2, dim=-1)
             h = h + (F.silu(gate) * up) @ down
-        self.length = t + 1
+        self.lengths = cols + (1 if active is None else active.to(cols.dtype))
         h = inner.norm(h)
         return h @ self.head if self.head_bias is None else torch.addmm(self.head_bias, h, self.head)
 

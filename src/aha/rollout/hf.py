@@ -11,6 +11,7 @@ decode time, 15x the cost of this draw). Left padding keeps every row's last tok
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
@@ -77,21 +78,74 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+class _Transformers:
+    """Decoding through the model's own forward and transformers' cache (any causal LM). Rows can leave the
+    batch; new rows cannot join it (its cache has one length for every row)."""
+
+    refills = False
+
+    def __init__(self, model, cache, key_mask: torch.Tensor, max_new: int):
+        self.model, self.cache, self.mask = model, cache, key_mask
+        self.kwarg = cache_kwarg(model)
+
+    def step(self, ids: torch.Tensor, positions: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(ids), 1)], dim=1)
+        out = self.model(input_ids=ids.unsqueeze(-1), attention_mask=self.mask, position_ids=positions.unsqueeze(-1),
+                         use_cache=True, **{self.kwarg: self.cache})
+        return out.logits[:, -1, :]
+
+    def select(self, keep: list[int]) -> list[int]:
+        idx = torch.tensor(keep, device=self.mask.device)
+        self.cache.batch_select_indices(idx)
+        self.mask = self.mask[idx]
+        return keep
+
+
+class _Lean:
+    """Decoding with `fast_decode.Decoder` (Llama-family models): rows leave the batch, and new prompts join it
+    in the slots finished rows left (continuous batching)."""
+
+    refills = True
+
+    def __init__(self, model, cache, key_mask: torch.Tensor, max_new: int, shared: int):
+        self.decoder = fast_decode.Decoder(model, cache, key_mask, max_new, shared=shared)
+
+    def step(self, ids: torch.Tensor, positions: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        return self.decoder.step(ids, positions, active=active)
+
+    def select(self, keep: list[int]) -> list[int]:
+        return self.decoder.select(keep)
+
+    def admit(self, slots: list[int], cache, key_mask: torch.Tensor) -> None:
+        self.decoder.admit(slots, cache, key_mask)
+
+
 class HFEngine:
-    """Batched sampling from a transformers causal LM (the policy itself: no weight copy needed)."""
+    """Batched sampling from a transformers causal LM (the policy itself: no weight copy needed).
+
+    Llama-family models decode with continuous batching: up to `max_batch` rows decode at once, and when a
+    prompt's completions have all been placed and rows finish, the next prompts are prefilled into the rows
+    they left, so that a long completion no longer holds an otherwise empty batch (the tail of a call's
+    longest completions). Other models decode `max_batch` rows at a time, the batch shrinking as rows finish.
+
+    Each completion draws its random numbers from its own stream (seeded from torch's global generator at the
+    start of the call), so a completion does not depend on which other rows share its batch, on `max_batch`
+    or on `compact_finished` (with a batch-invariant model; real models' numbers differ by float rounding
+    between batch sizes)."""
 
     def __init__(self, model, tokenizer, max_batch: int = 64, compact_finished: float = 0.0,
                  fast_decode: bool = True, share_prefix: bool = True, record_logprobs: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
-        """Most sequences decoded at once; larger requests are split."""
+        """Most sequences decoded at once."""
         self.compact_finished = compact_finished
         """Finished rows leave the decode batch (a copy of the whole KV cache) once this share of the batch
-        has finished; until then they decode padding that is thrown away. 0: at once."""
+        has finished and no prompt is waiting for their rows; until then they decode padding that is thrown
+        away. 0: at once."""
         self.fast_decode = fast_decode
-        """Decode Llama-family models with `aha.rollout.fast_decode` (same numbers, less overhead); other
-        models, or False, decode through transformers."""
+        """Decode Llama-family models with `aha.rollout.fast_decode` (same numbers, less overhead, continuous
+        batching); other models, or False, decode through transformers."""
         self.share_prefix = share_prefix
         """Prefill the tokens all prompts of a call begin with once, not once per prompt."""
         self.record_logprobs = record_logprobs
@@ -106,106 +160,171 @@ class HFEngine:
         self.model = model
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
-        per_call = max(1, self.max_batch // max(n, 1))
-        groups: list[list[Completion]] = []
-        for i in range(0, len(prompts), per_call):
-            groups += self._generate(prompts[i:i + per_call], n, sampling)
+        groups: list[list[Completion] | None] = [None] * len(prompts)
+        for i, group in self.stream(prompts, n, sampling):
+            groups[i] = group
         return groups
 
+    def stream(self, prompts: list[list[int]], n: int, sampling: SamplingConfig):
+        """Yields (prompt index, its n completions) as each prompt's completions are all done, in the order they
+        finish: callers can score and report progress while the rest decode."""
+        seeds = torch.randint(0, 2**62, (len(prompts) * n,), dtype=torch.int64).tolist()
+        if self.fast_decode and fast_decode.supports(self.model):
+            yield from self._decode(prompts, list(range(len(prompts))), n, sampling, seeds)
+            return
+        per_call = max(1, self.max_batch // max(n, 1))
+        for i in range(0, len(prompts), per_call):
+            yield from self._decode(prompts, list(range(i, min(i + per_call, len(prompts)))), n, sampling, seeds)
+
+    def _prefill(self, prompts: list[list[int]], shared: int, width: int, prefix, n: int):
+        """Prefills `prompts` (their first `shared` tokens from the `prefix` cache) left-padded to `shared +
+        width` columns; returns the cache fanned out to n rows a prompt, those rows' next-token logits, key
+        mask and next positions."""
+        device = next(self.model.parameters()).device
+        m = len(prompts)
+        if prefix is not None:
+            cache = copy.deepcopy(prefix)
+            if m > 1:
+                cache.batch_repeat_interleave(m)
+        else:
+            cache = DynamicCache()
+        ids = torch.full((m, width), self.pad_id, dtype=torch.long)
+        mask = torch.ones((m, shared + width), dtype=torch.long)  # [shared prefix | left pad | rest]
+        for r, p in enumerate(prompts):
+            rest = p[shared:]
+            ids[r, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
+            mask[r, shared:shared + width - len(rest)] = 0
+        ids, mask = ids.to(device), mask.to(device)
+        positions = shared + (mask[:, shared:].cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1,
+                         use_cache=True, **{cache_kwarg(self.model): cache})
+        # Only the last position's logits (P x V per prompt would be wasted); the cache fans out to n rows.
+        logits = out.logits[:, -1, :].repeat_interleave(n, dim=0)
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        return cache, logits, mask.repeat_interleave(n, dim=0), positions[:, -1].repeat_interleave(n, dim=0) + 1
+
     @torch.no_grad()
-    def _generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
+    def _decode(self, prompts: list[list[int]], order: list[int], n: int, sampling: SamplingConfig,
+                seeds: list[int]):
+        """Generates n completions for each prompt in `order` (indices into `prompts`), yielding each prompt's
+        group when its last completion ends."""
         model = self.model
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
-        cache = DynamicCache()  # filled in place by every forward call
-        use = {cache_kwarg(model): cache, "use_cache": True}
-        # Tokens all prompts begin with (system prompt, worked example) are prefilled once, in one row.
-        shared = shared_prefix_len(prompts) if self.share_prefix else 0
+        max_new = sampling.max_new_tokens
+        mine = [prompts[i] for i in order]
+        # Tokens all prompts begin with (system prompt, worked example) are prefilled once, in one row; every
+        # prompt then takes the same columns (prefix, left padding, its rest), so rows can replace each other.
+        shared = shared_prefix_len(mine) if self.share_prefix else 0
+        width = max(len(p) for p in mine) - shared
+        prefix = None
         if shared:
-            model(input_ids=torch.tensor([prompts[0][:shared]], device=device),
-                  position_ids=torch.arange(shared, device=device)[None], logits_to_keep=1, **use)
-            cache.batch_repeat_interleave(len(prompts))
-        rest = [p[shared:] for p in prompts]
-        width = max(len(p) for p in rest)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.ones((len(prompts), shared + width), dtype=torch.long)  # [shared prefix | left pad | rest]
-        for r, p in enumerate(rest):
-            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[r, shared:shared + width - len(p)] = 0
-        ids, mask = ids.to(device), mask.to(device)
-        positions = shared + (mask[:, shared:].cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, **use)
-        # Only the last position's logits (P x V per prompt would be wasted). Each prompt is prefilled once
-        # (its shared prefix once for all), then the cache fans out to G rows per prompt.
-        logits = out.logits[:, -1, :].repeat_interleave(n, dim=0)
-        if n > 1:
-            cache.batch_repeat_interleave(n)
-        mask = mask.repeat_interleave(n, dim=0)
-        next_pos = positions[:, -1].repeat_interleave(n, dim=0) + 1
-        decoder = None
-        if self.fast_decode and fast_decode.supports(model):
-            decoder = fast_decode.Decoder(model, cache, mask, sampling.max_new_tokens, shared=shared)
-            cache = use = None
-        total = len(prompts) * n
-        alive = torch.arange(total, device=device)  # row index into the outputs for each cache row
-        tokens: list[list[int]] = [[] for _ in range(total)]
-        logps: list[list[float]] = [[] for _ in range(total)]
-        finished = [False] * total
+            prefix = DynamicCache()
+            model(input_ids=torch.tensor([mine[0][:shared]], device=device),
+                  position_ids=torch.arange(shared, device=device)[None], logits_to_keep=1, use_cache=True,
+                  **{cache_kwarg(model): prefix})
+        lean = self.fast_decode and fast_decode.supports(model)
+        queue = list(order)
+        first = queue[:max(1, self.max_batch // n) if lean else len(queue)]
+        del queue[:len(first)]
+        cache, logits, mask, next_pos = self._prefill([prompts[i] for i in first], shared, width, prefix, n)
+        rows = (_Lean(model, cache, mask, max_new, shared) if lean else _Transformers(model, cache, mask, max_new))
+        del cache, mask
+
+        tokens: dict[int, list[int]] = {}
+        logps: dict[int, list[float]] = {}
+        finished: dict[int, bool] = {}
+        left = {}  # prompt index -> completions still decoding
         stops = [s for s in sampling.stop if s]
         tail = max((len(s) for s in stops), default=0) + 8
-        live = [True] * total  # per cache row: still generating
-        for step in range(sampling.max_new_tokens):
-            # One number per output row, drawn for all rows every step: a row's tokens do not depend on
-            # which other rows are still in the batch (so compaction settings do not change the samples).
-            nxt = sample_next(logits, sampling, uniform=torch.rand(total, dtype=torch.float64, device=device)[alive])
-            nxt_list = nxt.tolist()
-            lp_list = (torch.log_softmax(logits.float(), dim=-1).gather(1, nxt[:, None]).squeeze(1).tolist()
-                       if self.record_logprobs else None)
-            for j, (row, tok) in enumerate(zip(alive.tolist(), nxt_list)):
-                if not live[j]:
+        slot_row: list[int] = []  # per batch row: the completion it decodes (prompt * n + k), -1 when free
+        uniforms = torch.empty((0, max_new), dtype=torch.float64)  # per batch row: its completion's stream
+
+        def place(prompt_ids: list[int]) -> tuple[list[int], torch.Tensor]:
+            new_rows, draws = [], []
+            for i in prompt_ids:
+                left[i] = n
+                for k in range(n):
+                    row = i * n + k
+                    tokens[row], logps[row], finished[row] = [], [], False
+                    new_rows.append(row)
+                    g = torch.Generator().manual_seed(seeds[row])
+                    draws.append(torch.rand(max_new, generator=g, dtype=torch.float64))
+            return new_rows, torch.stack(draws)
+
+        def take(slots: list[int], logits: torch.Tensor) -> torch.Tensor:
+            """Samples the next token of the batch rows `slots` (their logits), records it, frees rows that
+            end; returns the sampled tokens."""
+            picks = torch.tensor([len(tokens[slot_row[j]]) if slot_row[j] >= 0 else 0 for j in slots])
+            u = uniforms[torch.tensor(slots), picks.clamp(max=max_new - 1)].to(device)
+            nxt = sample_next(logits, sampling, uniform=u)
+            lp = (torch.log_softmax(logits.float(), dim=-1).gather(1, nxt[:, None]).squeeze(1).tolist()
+                  if self.record_logprobs else None)
+            for pos, (j, tok) in enumerate(zip(slots, nxt.tolist())):
+                row = slot_row[j]
+                if row < 0:
                     continue
                 tokens[row].append(tok)
-                if lp_list is not None:
-                    logps[row].append(lp_list[j])
+                if lp is not None:
+                    logps[row].append(lp[pos])
                 done = tok in self.eos_ids
                 if not done and stops:
                     text_tail = self.tokenizer.decode(tokens[row][-8:], skip_special_tokens=False)[-tail:]
                     done = any(s in text_tail for s in stops)
-                if done:
-                    finished[row] = True
-                    live[j] = False
-            n_live = sum(live)
-            if not n_live or step == sampling.max_new_tokens - 1:
-                break
-            if n_live < len(live) and len(live) - n_live >= self.compact_finished * len(live):
-                keep = [j for j, a in enumerate(live) if a]
-                if decoder is not None:
-                    keep = decoder.select(keep)  # its own row order
-                else:
-                    cache.batch_select_indices(torch.tensor(keep, device=device))
-                idx = torch.tensor(keep, device=device)
-                alive, nxt, mask, next_pos = alive[idx], nxt[idx], mask[idx], next_pos[idx]
-                live = [True] * n_live
-            if decoder is not None:
-                logits = decoder.step(nxt, next_pos)
-            else:
-                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-                out = model(input_ids=nxt.unsqueeze(-1), attention_mask=mask, position_ids=next_pos.unsqueeze(-1),
-                            **use)
-                logits = out.logits[:, -1, :]
-            next_pos = next_pos + 1
-        if was_training:
-            model.train()
-        groups = []
-        for g, p in enumerate(prompts):
-            group = []
-            for k in range(n):
-                row = g * n + k
-                ids_row = tokens[row]
-                text_ids = ids_row[:-1] if ids_row and ids_row[-1] in self.eos_ids else ids_row
-                group.append(Completion(text=self.tokenizer.decode(text_ids, skip_special_tokens=True),
-                                        completion_ids=tuple(ids_row), prompt_ids=tuple(p), finished=finished[row],
-                                        logprobs=tuple(logps[row]) if self.record_logprobs else None))
-            groups.append(group)
-        return groups
+                finished[row] = done
+                if done or len(tokens[row]) >= max_new:
+                    slot_row[j] = -1
+                    left[row // n] -= 1
+            return nxt
+
+        def groups_done():
+            for i in [i for i, c in left.items() if c == 0]:
+                del left[i]
+                yield i, [self._completion(prompts[i], tokens.pop(i * n + k), logps.pop(i * n + k),
+                                           finished.pop(i * n + k)) for k in range(n)]
+
+        slot_row, uniforms = place(first)
+        nxt = take(list(range(len(slot_row))), logits)
+        try:
+            while True:
+                yield from groups_done()
+                free = [j for j, r in enumerate(slot_row) if r < 0]
+                if queue and rows.refills and len(free) >= n:
+                    joining = queue[:len(free) // n]
+                    del queue[:len(joining)]
+                    slots = free[:len(joining) * n]
+                    cache, new_logits, mask, pos = self._prefill([prompts[i] for i in joining], shared, width, prefix, n)
+                    rows.admit(slots, cache, mask)
+                    del cache
+                    new_rows, draws = place(joining)
+                    idx = torch.tensor(slots, device=device)
+                    for j, row in zip(slots, new_rows):
+                        slot_row[j] = row
+                    uniforms[torch.tensor(slots)] = draws
+                    next_pos[idx] = pos
+                    nxt[idx] = take(slots, new_logits)
+                    continue  # rows that ended at their first token free their slots again
+                live = [j for j, r in enumerate(slot_row) if r >= 0]
+                if not live:
+                    break
+                if not (queue and rows.refills) and len(live) < len(slot_row) and \
+                        len(slot_row) - len(live) >= self.compact_finished * len(slot_row):
+                    keep = rows.select(live)  # the rows in their new order, as old row numbers
+                    idx = torch.tensor(keep, device=device)
+                    slot_row = [slot_row[j] for j in keep]
+                    uniforms, nxt, next_pos = uniforms[torch.tensor(keep)], nxt[idx], next_pos[idx]
+                active = torch.tensor([r >= 0 for r in slot_row], device=device)
+                logits = rows.step(nxt, next_pos, active)
+                next_pos = next_pos + active
+                nxt = take(list(range(len(slot_row))), logits)
+        finally:
+            if was_training:
+                model.train()
+
+    def _completion(self, prompt: list[int], ids: list[int], logps: list[float], finished: bool) -> Completion:
+        text_ids = ids[:-1] if ids and ids[-1] in self.eos_ids else ids
+        return Completion(text=self.tokenizer.decode(text_ids, skip_special_tokens=True), completion_ids=tuple(ids),
+                          prompt_ids=tuple(prompt), finished=finished,
+                          logprobs=tuple(logps) if self.record_logprobs else None)

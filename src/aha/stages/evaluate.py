@@ -189,34 +189,34 @@ def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, re
         from tqdm import tqdm
 
         bar = tqdm(total=len(examples), desc=f"eval {Path(model_name).name}", dynamic_ncols=True)
-    per_call = max(1, cfg.batch_size // k)
-    records, t0 = [], time.perf_counter()
+    done, t0 = {}, time.perf_counter()
     ks = sorted({kk for kk in (cfg.pass_k or [2**i for i in range(0, 12)]) if kk <= k} | {1})
-    for start in range(0, len(examples), per_call):
-        chunk = examples[start:start + per_call]
-        groups = engine.generate(prompts[start:start + per_call], k, sampling)
-        for ex, group in zip(chunk, groups):
-            group = with_prefill(group, cfg.prefill)
-            _, parts = reward_set.score(group, [ex] * k)
-            verdicts = [float(v) for v in parts["accuracy"]]
-            answers = [extract_answer(c.text) for c in group]
-            winner = majority_vote(answers, make_equivalence(ex, reward_set))
-            records.append({
-                "id": ex.id, "prompt": ex.prompt, "answer": ex.answer,
-                "completions": [c.text for c in group], "extracted": answers, "correct": verdicts,
-                "format": [float(v) for v in parts.get("format", [0.0] * k)],
-                "format_r1": [float(v) for v in parts.get("format_r1", [0.0] * k)],
-                "lengths": [len(c.completion_ids) for c in group],
-                "finished": [c.finished for c in group],
-                "reflections": [reflection_count(c.text) for c in group],
-                "cons_answer": answers[winner] if winner is not None else None,
-                "cons_correct": verdicts[winner] if winner is not None else 0.0,
-                "pass_at": {str(kk): pass_at_k(k, int(sum(v >= 1.0 for v in verdicts)), kk) for kk in ks},
-            })
+    # All problems in one call: the engine keeps its batch full (finished rows take the next problems) and
+    # hands back each problem's samples as they complete.
+    for i, group in engine.stream(prompts, k, sampling):
+        ex = examples[i]
+        group = with_prefill(group, cfg.prefill)
+        _, parts = reward_set.score(group, [ex] * k)
+        verdicts = [float(v) for v in parts["accuracy"]]
+        answers = [extract_answer(c.text) for c in group]
+        winner = majority_vote(answers, make_equivalence(ex, reward_set))
+        done[i] = {
+            "id": ex.id, "prompt": ex.prompt, "answer": ex.answer,
+            "completions": [c.text for c in group], "extracted": answers, "correct": verdicts,
+            "format": [float(v) for v in parts.get("format", [0.0] * k)],
+            "format_r1": [float(v) for v in parts.get("format_r1", [0.0] * k)],
+            "lengths": [len(c.completion_ids) for c in group],
+            "finished": [c.finished for c in group],
+            "reflections": [reflection_count(c.text) for c in group],
+            "cons_answer": answers[winner] if winner is not None else None,
+            "cons_correct": verdicts[winner] if winner is not None else 0.0,
+            "pass_at": {str(kk): pass_at_k(k, int(sum(v >= 1.0 for v in verdicts)), kk) for kk in ks},
+        }
         if bar is not None:
-            bar.update(len(chunk))
+            bar.update(1)
     if bar is not None:
         bar.close()
+    records = [done[i] for i in range(len(examples))]
     seconds = time.perf_counter() - t0
     p1, se = mean_and_se([sum(r["correct"]) / k for r in records])
     lengths = [n for r in records for n in r["lengths"]]
