@@ -2,10 +2,15 @@
 before and after training, greedy and pass@1 (k samples at T=0.6, top-p 0.95), plus the curves.
 
     .venv/bin/python bench/r1_zero_cpu.py [RECIPE] [key=value ...] [--result NAME] [--before-only]
+        [--hours H] [--resume] [--train-only]
 
 Writes bench/results/NAME.json (default r1_zero_cpu) with the commit and the CPU kind inside, and the run's
 PNG figures; prints a Markdown table for bench/README.md. Extra key=value pairs override the training
 recipe (e.g. steps=30). Accuracy is the binary verdict (aha's `accuracy` reward).
+
+A run longer than one sitting: `--hours H` caps the training's wall time (all parts together, from each step's
+`time/step_s` and evaluation's `time/eval_s` in the run's metrics.jsonl), `--resume` continues the run folder
+from its newest checkpoint (Ctrl-C saves one), `--train-only` stops before the final evaluation.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from aha.config import load_config
@@ -52,6 +56,17 @@ def held_out(model: str, cfg: TrainConfig, out: Path, samples: int) -> dict:
             "eval_seconds": greedy["seconds"] + sampled["seconds"]}
 
 
+def training_seconds(run_dir: Path) -> dict:
+    """The wall time a run's steps and its in-training evaluations took, summed over every part of a run that
+    was stopped and resumed (the rows metrics.jsonl keeps: a resumed run drops the rows after its checkpoint)."""
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    steps = sum(r.get("time/step_s", 0.0) for r in rows)
+    evals = sum(r.get("time/eval_s", 0.0) for r in rows)
+    return {"steps_s": steps, "evals_s": evals, "total_s": steps + evals,
+            "last_step": max((r["step"] for r in rows), default=0)}
+
+
 def cpu_kind() -> str:
     return "with bf16 units (AMX/AVX512-BF16)" if fast_bf16() else "without bf16 units"
 
@@ -70,9 +85,17 @@ def main(argv: list[str]) -> None:
     recipe = argv[0] if argv and argv[0].endswith(".yaml") else "recipes/r1_zero_smollm2.yaml"
     name = argv[argv.index("--result") + 1] if "--result" in argv else "r1_zero_cpu"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    overrides = [a for a in argv if "=" in a]
+    overrides = [a for a in argv if "=" in a] + (["resume=true"] if "--resume" in argv else [])
+    hours = float(argv[argv.index("--hours") + 1]) if "--hours" in argv else 0.0
     cfg = load_config(TrainConfig, recipe, ["out_dir=runs/bench_r1_zero", "log.progress=false", *overrides])
     out = Path(cfg.out_dir)
+    if hours:  # what is left of the budget after the parts already run
+        spent = training_seconds(out)["total_s"] if cfg.resume else 0.0
+        left = hours * 60 - spent / 60
+        if left <= 0 and "--train-only" in argv:
+            print(f"the {hours:g} h training budget is spent ({spent / 3600:.2f} h)")
+            return
+        cfg = dataclasses.replace(cfg, max_minutes=max(left, 1e-9))
     samples = 4
     # The base model's evaluation does not depend on the training: `--before-only` runs it alone and keeps it in
     # bench/results/NAME_before.json, which a later full run reuses when the evaluation is the same (model, task
@@ -91,16 +114,23 @@ def main(argv: list[str]) -> None:
         if "--before-only" in argv:
             print(json.dumps(before, indent=2))
             return
-    t0 = time.perf_counter()
-    run_dir = train(cfg)
-    train_s = time.perf_counter() - t0
+    if not (hours and cfg.max_minutes <= 1e-9):  # a spent budget goes straight to the final evaluation
+        run_dir = train(cfg)
+    else:
+        run_dir = out
+    if "--train-only" in argv:
+        print(json.dumps(training_seconds(run_dir)))
+        return
+    spent = training_seconds(run_dir)
+    train_s = spent["total_s"]
     from aha.train.checkpoint import latest_checkpoint
 
     _, last = latest_checkpoint(run_dir)
     after = held_out(str(last), cfg, out / "eval_after", samples)
     figures = [str(p) for p in plot_run(str(run_dir))]
     result = {"commit": commit, "cpu": cpu_kind(),
-              "recipe": recipe, "overrides": overrides, "steps": cfg.steps, "train_seconds": train_s,
+              "recipe": recipe, "overrides": overrides, "steps": spent["last_step"], "train_seconds": train_s,
+              "train_step_seconds": spent["steps_s"], "train_eval_seconds": spent["evals_s"], "hours_budget": hours,
               "eval_problems": after["problems"], "before_commit": before_commit, "before": before, "after": after, "figures": figures}
     atomic_write_text(Path(f"bench/results/{name}.json"), json.dumps(result, indent=2) + "\n")
     print(f"| | greedy acc | pass@1 (k={samples}, T=0.6) | cons@{samples} | mean length |")
@@ -108,7 +138,7 @@ def main(argv: list[str]) -> None:
     for name, r in (("before", before), ("after", after)):
         print(f"| {name} | {r['greedy_accuracy']:.3f} | {r['pass@1']:.3f} ± {r['pass@1_se']:.3f} | "
               f"{r[f'cons@{samples}']:.3f} | {r['length_mean']:.1f} |")
-    print(f"training: {cfg.steps} steps in {train_s / 60:.1f} min")
+    print(f"training: {spent['last_step']} steps in {train_s / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@ the 500-problem dev split before and after by the paper's protocol (greedy; pass
 top-p 0.95; cons@4; strict-format rate and the accuracy among in-format completions, to tell format-learning
 from better answers), the training time and the R1-Zero figures (accuracy, response length, reflection).
 
-    .venv/bin/python bench/r1_zero_gsm8k.py [task=PATH/gsm8k_train.jsonl] [key=value ...]
+    .venv/bin/python bench/r1_zero_gsm8k.py [task=PATH/gsm8k_train.jsonl] [key=value ...] [--before-only]
+        [--resume] [--train-only] [--hours H]
+
+The training has a 3-hour wall-time budget (`--hours`, default 3; steps and in-training evaluations, over every
+part of a run stopped with Ctrl-C and continued with `--resume`).
 
 Writes bench/results/r1_zero_gsm8k.json (commit and CPU kind inside) and the run's figures. The GSM8K file
 defaults to ../shared/data/gsm8k/train.jsonl; it is read in place, never copied into the project.
@@ -19,5 +23,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from r1_zero_cpu import main  # noqa: E402  (the same before/train/after/figures protocol)
 
 if __name__ == "__main__":
-    main(["recipes/r1_zero_qwen_gsm8k.yaml", "out_dir=runs/bench_r1_zero_gsm8k", *sys.argv[1:],
+    hours = [] if "--hours" in sys.argv else ["--hours", "3"]
+    main(["recipes/r1_zero_qwen_gsm8k.yaml", "out_dir=runs/bench_r1_zero_gsm8k", *sys.argv[1:], *hours,
           "--result", "r1_zero_gsm8k"])

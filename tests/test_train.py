@@ -340,6 +340,23 @@ def test_ctrl_c_then_resume_equals_uninterrupted(tiny_model_dir, task_file, tmp_
     assert_same_learning(tmp_path / "full", tmp_path / "cut")
 
 
+def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes_the_same_run(tiny_model_dir, task_file, tmp_path):
+    """A wall-time budget: the run stops after the step that passes it (here every step does), checkpointed
+    and evaluated; `resume=true` continues to `steps` (all evaluated here, as the stop is) and learns what an uninterrupted run learns. Every step's
+    wall time is in metrics.jsonl (`time/step_s`), so the training time of a run cut into parts adds up."""
+    full = make_cfg(tiny_model_dir, task_file, tmp_path / "full", "steps=4", "log.eval_every=1")
+    GRPOTrainer(full).run()
+    budget = make_cfg(tiny_model_dir, task_file, tmp_path / "cut", "steps=4", "log.eval_every=1", "max_minutes=1e-9",
+                      "log.checkpoint_every=100")
+    GRPOTrainer(budget).run()
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "cut")] == [1]
+    GRPOTrainer(make_cfg(tiny_model_dir, task_file, tmp_path / "cut", "steps=4", "log.eval_every=1", "resume=true")).run()
+    assert_same_learning(tmp_path / "full", tmp_path / "cut")
+    rows = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "time/step_s" in r] == [1, 2, 3, 4]
+    assert all(r["time/step_s"] > 0 for r in rows if r["step"] > 0)
+
+
 def test_non_finite_weights_stop_the_run_and_keep_the_last_finite_checkpoint(tiny_model_dir, task_file, tmp_path):
     """lr=1e38 with flat groups: the backward pass is skipped, so no loss or gradient check can see the update
     overflow; the weights are checked after every update, and no non-finite checkpoint is ever written."""

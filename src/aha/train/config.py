@@ -200,6 +200,9 @@ class TrainConfig:
     bench/README.md for what it buys); default: leave the allocator alone."""
     resume: bool = False
     """Continue from the newest checkpoint in out_dir."""
+    max_minutes: NonNegFloat = 0.0
+    """Stop after the step that passes this many minutes of this run (evaluated and checkpointed; `resume=true`
+    continues it): a training budget in wall time. 0: no limit, `steps` only."""
     selftest: bool = True
     """Run the verifier self-test on the task's gold answers before step 1."""
     grpo: GRPOConfig = field(default_factory=GRPOConfig)

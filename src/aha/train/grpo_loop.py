@@ -564,7 +564,8 @@ class GRPOTrainer:
         if self.dist.main:
             save_config(cfg, self.run_dir / "config.yaml")
         settings = LoopSettings(cfg.steps, cfg.resume, cfg.log.eval_every, cfg.log.checkpoint_every, cfg.log.progress,
-                                cfg.log.tensorboard, "aha train", f"aha train {self.run_dir}/config.yaml resume=true")
+                                cfg.log.tensorboard, "aha train", f"aha train {self.run_dir}/config.yaml resume=true",
+                                max_minutes=cfg.max_minutes)
         return run_loop(self, settings, after_step=self._after_step, postfix=_postfix)
 
     def _after_step(self, step: int, metrics: dict) -> None:

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import random
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,9 @@ class LoopSettings:
     """The progress bar's label (`aha train`)."""
     resume_hint: str
     """The command that continues the run, for the Ctrl-C message."""
+    max_minutes: float = 0.0
+    """Stop after the step that passes this many minutes of this invocation (evaluated and checkpointed, so
+    `resume=true` continues it); 0: no limit."""
 
 
 class PromptSampler:
@@ -150,6 +155,14 @@ def check_finite(weights: list[torch.Tensor], step: int) -> None:
                                  "(is the learning rate too high?)")
 
 
+def timed(fn: Callable[[], dict], key: str) -> dict:
+    """fn's metrics with the seconds it took under `key`."""
+    t0 = time.perf_counter()
+    out = dict(fn() or {})
+    out[key] = time.perf_counter() - t0
+    return out
+
+
 def run_loop(trainer: Steps, s: LoopSettings, after_step: Callable[[int, dict], None] | None = None,
              postfix: Callable[[dict], dict] | None = None) -> Path:
     """Run `trainer` from its newest checkpoint (with `s.resume`) or from the start to `s.steps`; returns the
@@ -165,34 +178,43 @@ def run_loop(trainer: Steps, s: LoopSettings, after_step: Callable[[int, dict], 
 
         bar = tqdm(total=s.steps, initial=trainer.step_no, desc=s.desc, dynamic_ncols=True)
     interrupted, begun = False, None
+    started = time.monotonic()
     previous = signal.getsignal(signal.SIGINT)
     HeldInterrupt.requested = False
     try:
         if trainer.step_no == 0:
-            first = trainer.evaluate()
-            if first and logger is not None:
+            first = timed(trainer.evaluate, "time/eval_s")
+            if len(first) > 1 and logger is not None:
                 logger.log(0, first)
         while trainer.step_no < s.steps:
             begun = (trainer.step_no, trainer.data_state(), ckpt.rng_state())
             try:
+                t0 = time.perf_counter()
                 metrics = trainer.step()
+                metrics.setdefault("time/step_s", time.perf_counter() - t0)  # the whole step, as the trainer ran it
                 check_finite(trainer.trainable, trainer.step_no)
             except FloatingPointError as e:
                 raise ckpt.stopped_by_nan(run_dir, e) from None
             n = trainer.step_no
-            if n == s.steps or (s.eval_every and n % s.eval_every == 0):
-                metrics.update(trainer.evaluate())
+            out_of_time = bool(s.max_minutes) and time.monotonic() - started >= 60 * s.max_minutes
+            if n == s.steps or out_of_time or (s.eval_every and n % s.eval_every == 0):
+                metrics.update(timed(trainer.evaluate, "time/eval_s"))
             if logger is not None:
                 logger.log(n, metrics)
             if after_step is not None:
                 after_step(n, metrics)
-            if n % s.checkpoint_every == 0 or n == s.steps:
+            if n % s.checkpoint_every == 0 or n == s.steps or out_of_time:
                 trainer.save()
             HeldInterrupt.raise_held()
             if bar is not None:
                 bar.update(1)
                 if postfix is not None:
                     bar.set_postfix(**postfix(metrics), refresh=False)
+            if out_of_time and n < s.steps:
+                if main:
+                    print(f"{s.desc}: stopped at step {n} after max_minutes={s.max_minutes:g}; continue with "
+                          f"`{s.resume_hint}`", file=sys.stderr)
+                break
     except KeyboardInterrupt:
         if dist.env().on:  # every process got the signal; rank 0 says where to resume from
             if not dist.is_main():
