@@ -25,10 +25,10 @@ from pathlib import Path
 from aha.config import load_config
 from aha.io import atomic_write_text
 from aha.models import fast_bf16
+from aha.plot import plot_run
 from aha.stages.evaluate import EvalConfig, evaluate
 from aha.train.config import TrainConfig
 from aha.train.grpo_loop import train
-from aha.train.plot import plot_run
 
 
 def in_format_accuracy(samples_jsonl: Path) -> tuple[float, float]:

@@ -45,6 +45,20 @@ def test_unknown_key_in_recipe_names_file_line_and_suggestion(tmp_path):
     assert "\n" not in msg
 
 
+def test_a_renamed_key_names_its_new_name_and_where_it_was_set(tmp_path):
+    from aha.stages.evaluate import EvalConfig
+    from aha.stages.sample import SampleConfig
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: x\nbatch_size: 8\n")
+    for cls in (EvalConfig, SampleConfig):
+        with pytest.raises(AhaError, match=rf"^{recipe}:2: batch_size: renamed to max_batch$"):
+            load_config(cls, recipe)
+        with pytest.raises(AhaError, match=r"batch_size: renamed to max_batch"):
+            load_config(cls, None, ["batch_size=8"])
+        assert load_config(cls, None, ["max_batch=8"]).max_batch == 8
+
+
 def test_wrong_type_on_command_line():
     with pytest.raises(AhaError, match=r"command line: grpo.group_size: expected an integer"):
         load_config(Outer, None, ["grpo.group_size=four"])

@@ -87,7 +87,7 @@ def test_a_file_is_evaluated_whole_unless_limited(tiny_model_dir, tmp_path, caps
 
     def run(**kw):
         cfg = EvalConfig(model=[tiny_model_dir], task=str(data), samples=1, temperature=0.0, max_new_tokens=1,
-                         out_dir=str(tmp_path / "eval"), dtype="float32", progress=False, batch_size=256, **kw)
+                         out_dir=str(tmp_path / "eval"), dtype="float32", progress=False, max_batch=256, **kw)
         return evaluate(cfg)[0]
 
     whole = run()

@@ -251,7 +251,7 @@ def test_from_restarts_a_stage_and_every_later_one(tmp_path):
 
 
 def test_tiny_end_to_end_pipeline_and_plot(tiny_model_dir, tmp_path):
-    from aha.train.plot import plot_run, stage_curves
+    from aha.plot import plot_run, stage_curves
 
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": f"{i} + 1?", "chosen": f"<answer> {i + 1} </answer>",

@@ -99,7 +99,7 @@ def task_file(tmp_path):
 def make_cfg(tiny_model_dir, task_file, out_dir, *extra):
     return load_config(SampleConfig, None, [
         f"model={tiny_model_dir}", f"task={task_file}", f"out_dir={out_dir}", "data.eval_size=0", "group_size=3",
-        "batch_size=6", "max_new_tokens=24", "dtype=float32", "progress=false", "prefill=<think>", *extra])
+        "max_batch=6", "max_new_tokens=24", "dtype=float32", "progress=false", "prefill=<think>", *extra])
 
 
 def test_stage_with_scripted_completions(tiny_model_dir, task_file, tmp_path):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from aha import runs
 from aha.config import load_config
 from aha.errors import AhaError
 from aha.stages import sft
@@ -296,8 +297,8 @@ def test_sft_trains_and_validates(tiny_model_dir, samples_file, tmp_path):
     assert "eval/loss" in rows[0] and rows[-1]["eval/loss"] < rows[0]["eval/loss"]
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert json.loads((out / "data.json").read_text())["held_out"] == 4
-    assert (sft.model_path(out) / "config.json").exists()
-    assert sft.resolve_model(str(out)) == str(sft.model_path(out)) and sft.resolve_model("name") == "name"
+    assert (runs.newest_model(out) / "config.json").exists()
+    assert runs.resolve_run(str(out)) == str(runs.newest_model(out)) and runs.resolve_run("name") == "name"
 
 
 def test_sft_bf16_keeps_fp32_master_weights(tiny_model_dir, samples_file, tmp_path):
@@ -347,7 +348,7 @@ def test_sft_with_lora_trains_the_adapters_and_saves_a_plain_model(tiny_model_di
         plain = [w for n, w in weights.items() if n.replace(".base_layer.", ".") == k]
         assert len(plain) == 1 and torch.equal(plain[0], v), k
     assert any(not torch.equal(p, torch.zeros_like(p)) for n, p in policy.named_parameters() if "lora_B" in n)
-    saved, _ = load_model(str(sft.model_path(out)))
+    saved, _ = load_model(str(runs.newest_model(out)))
     ids = torch.tensor([[5, 17, 33, 2, 9, 41]])
     with torch.no_grad():
         torch.testing.assert_close(saved(input_ids=ids).logits, policy(input_ids=ids).logits, atol=1e-5, rtol=1e-4)

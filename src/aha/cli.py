@@ -86,7 +86,7 @@ def _pipeline(pipeline):
 
 
 def _plot(cfg):
-    from aha.train.plot import plot_run
+    from aha.plot import plot_run
 
     for path in plot_run(cfg.run, cfg.out):
         print(path)
@@ -108,62 +108,35 @@ def _tasks(_cfg):
         print(f"{name:32} {note}")
 
 
-def _stage(module: str) -> Callable:
-    """The runner of an R1 data stage: `aha.stages.<module>.run(cfg) -> output folder`."""
+def _stage(fn: Callable) -> Callable:
+    """The command of a stage with no printing of its own: run it and name its output folder."""
 
     def run(cfg):
-        import importlib
-
-        print(f"output folder: {importlib.import_module(f'aha.stages.{module}').run(cfg)}")
+        print(f"output folder: {fn(cfg)}")
 
     return run
 
 
-STAGES = {"sft": ("SFTConfig", "supervised fine-tuning"),
-          "sample": ("SampleConfig", "rejection sampling"),
-          "coldstart": ("ColdStartConfig", "cold-start data in R1's output form (then SFT)"),
-          "distill": ("DistillConfig", "distillation: teacher -> sample -> sft on a student")}
-"""The R1 data stages: command (= module under aha.stages) -> (config class, help)."""
+OWN_OUTPUT = {"train": _train, "rm": _rm, "eval": _eval}
+"""Stages whose command reports what it made in its own words; every other stage prints its output folder."""
 
 
 def _commands() -> dict[str, Command]:
-    from aha.train.config import TrainConfig
-    from aha.train.plot import PlotConfig
-
-    cmds = {
-        "train": Command(TrainConfig, _train, "GRPO with rule rewards"),
-        "plot": Command(PlotConfig, _plot, "R1-Zero figures of a run"),
-        "models": Command(None, _models, "model registry"),
-        "tasks": Command(None, _tasks, "available tasks"),
-    }
+    from aha.plot import PlotConfig
+    from aha.rewards.score_cli import ScoreConfig
+    from aha.stages import STAGES, stage_entry
     from aha.stages.pipeline import PipelineConfig
-    from aha.stages.rm import RMConfig
 
-    cmds["rm"] = Command(RMConfig, _rm, "reward model on preference pairs (Bradley-Terry loss)")
+    cmds = {}
+    for kind in STAGES:  # the pipeline's stage table: a stage registered there is a command too
+        cls, fn, help_text = stage_entry(kind)
+        cmds[kind] = Command(cls, OWN_OUTPUT.get(kind) or _stage(fn), help_text)
     cmds["pipeline"] = Command(PipelineConfig, _pipeline, "named stages in order, each reading earlier "
                                "outputs as @NAME; from=STAGE reruns from there")
-    try:
-        from aha.stages.evaluate import EvalConfig
-
-        cmds["eval"] = Command(EvalConfig, _eval, "evaluation by the R1 protocol")
-    except ImportError:
-        pass
-    try:
-        from aha.rewards.score_cli import ScoreConfig
-
-        cmds["score"] = Command(ScoreConfig, _score, "offline scoring and verifier self-test")
-    except ImportError:
-        pass
-    import importlib
-
-    for name, (config_name, help_text) in STAGES.items():
-        try:
-            module = importlib.import_module(f"aha.stages.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"aha.stages.{name}":  # a broken stage must fail loudly, not vanish from the CLI
-                raise
-            continue
-        cmds[name] = Command(getattr(module, config_name), _stage(name), help_text)
+    cmds["score"] = Command(ScoreConfig, _score, "offline scoring and verifier self-test")
+    cmds["plot"] = Command(PlotConfig, _plot, "R1-Zero figures of a run")
+    cmds["models"] = Command(None, _models, "model registry")
+    cmds["tasks"] = Command(None, _tasks, "available tasks")
     return cmds
 
 

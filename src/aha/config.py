@@ -228,6 +228,9 @@ def _build(cls, data: dict, prefix: str, src: _Source):
     kwargs = {}
     for k, v in data.items():
         key = f"{prefix}{k}"
+        renamed = getattr(cls, "RENAMED", {})
+        if k not in fields and k in renamed:
+            raise AhaError(f"{src.where(key)}: {key}: renamed to {prefix}{renamed[k]}")
         if k not in fields:
             valid = [f"{prefix}{n}" for n in fields]
             raise AhaError(f"{src.where(key)}: {key}: unknown key{closest(key, valid)}")

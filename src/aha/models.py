@@ -24,6 +24,7 @@ try:
 except ImportError:  # not on Windows: no lock there
     fcntl = None
 
+from aha import runs
 from aha.errors import AhaError, closest
 
 
@@ -290,13 +291,8 @@ def resolve(model: str) -> Path:
             raise AhaError(f"{model}: .gguf file not found")
         return _converted(gguf_cache_dir(path), lambda: path)
     if path.is_dir():
-        if not (path / "config.json").exists() and (path / "checkpoints").is_dir():
-            from aha.train.checkpoint import latest_checkpoint
-
-            found = latest_checkpoint(path)  # a run folder (aha train, aha rm) stands for its newest checkpoint
-            if found is None:
-                raise AhaError(f"{model}: run folder has no complete checkpoint")
-            path = found[1]
+        if not (path / "config.json").exists() and runs.is_run(path):
+            path = runs.newest_model(path)  # a run folder (aha train, aha rm) stands for its newest checkpoint
         if not (path / "config.json").exists():
             raise AhaError(f"{model}: not a model folder (no config.json)")
         weights = list(path.glob("*.safetensors")) + list(path.glob("*.bin")) + list(path.glob("*.safetensors.index.json"))

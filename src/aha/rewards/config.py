@@ -81,6 +81,12 @@ class RewardsConfig:
     reward_models: dict[str, RewardModelConfig] = field(default_factory=dict)
     """Reward name -> a reward model used as a reward (model folder, segment summary|reasoning|full, device,
     dtype, batch_size); weight the name in `weights` or `by_kind` like any other reward."""
+    custom: dict[str, str] = field(default_factory=dict)
+    """Reward name -> your own reward function, as "module:function" (imported with the working folder on the
+    path) or "path/to/file.py:function"; weight the name like any other reward. Called TRL-style, once per
+    completion under the verifiers' guard and time limit (in the reward workers when `workers` > 0):
+    `fn(completions=[text], prompts=[question], answer=[gold], task=[task], id=[id], **metadata as lists)`
+    returning a list of one number (or a number). A raised error or a non-number scores 0 and is counted."""
     language: str = "en"
     """Target language of the language-consistency reward (en, zh, ja, ko, ru)."""
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
@@ -112,9 +118,11 @@ class RewardsConfig:
             raise AhaError(f"rewards.overlong: need 0 <= buffer <= max_tokens and max_tokens >= 0, got "
                            f"max_tokens={ol.max_tokens} buffer={ol.buffer}")
         self.budget.validate()
-        from aha.rewards.registry import REGISTRY
-
         for name, rm in self.reward_models.items():
-            if name in REGISTRY:
-                raise AhaError(f"rewards.reward_models.{name}: '{name}' is a built-in reward; pick another name")
             rm.validate(f"rewards.reward_models.{name}")
+        for name, target in self.custom.items():
+            if not isinstance(target, str) or target.count(":") < 1 or not all(target.rpartition(":")[::2]):
+                raise AhaError(f"rewards.custom.{name}: want \"module:function\" or \"path/to/file.py:function\", "
+                               f"got {target!r}")
+            if name in self.reward_models:
+                raise AhaError(f"rewards.custom.{name}: '{name}' is also a reward model; pick another name")

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 from collections.abc import Callable
 from functools import partial
 
+from aha import plugins
 from aha.data.example import Example
 from aha.errors import AhaError, closest
 from aha.rewards import countdown as _countdown
@@ -24,6 +26,7 @@ from aha.rewards import number as _number
 from aha.rewards.base import RewardSpec
 from aha.rewards.config import BudgetSchedule, RewardsConfig
 from aha.rewards.extract import extract_answer
+from aha.rewards.rm import build_reward_model_spec
 from aha.rollout.base import Completion
 
 log = logging.getLogger("aha.rewards")
@@ -227,15 +230,52 @@ REGISTRY: dict[str, Callable[[RewardsConfig], RewardSpec]] = {
 """Reward name -> builder. Add an entry to register a reward (its function must be picklable)."""
 
 
+# -- the user's own rewards (rewards.custom) -------------------------------------------------------------
+def load_custom(target: str) -> Callable:
+    """The function a "module:function" or "path/to/file.py:function" names (once per process)."""
+    fn = plugins.load(target)
+    if not callable(fn):
+        raise AhaError(f"{target} is not a function")
+    return fn
+
+
+def prepare_custom(name: str, target: str) -> None:
+    try:
+        load_custom(target)
+    except AhaError as e:
+        raise AhaError(f"rewards.custom.{name}: {e}") from None
+
+
+def custom_reward(completion: Completion, example: Example, step: int = 0, target: str = "") -> float:
+    """The user's function on one completion, called as TRL calls a reward function (lists of one)."""
+    columns = {k: [v] for k, v in (example.metadata or {}).items()}
+    columns.update(completions=[completion.text], prompts=[example.prompt], answer=[example.answer],
+                   task=[example.task], id=[example.id])
+    out = load_custom(target)(**columns)
+    value = out[0] if isinstance(out, (list, tuple)) and len(out) == 1 else out
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{target} returned {out!r}, not a number or a list of one number")
+    return float(value)
+
+
+def _constant_key(key: str, example: Example) -> str:
+    return key
+
+
+def _build_custom(name: str, target: str) -> RewardSpec:
+    return RewardSpec(name, partial(custom_reward, target=target), -math.inf, math.inf, heavy=True,
+                      prepare=partial(prepare_custom, name), prepare_key=partial(_constant_key, target))
+
+
 def build(name: str, cfg: RewardsConfig, registry: dict | None = None, where: str = "rewards") -> RewardSpec:
-    """The spec for reward `name` (a registry entry or one of `cfg.reward_models`); AhaError naming `where`
-    for an unknown name."""
+    """The spec for reward `name` (a registry entry, one of `cfg.reward_models` or of `cfg.custom`); AhaError
+    naming `where` for an unknown name."""
     reg = REGISTRY if registry is None else registry
     if name in cfg.reward_models:
-        from aha.rewards.rm import build_reward_model_spec
-
         return build_reward_model_spec(name, cfg.reward_models[name], f"rewards.reward_models.{name}")
+    if name in cfg.custom:
+        return _build_custom(name, cfg.custom[name])
     if name not in reg:
-        known = [*reg, *cfg.reward_models]
+        known = [*reg, *cfg.reward_models, *cfg.custom]
         raise AhaError(f"unknown reward '{name}' in {where}{closest(name, known)}; known: {', '.join(known)}")
     return reg[name](cfg)

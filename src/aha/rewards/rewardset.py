@@ -36,6 +36,10 @@ class RewardSet:
         self.config = config if config is not None else RewardsConfig()
         self.config.validate()
         self.registry = REGISTRY if registry is None else registry
+        for where, names in (("rewards.reward_models", self.config.reward_models), ("rewards.custom", self.config.custom)):
+            for name in names:
+                if name in self.registry:
+                    raise AhaError(f"{where}.{name}: '{name}' is a built-in reward; pick another name")
         self.grace_s = grace_s
         names: list[str] = []
         sources = [("rewards.weights", self.config.weights)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,6 +38,11 @@ class Completion:
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
         """n completions for each prompt (token ids), grouped per prompt."""
+        ...
+
+    def stream(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> Iterator[tuple[int, list[Completion]]]:
+        """The same completions as (prompt index, group) pairs, each as soon as its group is done (an engine
+        that finishes a call at once yields them all at the end)."""
         ...
 
     def sync_weights(self, model) -> None:

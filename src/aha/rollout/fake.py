@@ -28,3 +28,6 @@ class ScriptedEngine:
                 group.append(Completion(text=text, completion_ids=tuple(ids), prompt_ids=tuple(p), finished=finished))
             groups.append(group)
         return groups
+
+    def stream(self, prompts: list[list[int]], n: int, sampling: SamplingConfig):
+        yield from enumerate(self.generate(prompts, n, sampling))

@@ -56,6 +56,11 @@ class VLLMEngine:
         return groups
 
 
+    def stream(self, prompts: list[list[int]], n: int, sampling: SamplingConfig):
+        """(prompt index, group) pairs; vLLM schedules the whole call itself, so they come when it ends."""
+        yield from enumerate(self.generate(prompts, n, sampling))
+
+
 def sampled_logprobs(output) -> tuple[float, ...]:
     """The log-prob of each sampled token of a vLLM CompletionOutput (`logprobs=0` asks for exactly those:
     one {token_id: Logprob} dict per position)."""

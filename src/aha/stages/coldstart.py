@@ -31,6 +31,7 @@ from aha.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from aha.rewards.extract import extract_answer, split_think
 from aha.rewards.language import language_reward
 from aha.rollout.base import Completion
+from aha.runs import newest_model
 from aha.stages import sample as sample_stage
 from aha.stages import sft as sft_stage
 from aha.stages.sample import FilterConfig, SampleConfig
@@ -203,6 +204,6 @@ def run(cfg: ColdStartConfig) -> Path:
     atomic_write_jsonl(data, [{k: r[k] for k in ("prompt", "completion", "answer") if k in r} for r in rows])
     if cfg.train:
         run_dir = sft_stage.run(dataclasses.replace(cfg.sft, input=str(data), out_dir=str(out / "sft")))
-        report["model"] = str(sft_stage.model_path(run_dir))
+        report["model"] = str(newest_model(run_dir))
         atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     return out

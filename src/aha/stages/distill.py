@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aha.io import atomic_write_text
+from aha.runs import newest_model
 from aha.stages import sample as sample_stage
 from aha.stages import sft as sft_stage
 from aha.stages.sample import SampleConfig
@@ -40,6 +41,6 @@ def run(cfg: DistillConfig) -> Path:
                                                     out_dir=str(out / "sft")))
     report = json.loads((samples / "report.json").read_text())
     summary = {"teacher": cfg.teacher, "student": cfg.student, "samples": report["kept"],
-               "generated": report["generated"], "model": str(sft_stage.model_path(student_run))}
+               "generated": report["generated"], "model": str(newest_model(student_run))}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return out

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Literal
 
 from aha.config import NonNegFloat, NonNegInt, PositiveInt, Probability
 from aha.data.example import Example
@@ -26,10 +27,12 @@ from aha.data.templates import render_prompt, with_prefill
 from aha.errors import AhaError
 from aha.io import atomic_write_jsonl, atomic_write_text
 from aha.rollout.base import Completion, SamplingConfig
+from aha.runs import resolve_run
 
 
 @dataclass
 class EvalConfig:
+    RENAMED: ClassVar[dict[str, str]] = {"batch_size": "max_batch"}
     model: list[str] = field(default_factory=lambda: ["smollm2-135m-instruct"])
     """One or more models (comma-separated): registry names, .gguf files, HF folders or run folders
     (a run folder expands to the run's base model and each of its checkpoints)."""
@@ -65,8 +68,11 @@ class EvalConfig:
     and prefill), for its base model and every checkpoint alike."""
     pass_k: list[int] = field(default_factory=list)
     """k' values for pass@k' (default: 1, 2, 4, ... up to samples)."""
-    batch_size: PositiveInt = 64
-    """Sequences decoded at once."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """Rollout engine, as rollout.engine in training: hf (transformers, CPU or GPU; continuous batching for
+    Llama-family models) or vllm (GPU)."""
+    max_batch: PositiveInt = 64
+    """Sequences decoded at once (as rollout.max_batch in training)."""
     progress: bool = True
     code_isolation: str = "auto"
     """Code tasks: how model-written programs are isolated, as rewards.code_isolation in training: auto
@@ -148,9 +154,7 @@ def expand_models(models: list[str]) -> list[str]:
                 base = (yaml.safe_load(cfg_path.read_text()) or {}).get("model")
                 if base and (Path(base) / "checkpoints").is_dir():
                     # the base is another run: name its newest checkpoint as that run's own listing does
-                    from aha.stages.sft import resolve_model
-
-                    base = resolve_model(base)
+                    base = resolve_run(base)
                 if base and base not in out:
                     out.append(base)
             from aha.train.checkpoint import list_checkpoints
@@ -169,13 +173,13 @@ def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, re
 
     from aha.models import load_model
     from aha.rewards.extract import extract_answer
-    from aha.rollout.hf import HFEngine
+    from aha.rollout import make_engine
     from aha.runtime import pick_device
     from aha.train.metrics import reflection_count
 
     device = pick_device(cfg.device)
     model, tok = load_model(model_name, dtype=cfg.dtype, device=device)
-    engine = HFEngine(model, tok, max_batch=cfg.batch_size)
+    engine = make_engine(cfg.engine, model, tok, max_batch=cfg.max_batch)
     k = cfg.samples
     greedy = cfg.temperature <= 0
     if greedy and k > 1:
@@ -319,3 +323,9 @@ def evaluate(cfg: EvalConfig) -> list[dict]:
     atomic_write_text(out / "summary.md", table + "\n")
     print(table)
     return summaries
+
+
+def run(cfg: EvalConfig) -> Path:
+    """The eval stage: `aha eval` writing summary.json and samples.jsonl into cfg.out_dir."""
+    evaluate(cfg)
+    return Path(cfg.out_dir)

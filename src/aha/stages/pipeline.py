@@ -33,15 +33,12 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
-import importlib
-import inspect
 import json
 import re
 import shutil
 import subprocess
 import sys
 import time
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,19 +48,7 @@ from aha.config import build_section, load_config, recipe_source, save_config, t
 from aha.data.tasks import TaskConfig, is_file_task, split_spec
 from aha.errors import AhaError, closest
 from aha.io import atomic_write_text, path_signature
-from aha.stages.evaluate import EvalConfig, evaluate
-
-STAGES: dict[str, str | Callable[[Any], Path]] = {
-    "train": "aha.train.grpo_loop:train",
-    "sft": "aha.stages.sft:run",
-    "sample": "aha.stages.sample:run",
-    "coldstart": "aha.stages.coldstart:run",
-    "distill": "aha.stages.distill:run",
-    "rm": "aha.stages.rm:run",
-    "eval": "aha.stages.pipeline:run_eval",
-}
-"""Stage kind -> its function `run(cfg) -> Path`, as "module:function" (imported when a recipe uses the
-kind) or the function itself. The stage's config class is the type annotation of its first parameter."""
+from aha.stages import STAGES, stage_entry
 
 MANIFEST = "manifest.json"
 NOT_HASHED = ("resume", "progress", "log.progress", "threads", "malloc", "optim.share_prompt", "optim.pack_tokens",
@@ -107,33 +92,6 @@ class Pipeline:
     config: PipelineConfig
     stages: list[Stage]
     recipe: str = ""
-
-
-# ----------------------------------------------------------------------------------------- stage table
-
-
-def stage_entry(kind: str) -> tuple[type, Callable[[Any], Path]]:
-    """(config class, run function) of a stage kind; AhaError for an unknown kind or a missing module."""
-    if kind not in STAGES:
-        raise AhaError(f"unknown stage kind '{kind}'{closest(kind, STAGES)}; one of {', '.join(STAGES)}")
-    fn = STAGES[kind]
-    if isinstance(fn, str):
-        module, _, name = fn.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as e:
-            raise AhaError(f"stage kind '{kind}' needs {module}.{name}, which is not available ({e})") from None
-    params = list(inspect.signature(fn).parameters)
-    cls = typing.get_type_hints(fn).get(params[0]) if params else None
-    if cls is None or not dataclasses.is_dataclass(cls):
-        raise AhaError(f"stage kind '{kind}': {fn.__name__}'s first parameter must be an annotated dataclass config")
-    return cls, fn
-
-
-def run_eval(cfg: EvalConfig) -> Path:
-    """The eval stage: `aha eval` writing summary.json and samples.jsonl into cfg.out_dir."""
-    evaluate(cfg)
-    return Path(cfg.out_dir)
 
 
 # ----------------------------------------------------------------------------------------- references
@@ -193,7 +151,7 @@ def load_pipeline(recipe: str | None, overrides: list[str] | None = None) -> Pip
             raise AhaError(f"{src.where(key)}: {key}: a stage is a mapping with a kind ({', '.join(STAGES)})")
         tree = {k: v for k, v in body.items() if k not in ("kind", "launcher")}
         try:
-            cls, _ = stage_entry(str(body["kind"]))
+            cls, _, _ = stage_entry(str(body["kind"]))
         except AhaError as e:
             raise AhaError(f"{src.where(key + '.kind')}: {key}.kind: {e}") from None
         nproc = launcher_nproc(body, key, src)
@@ -379,7 +337,7 @@ def run_pipeline(p: Pipeline, log: Callable[[str], None] = print) -> Path:
     forced = False
     for stage in p.stages:
         forced = forced or stage.name == p.config.restart_from
-        cls, fn = stage_entry(stage.kind)
+        cls, fn, _ = stage_entry(stage.kind)
         cfg_dict = to_dict(stage.config)
         upstream = {n: manifest["stages"][n]["artifact"] for n in stage.needs}
         fp = fingerprint(stage.kind, cfg_dict, upstream, input_files(cfg_dict, root))

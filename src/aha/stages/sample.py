@@ -24,7 +24,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from aha.config import Fraction, NonNegFloat, NonNegInt, PositiveInt, Probability
 from aha.data.example import Example
@@ -35,6 +35,7 @@ from aha.io import atomic_write_jsonl, atomic_write_text, path_signature
 from aha.rewards.extract import split_think
 from aha.rewards.format import format_r1
 from aha.rollout.base import Completion, SamplingConfig
+from aha.runs import resolve_run
 
 
 @dataclass
@@ -74,6 +75,7 @@ FILTERS = ("truncated", "overlong", "format", "correct", "language", "repetition
 
 @dataclass
 class SampleConfig:
+    RENAMED: ClassVar[dict[str, str]] = {"batch_size": "max_batch"}
     model: str = "smollm2-135m-instruct"
     """The model to sample from: registry name, .gguf file, HF folder, or a run folder (its newest checkpoint)."""
     task: str = "chain_sum"
@@ -105,9 +107,11 @@ class SampleConfig:
     """JSONL of {prompt, completion} worked examples shown as earlier chat turns before each question
     (few-shot prompting with long chains of thought); replaces few_shot."""
     filters: FilterConfig = field(default_factory=FilterConfig)
-    batch_size: PositiveInt = 64
-    """Sequences decoded at once; batch_size // group_size prompts are sampled, filtered and written together
-    (a crash loses at most that batch)."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """Rollout engine, as rollout.engine in training: hf (transformers, CPU or GPU) or vllm (GPU)."""
+    max_batch: PositiveInt = 64
+    """Sequences decoded at once (as rollout.max_batch in training); max_batch // group_size prompts are
+    sampled, filtered and written together (a crash loses at most that batch)."""
     out_dir: str = "runs/sample"
     """Output folder: samples.jsonl, report.json, done.jsonl, config.yaml."""
     seed: int = 0
@@ -375,25 +379,23 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
     rewards = RewardSet(RewardsConfig(weights={"accuracy": 1.0, "format": 0.0, "language": 0.0},
                                       language=cfg.filters.language, code_isolation=cfg.code_isolation))
     rewards.prepare(examples[:1])
-    from aha.stages.sft import resolve_model
-
-    source_model = resolve_model(cfg.model)
+    source_model = resolve_run(cfg.model)
     signature = model_signature(source_model)
     done = recover(out, cfg, source_model, signature)
     if engine is None:
         from aha.models import load_model
-        from aha.rollout.hf import HFEngine
+        from aha.rollout import make_engine
         from aha.runtime import pick_device
 
         model, tokenizer = load_model(source_model, dtype=cfg.dtype, device=pick_device(cfg.device))
-        engine = HFEngine(model, tokenizer, max_batch=cfg.batch_size)
+        engine = make_engine(cfg.engine, model, tokenizer, max_batch=cfg.max_batch)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     atomic_write_text(out / "source.json", json.dumps({"model": source_model, "signature": signature}))
     (out / "samples.jsonl").touch()
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                               stop=tuple(cfg.stop))
-    per_batch = max(1, cfg.batch_size // cfg.group_size)
+    per_batch = max(1, cfg.max_batch // cfg.group_size)
     finished = {d["batch"] for d in done}
     bar = None
     if cfg.progress:

@@ -13,95 +13,15 @@ validation loss is made of whole prompts, so no prompt is both trained on and va
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from aha.config import FractionBelowOne, NonNegInt, PositiveFloat, PositiveInt
 from aha.data.templates import render_completion_target, render_prompt, strip_prefill
 from aha.errors import AhaError
 from aha.io import read_jsonl
-from aha.train.config import LoRAConfig, OptimConfig
+from aha.runs import resolve_run
+from aha.train.config import MixConfig, SFTConfig, SFTLogConfig  # noqa: F401  (this stage's config)
 from aha.train.sft_loop import SFTTrainer, TokenSample
-
-
-@dataclass
-class MixConfig:
-    """Non-reasoning data mixed into the training samples (R1 §2.3.3: ~200k non-reasoning samples next to
-    ~600k reasoning ones)."""
-
-    file: str = ""
-    """JSONL of non-reasoning samples ({prompt, completion} or {messages}): answers with no chain of thought."""
-    ratio: FractionBelowOne = 0.0
-    """Share of the training samples drawn from `file` (0.25: one sample in four); 0 mixes nothing. The
-    file is sampled without replacement, and repeated only when it is too small for the ratio."""
-
-
-@dataclass
-class SFTLogConfig:
-    checkpoint_every: PositiveInt = 50
-    """Save a checkpoint every N steps (and at the end)."""
-    keep_checkpoints: PositiveInt = 2
-    """Keep the newest K checkpoints."""
-    eval_every: NonNegInt = 20
-    """Validation loss on the held-out slice every N steps (and before and after training)."""
-    tensorboard: bool = True
-    progress: bool = True
-    """Show a progress bar (step, loss, ETA)."""
-
-
-@dataclass
-class SFTConfig:
-    model: str = "smollm2-135m-instruct"
-    """Registry name, .gguf file or HF folder to fine-tune."""
-    input: str = ""
-    """JSONL of samples: {prompt, completion} (prompt: the bare question) or {messages: [{role, content}, ...]}
-    ending with the assistant's message; optional `kind: general` marks a non-reasoning sample."""
-    eval_size: NonNegInt = 16
-    """Held-out samples for the validation loss (whole prompts, drawn with `seed`); 0: none."""
-    mix: MixConfig = field(default_factory=MixConfig)
-    """Non-reasoning samples mixed in at a ratio."""
-    template: Literal["auto", "r1_zero", "chat", "r1", "plain"] = "auto"
-    """Prompt template of `prompt` rows, as in `aha train` (see aha.data.templates)."""
-    system_prompt: str = ""
-    """Overrides the template's system prompt."""
-    few_shot: bool = False
-    """Show one worked example before each question (as in `aha train`)."""
-    prefill: str = "<think>"
-    """Text that starts the assistant's turn of reasoning samples; removed from the front of targets that
-    begin with it, so it is never duplicated. Use the value RL and evaluation use."""
-    max_length: PositiveInt = 1024
-    """Tokens per packed row; samples longer than this are dropped (and counted)."""
-    packing: bool = True
-    """Pack several samples per row (no attention across them); false: one sample per row, rows of similar
-    length batched together."""
-    samples_per_step: PositiveInt = 16
-    """Samples per optimizer step; the loss is the mean over their completion tokens."""
-    epochs: PositiveFloat = 2.0
-    """Passes over the training samples (used when steps is 0)."""
-    steps: NonNegInt = 0
-    """Optimizer steps; 0: epochs * samples / samples_per_step."""
-    out_dir: str = "runs/sft"
-    """Run folder: config, metrics, TensorBoard events, checkpoints (HF folders)."""
-    seed: int = 0
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Compute dtype. bfloat16: fp32 master weights with bf16 autocast; auto: bfloat16 where the hardware
-    computes it fast (see aha.models.fast_bf16), else float32."""
-    device: str = "auto"
-    """cpu, cuda or auto."""
-    threads: NonNegInt = 0
-    """torch intra-op threads (0: torch's default)."""
-    malloc: Literal["tuned", "default"] = "tuned"
-    """tuned: glibc keeps freed memory for reuse instead of unmapping it (aha.runtime.tune_malloc, as in
-    `aha train`); default: leave the allocator alone."""
-    resume: bool = False
-    """Continue from the newest checkpoint in out_dir."""
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=5, micro_batch_size=2))
-    """AdamW settings; micro_batch_size counts packed rows per forward pass (2 rows of 1,024 tokens: as fast
-    as 4 on the CPU benchmark, peak memory 6.0 instead of 8.9 GiB for SmolLM2-135M; bench/README.md)."""
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
-    """LoRA adapters (rank 0: train every weight), as in `aha train`."""
-    log: SFTLogConfig = field(default_factory=SFTLogConfig)
 
 
 @dataclass(frozen=True)
@@ -254,23 +174,8 @@ def run(cfg: SFTConfig, model=None, tokenizer=None) -> Path:
     if model is None:
         from aha.models import load_model
 
-        model, tokenizer = load_model(resolve_model(cfg.model), dtype="float32")
+        model, tokenizer = load_model(resolve_run(cfg.model), dtype="float32")
     train, held, report = prepare(cfg, tokenizer, texts)
     atomic_write_text(Path(cfg.out_dir) / "data.json", json.dumps(report, indent=2))
     torch.manual_seed(cfg.seed)
     return SFTTrainer(cfg, train, held, model, tokenizer).run()
-
-
-def model_path(run_dir: str | Path) -> Path:
-    """The fine-tuned model of an SFT (or GRPO) run folder: its newest checkpoint."""
-    from aha.train.checkpoint import latest_checkpoint
-
-    found = latest_checkpoint(Path(run_dir))
-    if found is None:
-        raise AhaError(f"{run_dir}: run folder has no checkpoints")
-    return found[1]
-
-
-def resolve_model(model: str) -> str:
-    """A run folder (with checkpoints, e.g. a pipeline's `@stage`) -> its newest checkpoint; anything else as given."""
-    return str(model_path(model)) if (Path(model) / "checkpoints").is_dir() else model

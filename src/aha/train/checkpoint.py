@@ -13,7 +13,6 @@ one-process checkpoint resumes on several too (its whole optimizer state is shar
 from __future__ import annotations
 
 import random
-import re
 import shutil
 from pathlib import Path
 
@@ -21,11 +20,11 @@ import torch
 
 from aha import dist
 from aha.errors import AhaError
+from aha.runs import STATE_FILE, latest_checkpoint, list_checkpoints  # noqa: F401  (the trainers' one import)
+from aha.train import lora
 
-STATE_FILE = "trainer_state.pt"
 OPTIMIZER_DIR = "optimizer"
 """The optimizer's shards (torch.distributed.checkpoint), in checkpoints written by several processes."""
-_NAME = re.compile(r"^step_(\d+)$")
 
 
 def rng_state() -> dict:
@@ -47,23 +46,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for d in root.iterdir():
-        m = _NAME.match(d.name)
-        if m and (d / STATE_FILE).exists():
-            found.append((int(m.group(1)), d))
-    return sorted(found)
-
-
-def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, keep: int = 2) -> Path:
     """Write `checkpoints/step_N` atomically; keep the newest `keep` complete checkpoints."""
     root = Path(run_dir) / "checkpoints"
@@ -72,8 +54,6 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     tmp = root / f".tmp_step_{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        from aha.train import lora
-
         if lora.is_lora(model):  # the merged model, and the adapter for resuming
             lora.save(model, tmp)
         else:
@@ -107,8 +87,6 @@ def load_weights(model, ckpt: Path) -> None:
     from safetensors.torch import load_file
 
     from aha.errors import AhaError
-    from aha.train import lora
-
     if lora.is_lora(model):
         return lora.load_adapter(model, ckpt)
 
@@ -160,8 +138,6 @@ def save_sharded(run_dir: Path, step: int, model, tokenizer, optimizer, state: d
             tmp.mkdir(parents=True)
         except OSError as e:
             failed = e
-    from aha.train import lora
-
     if lora.is_lora(model):  # the merged model, and the adapter for resuming
         weights, adapter = lora.gathered(model)
     else:
@@ -220,8 +196,6 @@ def restore(run_dir: Path, model, optimizer) -> dict | None:
         return None
     path = found[1]
     d = dist.env()
-    from aha.train import lora
-
     if d.on and not lora.is_lora(model):  # a LoRA model takes its adapter (load_weights), sharded or not
         _load_full_weights(model, path)
     else:

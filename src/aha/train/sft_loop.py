@@ -23,7 +23,6 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -43,10 +42,8 @@ from aha.train.batch import (
     kept_logprobs,
     logprob_chunk,
 )
+from aha.train.config import SFTConfig
 from aha.train.loop import HeldInterrupt, LoopSettings, PromptSampler, run_loop
-
-if TYPE_CHECKING:
-    from aha.stages.sft import SFTConfig
 
 IGNORE = -100
 """Target id of positions that are not trained on (prompt tokens, padding, the last token of a sample)."""
