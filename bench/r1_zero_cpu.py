@@ -27,8 +27,8 @@ from aha.io import atomic_write_text
 from aha.models import fast_bf16
 from aha.plot import plot_run
 from aha.stages.evaluate import EvalConfig, evaluate
-from aha.train.config import TrainConfig
-from aha.train.grpo_loop import train
+from aha.training.config import TrainConfig
+from aha.training.grpo_loop import train
 
 
 def in_format_accuracy(samples_jsonl: Path) -> tuple[float, float]:
@@ -123,7 +123,7 @@ def main(argv: list[str]) -> None:
         return
     spent = training_seconds(run_dir)
     train_s = spent["total_s"]
-    from aha.train.checkpoint import latest_checkpoint
+    from aha.training.checkpoint import latest_checkpoint
 
     _, last = latest_checkpoint(run_dir)
     after = held_out(str(last), cfg, out / "eval_after", samples)

@@ -57,8 +57,8 @@ def worker(variant: str, steps: int, data: str) -> None:
     from aha.config import load_config
     from aha.models import load_model, resolve
     from aha.stages import sft
-    from aha.train import sft_loop
-    from aha.train.sft_loop import SFTTrainer
+    from aha.training import sft_loop
+    from aha.training.sft_loop import SFTTrainer
 
     if variant == "rows":  # the previous code path: padded rows, the block mask built by transformers
         sft_loop.per_sample_attention = lambda model: False

@@ -14,8 +14,8 @@ import threading
 import time
 
 from aha.config import load_config
-from aha.train import grpo_loop
-from aha.train.config import TrainConfig
+from aha.training import grpo_loop
+from aha.training.config import TrainConfig
 
 
 def rss_gb() -> float:

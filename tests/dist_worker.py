@@ -44,7 +44,7 @@ class PromptEngine:
 
 def install() -> None:
     """Replace the engine and arm AHA_TEST_FAIL (in this process)."""
-    from aha.train import grpo_loop, sft_loop
+    from aha.training import grpo_loop, sft_loop
 
     grpo_loop.make_engine = lambda name, model, tokenizer, **kw: PromptEngine(tokenizer)
     fail = os.environ.get("AHA_TEST_FAIL")

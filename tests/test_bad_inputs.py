@@ -212,7 +212,7 @@ def test_an_output_path_that_cannot_be_a_folder_is_named(capsys, files, tmp_path
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_data(capsys, files, monkeypatch):
-    from aha.train import checkpoint
+    from aha.training import checkpoint
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

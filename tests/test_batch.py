@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from aha.rollout.base import Completion
-from aha.train.batch import collate, collate_groups, completion_logprobs, packed_groups_logprobs
+from aha.training.batch import collate, collate_groups, completion_logprobs, packed_groups_logprobs
 
 
 @pytest.fixture()
@@ -41,7 +41,7 @@ def test_packed_logprobs_and_gradients_equal_the_padded_batch(model_and_group, a
 
     full, packed = collate(rows, tok.pad_token_id), collate_groups(rows, tok.pad_token_id)
     want, want_ent, want_g = run(completion_logprobs, full)
-    import aha.train.batch as batch_mod
+    import aha.training.batch as batch_mod
 
     query_lengths = []
     sdpa = batch_mod.sdpa_attention_forward
@@ -85,7 +85,7 @@ def test_shared_prefix_over_micro_batches_equals_the_padded_batch(model_and_grou
     `embed`, the input embeddings' gradient is gathered and sent through the embedding layer once
     (InputEmbeddings), for tied and untied input and output embeddings."""
     from aha.rollout.base import shared_prefix_len
-    from aha.train.batch import InputEmbeddings, SharedPrefix
+    from aha.training.batch import InputEmbeddings, SharedPrefix
 
     model, tok, group = model_and_group
     model.config._attn_implementation = attn
@@ -133,7 +133,7 @@ def test_shared_prefix_over_micro_batches_equals_the_padded_batch(model_and_grou
 
 
 def test_rows_without_their_prefix_are_refused(model_and_group):
-    from aha.train.batch import SharedPrefix
+    from aha.training.batch import SharedPrefix
 
     model, tok, group = model_and_group
     with torch.no_grad():
@@ -148,7 +148,7 @@ def test_packed_rows_keep_a_sliding_window(tiny_model_dir):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     from aha.models import load_tokenizer
-    from aha.train.batch import sliding_window
+    from aha.training.batch import sliding_window
 
     tok = load_tokenizer(tiny_model_dir)
     torch.manual_seed(0)
@@ -191,7 +191,7 @@ def test_chunked_head_only_where_the_head_is_plain(model_and_group, softcap):
     head, so the cap still applies."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from aha.train.batch import _plain_head
+    from aha.training.batch import _plain_head
 
     model, tok, group = model_and_group
     if softcap:
@@ -220,7 +220,7 @@ def test_chunked_head_only_where_the_head_is_plain(model_and_group, softcap):
 
 
 def test_unset_logprob_chunk_bounds_the_heads_scores_by_the_vocabulary():
-    from aha.train.batch import AUTO_HEAD_ELEMENTS, logprob_chunk
+    from aha.training.batch import AUTO_HEAD_ELEMENTS, logprob_chunk
 
     def model(vocab):
         head = torch.nn.Linear(8, vocab, bias=False)

@@ -403,7 +403,7 @@ def test_code_isolation_is_a_recipe_key():
     from aha.config import load_config
     from aha.rewards.config import RewardsConfig
     from aha.rewards.rewardset import RewardSet
-    from aha.train.config import TrainConfig
+    from aha.training.config import TrainConfig
 
     assert load_config(TrainConfig, None, ["rewards.code_isolation=rlimits"]).rewards.code_isolation == "rlimits"
     assert load_config(TrainConfig, None, []).rewards.code_isolation == "auto"

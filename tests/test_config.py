@@ -89,7 +89,7 @@ def test_describe_lists_docs():
 
 
 def test_train_config_keys_users_type():
-    from aha.train.config import TrainConfig
+    from aha.training.config import TrainConfig
 
     cfg = load_config(TrainConfig, None, ["model=x", "task=chain_sum", "out_dir=o", "steps=2", "seed=1",
                                           "grpo.group_size=4", "grpo.prompts_per_step=2", "grpo.kl_coef=0.04",
@@ -105,7 +105,7 @@ def test_train_config_keys_users_type():
     (["optim.logprob_chunk=-3"], "command line: optim.logprob_chunk: must be >= 0"),
 ])
 def test_field_checks_name_the_whole_key_and_where_it_was_set(items, message, tmp_path):
-    from aha.train.config import TrainConfig
+    from aha.training.config import TrainConfig
 
     with pytest.raises(AhaError, match=message):
         load_config(TrainConfig, "recipes/r1_zero_smollm2.yaml", items)
@@ -116,7 +116,7 @@ def test_field_checks_name_the_whole_key_and_where_it_was_set(items, message, tm
 
 
 def test_aha_train_without_arguments_is_the_cpu_recipe():
-    from aha.train.config import TrainConfig
+    from aha.training.config import TrainConfig
 
     assert load_config(TrainConfig, "recipes/r1_zero_smollm2.yaml") == TrainConfig()
 
@@ -130,7 +130,7 @@ def test_every_recipe_loads():
 
     from aha.cli import _commands
     from aha.stages.pipeline import load_pipeline
-    from aha.train.config import TrainConfig
+    from aha.training.config import TrainConfig
 
     cmds = _commands()
     for recipe in sorted(Path("recipes").glob("*.yaml")):
@@ -142,7 +142,7 @@ def test_every_recipe_loads():
 
 
 def test_nested_overrides_keep_the_other_defaults(tmp_path):
-    from aha.train.config import TrainConfig
+    from aha.training.config import TrainConfig
 
     cfg = load_config(TrainConfig, None, ["data.eval_size=0", "rewards.weights.format=0.2", "data.args.max_digits=3"])
     default = TrainConfig()
@@ -159,7 +159,7 @@ def test_nested_overrides_keep_the_other_defaults(tmp_path):
 def test_overlong_follows_the_sampling_cut_and_a_contradiction_is_refused(tmp_path):
     """An overlong penalty at 256 tokens while sampling 4,096 gives -1 to every long answer: refused with the
     file, line and key; left unset it follows rollout.max_new_tokens (buffer: a fifth)."""
-    from aha.train.config import TrainConfig
+    from aha.training.config import TrainConfig
 
     cfg = load_config(TrainConfig, None, ["rollout.max_new_tokens=4096", "rewards.weights={accuracy: 1.0, overlong: 1.0}"])
     assert (cfg.rewards_config.overlong.max_tokens, cfg.rewards_config.overlong.buffer) == (4096, 819)

@@ -22,8 +22,8 @@ import yaml
 from safetensors.torch import load_file
 
 from aha.cli import main
-from aha.train import checkpoint as ckpt
-from aha.train import grpo_loop
+from aha.training import checkpoint as ckpt
+from aha.training import grpo_loop
 
 pytestmark = pytest.mark.dist
 TESTS = Path(__file__).parent

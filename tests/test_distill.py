@@ -12,7 +12,7 @@ from aha.stages import coldstart, distill, sft
 from aha.stages.coldstart import ColdStartConfig
 from aha.stages.distill import DistillConfig
 from aha.stages.sample import r1_form
-from aha.train import checkpoint as ckpt
+from aha.training import checkpoint as ckpt
 
 QUIET_SFT = ["sft.steps=2", "sft.samples_per_step=2", "sft.eval_size=0", "sft.dtype=float32", "sft.optim.lr=1e-3",
              "sft.optim.warmup_steps=0", "sft.log.progress=false", "sft.log.tensorboard=false"]

@@ -112,7 +112,7 @@ def test_greedy_needs_one_sample(tiny_model_dir, tmp_path):
 def test_run_folder_is_prompted_the_way_it_trained(tiny_model_dir, tmp_path):
     import shutil
 
-    from aha.train.checkpoint import STATE_FILE
+    from aha.training.checkpoint import STATE_FILE
 
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "step_000001"
@@ -138,7 +138,7 @@ def test_run_folder_is_prompted_the_way_it_trained(tiny_model_dir, tmp_path):
 
 def test_a_run_built_on_another_run_lists_each_checkpoint_once(tmp_path):
     from aha.stages.evaluate import expand_models
-    from aha.train.checkpoint import STATE_FILE
+    from aha.training.checkpoint import STATE_FILE
 
     def run(name: str, base: str) -> tuple[str, str]:
         ckpt = tmp_path / name / "checkpoints" / "step_000002"

@@ -88,7 +88,7 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path):
 def test_layers_point_down():
     """Lower layers never import higher ones: the rollout, rewards and data layers know nothing of training,
     stages or the command line; training knows nothing of stages or the command line."""
-    order = ["aha.data", "aha.rollout", "aha.rewards", "aha.train", "aha.stages", "aha.cli"]
+    order = ["aha.data", "aha.rollout", "aha.rewards", "aha.training", "aha.stages", "aha.cli"]
     graph = module_graph()
     for name, deps in graph.items():
         layer = next((i for i, p in enumerate(order) if name == p or name.startswith(p + ".")), None)

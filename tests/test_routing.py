@@ -14,8 +14,8 @@ from aha.rewards import RewardsConfig, RewardSet
 from aha.rewards.base import RewardSpec
 from aha.rewards.registry import REGISTRY
 from aha.rollout.base import Completion
-from aha.train.config import TrainConfig
-from aha.train.metrics import component_means, kind_metrics
+from aha.training.config import TrainConfig
+from aha.training.metrics import component_means, kind_metrics
 
 SEEN: dict[str, list[str]] = {"rule": [], "model": []}
 
@@ -123,7 +123,7 @@ def mixed_task(tmp_path):
 def test_grpo_run_mixes_rule_and_model_rewards_and_logs_per_kind(tiny_model_dir, mixed_task, tmp_path, monkeypatch):
     from aha.models import load_model
     from aha.rollout.fake import ScriptedEngine
-    from aha.train.grpo_loop import GRPOTrainer
+    from aha.training.grpo_loop import GRPOTrainer
 
     verified: list[str] = []
     real_accuracy = REGISTRY["accuracy"]
@@ -167,7 +167,7 @@ def test_grpo_run_mixes_rule_and_model_rewards_and_logs_per_kind(tiny_model_dir,
 
 
 def test_extra_tasks_join_the_main_task(tmp_path):
-    from aha.train.grpo_loop import load_examples
+    from aha.training.grpo_loop import load_examples
 
     main, extra = tmp_path / "main.jsonl", tmp_path / "general.jsonl"
     main.write_text("".join(json.dumps({"prompt": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(6)))

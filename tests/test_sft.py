@@ -12,8 +12,8 @@ from aha.config import load_config
 from aha.errors import AhaError
 from aha.stages import sft
 from aha.stages.sft import SFTConfig, TextSample
-from aha.train import checkpoint as ckpt
-from aha.train.sft_loop import IGNORE, TokenSample, collate_packed, loss_sum, pack, sample_targets
+from aha.training import checkpoint as ckpt
+from aha.training.sft_loop import IGNORE, TokenSample, collate_packed, loss_sum, pack, sample_targets
 
 
 def write_jsonl(path, rows):
@@ -128,9 +128,9 @@ def test_one_row_micro_batch_attends_per_sample_with_the_loss_and_gradients_of_s
     InputEmbeddings (sent once, after the backward pass). With `checkpointing`, every layer runs again in the
     backward pass, per sample again (the plain kernel would attend across the whole row). With `chunk`, the
     LM head runs 4 target positions at a time."""
-    import aha.train.batch as batch_mod
-    from aha.train.batch import InputEmbeddings, enable_gradient_checkpointing
-    from aha.train.sft_loop import sample_blocks
+    import aha.training.batch as batch_mod
+    from aha.training.batch import InputEmbeddings, enable_gradient_checkpointing
+    from aha.training.sft_loop import sample_blocks
 
     model, _ = tiny(tiny_model_dir)
     model.train()

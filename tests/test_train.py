@@ -11,9 +11,9 @@ import torch
 from aha.config import load_config
 from aha.errors import AhaError
 from aha.rollout.fake import ScriptedEngine
-from aha.train import checkpoint as ckpt
-from aha.train.config import TrainConfig
-from aha.train.grpo_loop import GRPOTrainer
+from aha.training import checkpoint as ckpt
+from aha.training.config import TrainConfig
+from aha.training.grpo_loop import GRPOTrainer
 
 
 @pytest.fixture()
@@ -141,12 +141,12 @@ def test_lora_trains_the_adapters_against_the_base_and_saves_the_merged_model(ti
     from peft.tuners.lora import LoraLayer
 
     from aha.models import load_model
-    from aha.train import lora
+    from aha.training import lora
 
     cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "lora.rank=4", "lora.alpha=8", "grpo.kl_coef=0.05",
                    "steps=3", "optim.lr=2e-2", "optim.logprob_chunk=4")
     trainer = GRPOTrainer(cfg)
-    from aha.train.batch import _plain_head
+    from aha.training.batch import _plain_head
 
     assert trainer.ref is None and trainer.rollout_model is not trainer.policy
     assert _plain_head(trainer.policy) is not None  # the chunked head reaches through the peft wrapper

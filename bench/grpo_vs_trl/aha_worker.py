@@ -22,7 +22,7 @@ import work  # noqa: E402
 def make_config(steps: int, overrides: list[str]):
     """aha's TrainConfig for the work of `work.py` (and `overrides`), writing to a fresh temporary folder."""
     from aha.config import load_config
-    from aha.train.config import TrainConfig
+    from aha.training.config import TrainConfig
 
     out = tempfile.mkdtemp(prefix="aha_vs_trl_")
     weights = ",".join(f"{k}: {v}" for k, v in work.REWARD_WEIGHTS.items())
@@ -38,7 +38,7 @@ def make_config(steps: int, overrides: list[str]):
 
 
 def main(argv: list[str]) -> None:
-    from aha.train.grpo_loop import GRPOTrainer
+    from aha.training.grpo_loop import GRPOTrainer
 
     steps = int(argv[0])
     cfg = make_config(steps, argv[1:])

@@ -22,7 +22,7 @@ from aha_worker import make_config  # noqa: E402
 def main(argv: list[str]) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    from aha.train.grpo_loop import GRPOTrainer
+    from aha.training.grpo_loop import GRPOTrainer
 
     what = argv[0] if argv and "=" not in argv[0] else "train"
     trainer = GRPOTrainer(make_config(10, [a for a in argv if "=" in a]))

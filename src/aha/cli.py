@@ -51,7 +51,7 @@ class Command:
 
 
 def _train(cfg):
-    from aha.train.grpo_loop import train
+    from aha.training.grpo_loop import train
 
     run_dir = train(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once

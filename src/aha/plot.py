@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aha.errors import AhaError
-from aha.train.metrics import read_metrics
+from aha.training.metrics import read_metrics
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 A run folder (`aha train`, `aha sft`, `aha rm`, a pipeline stage) holds `checkpoints/step_N`, each complete
 once its `trainer_state.pt` exists (checkpoints are written under a temporary name and renamed into place:
-`aha.train.checkpoint`). Wherever a model is expected, a run folder stands for its newest checkpoint. Plain
+`aha.training.checkpoint`). Wherever a model is expected, a run folder stands for its newest checkpoint. Plain
 file-system code: every layer may import it.
 """
 

@@ -28,7 +28,7 @@ class Stage:
 
 
 STAGES: dict[str, Stage | str | Callable[[Any], Path]] = {
-    "train": Stage("aha.train.grpo_loop:train", "GRPO with rule rewards"),
+    "train": Stage("aha.training.grpo_loop:train", "GRPO with rule rewards"),
     "sft": Stage("aha.stages.sft:run", "supervised fine-tuning"),
     "sample": Stage("aha.stages.sample:run", "rejection sampling"),
     "coldstart": Stage("aha.stages.coldstart:run", "cold-start data in R1's output form (then SFT)"),

@@ -157,7 +157,7 @@ def expand_models(models: list[str]) -> list[str]:
                     base = resolve_run(base)
                 if base and base not in out:
                     out.append(base)
-            from aha.train.checkpoint import list_checkpoints
+            from aha.training.checkpoint import list_checkpoints
 
             ckpts = [str(d) for _, d in list_checkpoints(p)]
             if not ckpts:
@@ -175,7 +175,7 @@ def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, re
     from aha.rewards.extract import extract_answer
     from aha.rollout import make_engine
     from aha.runtime import pick_device
-    from aha.train.metrics import reflection_count
+    from aha.training.metrics import reflection_count
 
     device = pick_device(cfg.device)
     model, tok = load_model(model_name, dtype=cfg.dtype, device=device)

@@ -172,7 +172,7 @@ class RMTrainer:
             model, tokenizer = load_backbone(cfg.model, self.device)
         self.model, self.tok = model, tokenizer
         if cfg.gradient_checkpointing:
-            from aha.train.batch import enable_gradient_checkpointing
+            from aha.training.batch import enable_gradient_checkpointing
 
             enable_gradient_checkpointing(self.model)
         if self.dist.on:
@@ -240,7 +240,7 @@ class RMTrainer:
         if self.dist.on:
             loss = dist.all_reduce_sum([loss])[0]
             c, r = self._gathered(c, r)
-        from aha.train.loop import HeldInterrupt
+        from aha.training.loop import HeldInterrupt
 
         with HeldInterrupt() as held:  # the update and its step count are never split by Ctrl-C
             held.hold()
@@ -280,7 +280,7 @@ class RMTrainer:
         return dist.interleave([s[0] for s in shares]), dist.interleave([s[1] for s in shares])
 
     def save(self) -> Path:
-        from aha.train import checkpoint as ckpt
+        from aha.training import checkpoint as ckpt
 
         if self.dist.on:  # the optimizer's shards go to their own folder (checkpoint.save_sharded)
             state = {"step": self.step_no, "scheduler": self.sched.state_dict(), "rng": ckpt.rng_state()}
@@ -292,7 +292,7 @@ class RMTrainer:
                                     keep=self.cfg.keep_checkpoints)
 
     def restore(self) -> bool:
-        from aha.train import checkpoint as ckpt
+        from aha.training import checkpoint as ckpt
 
         state = ckpt.restore(self.run_dir, self.model, self.opt)
         if state is None:
@@ -310,7 +310,7 @@ class RMTrainer:
 
     def run(self) -> Path:
         from aha.config import save_config
-        from aha.train.loop import LoopSettings, run_loop
+        from aha.training.loop import LoopSettings, run_loop
 
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,8 @@ from aha.data.templates import render_completion_target, render_prompt, strip_pr
 from aha.errors import AhaError
 from aha.io import read_jsonl
 from aha.runs import resolve_run
-from aha.train.config import MixConfig, SFTConfig, SFTLogConfig  # noqa: F401  (this stage's config)
-from aha.train.sft_loop import SFTTrainer, TokenSample
+from aha.training.config import MixConfig, SFTConfig, SFTLogConfig  # noqa: F401  (this stage's config)
+from aha.training.sft_loop import SFTTrainer, TokenSample
 
 
 @dataclass(frozen=True)

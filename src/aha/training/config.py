@@ -99,7 +99,7 @@ class OptimConfig:
     share_prompt: bool = True
     """Pack each micro-batch's completions end to end in ONE row, each prompt once before its completions,
     with a block attention mask: no padding, and a group's prompt runs once (exact, gradients included;
-    aha.train.batch.PackedGroups). False: one padded row per completion, each with its own prompt, rows sorted
+    aha.training.batch.PackedGroups). False: one padded row per completion, each with its own prompt, rows sorted
     by length."""
     merge_groups: bool = True
     """With share_prompt: several groups share one packed row while micro_batch_size and pack_tokens allow
@@ -108,11 +108,11 @@ class OptimConfig:
     share_prefix: bool = True
     """With share_prompt: the prompt tokens all of a step's groups begin with (system prompt, worked example)
     run once per pass, and every packed row attends to their keys and values (exact, gradients included;
-    aha.train.batch.SharedPrefix)."""
+    aha.training.batch.SharedPrefix)."""
     embedding_grad_once: bool = True
     """Training passes look their input embeddings up as leaf tensors and send the gathered gradient through
     the embedding layer once per step (sparse into the tied LM head's gradient), instead of a dense
-    vocabulary-sized embedding gradient per micro-batch (exact; aha.train.batch.InputEmbeddings)."""
+    vocabulary-sized embedding gradient per micro-batch (exact; aha.training.batch.InputEmbeddings)."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer in the backward pass instead of keeping its activations (exact; one more
     forward pass of compute for activation memory of one layer instead of all): for long completions on GPUs.

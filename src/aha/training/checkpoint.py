@@ -21,7 +21,7 @@ import torch
 from aha import dist
 from aha.errors import AhaError
 from aha.runs import STATE_FILE, latest_checkpoint, list_checkpoints  # noqa: F401  (the trainers' one import)
-from aha.train import lora
+from aha.training import lora
 
 OPTIMIZER_DIR = "optimizer"
 """The optimizer's shards (torch.distributed.checkpoint), in checkpoints written by several processes."""

@@ -33,8 +33,8 @@ import torch
 
 from aha import dist
 from aha.errors import AhaError
-from aha.train import checkpoint as ckpt
-from aha.train.metrics import MetricsLogger
+from aha.training import checkpoint as ckpt
+from aha.training.metrics import MetricsLogger
 
 
 class Steps(Protocol):

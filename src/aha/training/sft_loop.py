@@ -3,7 +3,7 @@
 Packing: samples go into rows of at most `max_length` tokens (first-fit decreasing), `position_ids`
 restart at 0 at each sample, and no token attends across samples. With SDPA attention (the default on CPU)
 the rows of a micro-batch run as ONE row, no padding at all: attention is computed one sample at a time
-(each sample a causal sequence of its own; `aha.train.batch._block_attention`) and the LM head runs only on
+(each sample a causal sequence of its own; `aha.training.batch._block_attention`) and the LM head runs only on
 the positions that have a target (`logits_to_keep`), their log-probs, loss and backward from one softmax
 (`aha.grpo.selected_logprobs`). Other attention kernels get the Hugging Face "packed" convention
 (DataCollatorWithFlattening): rows with no attention mask, from which transformers builds a block-diagonal
@@ -32,9 +32,9 @@ from aha.config import save_config
 from aha.errors import AhaError
 from aha.models import resolve_dtype
 from aha.runtime import adamw, tune_malloc
-from aha.train import checkpoint as ckpt
-from aha.train import lora
-from aha.train.batch import (
+from aha.training import checkpoint as ckpt
+from aha.training import lora
+from aha.training.batch import (
     InputEmbeddings,
     blocks_forward,
     enable_gradient_checkpointing,
@@ -42,8 +42,8 @@ from aha.train.batch import (
     kept_logprobs,
     logprob_chunk,
 )
-from aha.train.config import SFTConfig
-from aha.train.loop import HeldInterrupt, LoopSettings, PromptSampler, run_loop
+from aha.training.config import SFTConfig
+from aha.training.loop import HeldInterrupt, LoopSettings, PromptSampler, run_loop
 
 IGNORE = -100
 """Target id of positions that are not trained on (prompt tokens, padding, the last token of a sample)."""
@@ -133,7 +133,7 @@ def sample_blocks(batch: PackedBatch) -> list[tuple[int, int]]:
 
 
 def per_sample_attention(model) -> bool:
-    """Whether a packed row can attend one sample at a time (`aha.train.batch._block_attention`): SDPA
+    """Whether a packed row can attend one sample at a time (`aha.training.batch._block_attention`): SDPA
     attention (flash-attention kernels on GPUs take packed rows as variable-length sequences themselves)."""
     return (getattr(model.config, "_attn_implementation", None) or "sdpa") == "sdpa"
 
@@ -144,7 +144,7 @@ def loss_sum(model, batch: PackedBatch, embed: InputEmbeddings | None = None, ch
     A one-row batch (`SFTTrainer` builds one per micro-batch) attends one sample at a time and runs the LM head
     on the target positions only: a prompt's positions get no logits, and no token's scores against other
     samples' keys are computed only to be masked. `embed`: the step's input embeddings (see InputEmbeddings);
-    `chunk`: the LM head this many target positions at a time (`aha.train.batch.kept_logprobs`)."""
+    `chunk`: the LM head this many target positions at a time (`aha.training.batch.kept_logprobs`)."""
     inputs = input_kwargs(batch.input_ids, embed)
     if batch.input_ids.shape[0] == 1 and per_sample_attention(model):
         keep = torch.nonzero(batch.targets[0] != IGNORE).flatten()

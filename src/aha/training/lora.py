@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from aha import dist
-from aha.train.config import LoRAConfig
+from aha.training.config import LoRAConfig
 
 ADAPTER_DIR = "adapter"
 

@@ -34,9 +34,9 @@ from aha.rewards import RewardSet
 from aha.rollout import make_engine
 from aha.rollout.base import Completion, SamplingConfig, shared_prefix_len
 from aha.runtime import adamw, tune_malloc
-from aha.train import checkpoint as ckpt
-from aha.train import lora
-from aha.train.batch import (
+from aha.training import checkpoint as ckpt
+from aha.training import lora
+from aha.training.batch import (
     InputEmbeddings,
     PackedGroups,
     SharedPrefix,
@@ -48,9 +48,9 @@ from aha.train.batch import (
     packed_groups_logprobs,
     sliding_window,
 )
-from aha.train.config import TrainConfig
-from aha.train.loop import HeldInterrupt, LoopSettings, PromptSampler, run_loop
-from aha.train.metrics import component_means, kind_metrics, reflection_count
+from aha.training.config import TrainConfig
+from aha.training.loop import HeldInterrupt, LoopSettings, PromptSampler, run_loop
+from aha.training.metrics import component_means, kind_metrics, reflection_count
 
 
 def load_examples(cfg: TrainConfig, split: str) -> list[Example]:
