@@ -59,6 +59,17 @@ def test_a_renamed_key_names_its_new_name_and_where_it_was_set(tmp_path):
         assert load_config(cls, None, ["max_batch=8"]).max_batch == 8
 
 
+def test_the_reward_model_shares_the_optim_and_log_sections():
+    from aha.stages.rm import RMConfig
+
+    for old, new in (("lr=1e-4", "optim.lr"), ("checkpoint_every=5", "log.checkpoint_every"),
+                     ("micro_batch_size=2", "optim.micro_batch_size"), ("progress=false", "log.progress")):
+        with pytest.raises(AhaError, match=rf"{old.split('=')[0]}: renamed to {new}$"):
+            load_config(RMConfig, None, [old])
+    cfg = load_config(RMConfig, None, ["optim.lr=1e-4", "log.checkpoint_every=5"])
+    assert cfg.optim.lr == 1e-4 and cfg.log.checkpoint_every == 5
+
+
 def test_wrong_type_on_command_line():
     with pytest.raises(AhaError, match=r"command line: grpo.group_size: expected an integer"):
         load_config(Outer, None, ["grpo.group_size=four"])

@@ -272,7 +272,7 @@ stages:
     epochs: 1
     batch_size: 3
     device: cpu
-    progress: false
+    log: {{progress: false}}
   rl:
     kind: train
     model: {tiny_model_dir}

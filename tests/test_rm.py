@@ -22,6 +22,7 @@ from aha.stages.rm import (
     pairwise_accuracy,
     run,
 )
+from aha.training.config import OptimConfig, SFTLogConfig
 
 
 def test_bradley_terry_loss_by_hand():
@@ -96,9 +97,11 @@ def test_bad_pairs_name_file_line_and_field(tmp_path, line, message):
     assert "\n" not in str(e.value)
 
 
-def rm_cfg(tiny_model_dir, data, out_dir, **kw):
-    base = dict(model=tiny_model_dir, data=data, out_dir=str(out_dir), eval_size=4, epochs=3, batch_size=4, lr=5e-3,
-                progress=False, device="cpu", checkpoint_every=2, keep_checkpoints=1)
+def rm_cfg(tiny_model_dir, data, out_dir, micro_batch_size=4, gradient_checkpointing=False, **kw):
+    base = dict(model=tiny_model_dir, data=data, out_dir=str(out_dir), eval_size=4, epochs=3, batch_size=4,
+                device="cpu", optim=OptimConfig(lr=5e-3, warmup_steps=0, beta2=0.999, micro_batch_size=micro_batch_size,
+                                                gradient_checkpointing=gradient_checkpointing),
+                log=SFTLogConfig(checkpoint_every=2, keep_checkpoints=1, eval_every=0, progress=False, tensorboard=False))
     return RMConfig(**{**base, **kw})
 
 
@@ -129,7 +132,7 @@ def test_micro_batches_and_checkpointing_take_the_same_step(tiny_model_dir, tmp_
     gradient norm and gradients of the step taken all at once (and the weights move)."""
     data = write_pairs(tmp_path / "pairs.jsonl")
     steps = []
-    for mbs, gc in ((0, False), (1, False), (3, True)):
+    for mbs, gc in ((4, False), (1, False), (3, True)):
         trainer = RMTrainer(rm_cfg(tiny_model_dir, data, tmp_path / f"rm{mbs}", micro_batch_size=mbs,
                                    gradient_checkpointing=gc))
         before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}

@@ -13,19 +13,25 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from aha.config import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
+from aha.config import NonNegInt, PositiveInt
 from aha.errors import AhaError
 from aha.io import read_jsonl
 from aha.models import resolve_dtype
 from aha.runtime import adamw
+from aha.training.config import OptimConfig, SFTLogConfig
+from aha.training.loop import lr_schedule
 
 
 @dataclass
 class RMConfig:
+    RENAMED: ClassVar[dict[str, str]] = {
+        **{k: f"optim.{k}" for k in ("lr", "weight_decay", "warmup_steps", "max_grad_norm", "micro_batch_size",
+                                     "gradient_checkpointing")},
+        **{k: f"log.{k}" for k in ("eval_every", "checkpoint_every", "keep_checkpoints", "progress")}}
     model: str = "smollm2-135m-instruct"
     """The backbone: a causal LM (registry name, .gguf, HF folder or run folder); its head is replaced by
     a scalar one. A sequence-classification folder continues training with its own head."""
@@ -39,19 +45,12 @@ class RMConfig:
     """Passes over the training pairs."""
     batch_size: PositiveInt = 4
     """Pairs per optimizer step."""
-    micro_batch_size: NonNegInt = 0
-    """Pairs per forward and backward pass; gradients accumulate over the step's batch_size pairs, the same
-    gradient as all at once (0: all at once)."""
-    gradient_checkpointing: bool = False
-    """Recompute each layer in the backward pass instead of keeping its activations (exact): long pairs on
-    GPUs."""
-    lr: PositiveFloat = 1e-5
-    """Peak AdamW learning rate (constant after warm-up)."""
-    weight_decay: NonNegFloat = 0.0
-    warmup_steps: NonNegInt = 0
-    """Linear warm-up (optimizer steps)."""
-    max_grad_norm: NonNegFloat = 1.0
-    """Gradient clipping by global norm (0 disables)."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=0, micro_batch_size=4,
+                                                                           beta2=0.999))
+    """AdamW settings, as in `aha train` and `aha sft`: lr, weight_decay, warmup_steps, schedule, max_grad_norm
+    (0 disables clipping); micro_batch_size pairs a forward and backward pass (gradients accumulate over the
+    step's batch_size pairs: the same gradient as all at once); gradient_checkpointing recomputes each layer in
+    the backward pass (exact): long pairs on GPUs."""
     max_length: PositiveInt = 512
     """Longest pair member in tokens; longer ones keep their end (the score is read at the last token)."""
     seed: int = 0
@@ -59,16 +58,12 @@ class RMConfig:
     """Compute dtype: bfloat16 autocasts over fp32 master weights, as in `aha train`."""
     device: str = "auto"
     """cpu, cuda or auto."""
-    eval_every: NonNegInt = 0
-    """Held-out accuracy every N steps (0: before and after training only)."""
-    checkpoint_every: PositiveInt = 50
-    """Save a checkpoint every N steps (and at the end)."""
-    keep_checkpoints: PositiveInt = 1
-    """Keep the newest K checkpoints."""
+    log: SFTLogConfig = field(default_factory=lambda: SFTLogConfig(checkpoint_every=50, keep_checkpoints=1,
+                                                                     eval_every=0, tensorboard=False))
+    """checkpoint_every, keep_checkpoints, eval_every (held-out accuracy every N steps; 0: before and after
+    training only), progress, as in `aha sft`."""
     resume: bool = False
     """Continue from the newest checkpoint in out_dir."""
-    progress: bool = True
-    """Show a progress bar."""
 
 
 @dataclass(frozen=True)
@@ -162,8 +157,6 @@ class RMTrainer:
         from aha import dist
 
         self.cfg = cfg
-        if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.micro_batch_size < 0:
-            raise AhaError("batch_size and epochs must be >= 1, micro_batch_size >= 0")
         self.train_pairs, self.eval_pairs = split_pairs(load_pairs(cfg.data), cfg.eval_size)
         # Under torchrun: each process scores its share of a step's pairs, the model sharded by FSDP2 (aha.dist).
         self.dist, self.device = dist.setup(cfg.device)
@@ -171,7 +164,7 @@ class RMTrainer:
         if model is None:
             model, tokenizer = load_backbone(cfg.model, self.device)
         self.model, self.tok = model, tokenizer
-        if cfg.gradient_checkpointing:
+        if cfg.optim.gradient_checkpointing:
             from aha.training.batch import enable_gradient_checkpointing
 
             enable_gradient_checkpointing(self.model)
@@ -180,9 +173,9 @@ class RMTrainer:
         self.run_dir = Path(cfg.out_dir)
         self.total_steps = cfg.epochs * math.ceil(len(self.train_pairs) / cfg.batch_size)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = adamw(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        warm = cfg.warmup_steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda i: (i + 1) / warm if warm and i < warm else 1.0)
+        o = cfg.optim
+        self.opt = adamw(self.trainable, fused=o.fused, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+        self.sched = lr_schedule(self.opt, self.total_steps, cfg.optim.warmup_steps, cfg.optim.schedule)
         self.step_no = 0
 
     def scores(self, pairs: list[Pair], which: str):
@@ -218,7 +211,7 @@ class RMTrainer:
                                                           self.cfg.seed)]
         pairs = dist.my_share(everyone)  # several processes: each scores its share, the loss is the mean over all
         self.opt.zero_grad(set_to_none=True)
-        mbs = self.cfg.micro_batch_size or max(len(pairs), 1)
+        mbs = self.cfg.optim.micro_batch_size
         c, r, loss = [], [], 0.0
         for part in self._parts(pairs, mbs):  # the mean over the step's pairs, a micro-batch's share at a time
             if part is None:  # as many passes as a real micro-batch: chosen, then rejected
@@ -233,7 +226,7 @@ class RMTrainer:
             loss += share.item()
             c += chosen.detach().tolist()
             r += rejected.detach().tolist()
-        gn = dist.clip_grad_norm(self.trainable, self.cfg.max_grad_norm or float("inf"))
+        gn = dist.clip_grad_norm(self.trainable, self.cfg.optim.max_grad_norm or float("inf"))
         if not torch.isfinite(gn):
             raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
         lr = self.sched.get_last_lr()[0]
@@ -285,11 +278,11 @@ class RMTrainer:
         if self.dist.on:  # the optimizer's shards go to their own folder (checkpoint.save_sharded)
             state = {"step": self.step_no, "scheduler": self.sched.state_dict(), "rng": ckpt.rng_state()}
             return ckpt.save_sharded(self.run_dir, self.step_no, self.model, self.tok, self.opt, state,
-                                     keep=self.cfg.keep_checkpoints)
+                                     keep=self.cfg.log.keep_checkpoints)
         state = {"step": self.step_no, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                  "rng": ckpt.rng_state()}
         return ckpt.save_checkpoint(self.run_dir, self.step_no, self.model, self.tok, state,
-                                    keep=self.cfg.keep_checkpoints)
+                                    keep=self.cfg.log.keep_checkpoints)
 
     def restore(self) -> bool:
         from aha.training import checkpoint as ckpt
@@ -316,8 +309,8 @@ class RMTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.main:
             save_config(cfg, self.run_dir / "config.yaml")
-        settings = LoopSettings(self.total_steps, cfg.resume, cfg.eval_every, cfg.checkpoint_every, cfg.progress,
-                                False, "aha rm", f"aha rm {self.run_dir}/config.yaml resume=true")
+        settings = LoopSettings(self.total_steps, cfg.resume, cfg.log.eval_every, cfg.log.checkpoint_every,
+                                cfg.log.progress, cfg.log.tensorboard, "aha rm", f"aha rm {self.run_dir}/config.yaml resume=true")
         return run_loop(self, settings, postfix=lambda m: {"loss": f"{m['loss']:.3f}", "acc": f"{m['accuracy']:.2f}"})
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
 import random
 import time
 from collections import defaultdict
@@ -49,7 +48,7 @@ from aha.training.batch import (
     sliding_window,
 )
 from aha.training.config import TrainConfig
-from aha.training.loop import HeldInterrupt, LoopSettings, PromptSampler, run_loop
+from aha.training.loop import HeldInterrupt, LoopSettings, PromptSampler, lr_schedule, run_loop
 from aha.training.metrics import component_means, kind_metrics, reflection_count
 
 
@@ -69,21 +68,6 @@ class Rollouts:
     rewards: torch.Tensor  # (B*G,)
     parts: dict[str, list[float]]
     advantages: torch.Tensor  # (B*G,)
-
-
-def lr_lambda(cfg: TrainConfig):
-    total = max(1, cfg.steps * cfg.grpo.mu)
-    warm = cfg.optim.warmup_steps
-
-    def f(i: int) -> float:
-        if warm and i < warm:
-            return (i + 1) / warm
-        if cfg.optim.schedule == "cosine":
-            progress = (i - warm) / max(1, total - warm)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return f
 
 
 class GRPOTrainer:
@@ -156,7 +140,7 @@ class GRPOTrainer:
         o = cfg.optim
         self.opt = adamw(self.trainable, fused=o.fused, lr=o.lr, betas=(o.beta1, o.beta2),
                          weight_decay=o.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        self.sched = lr_schedule(self.opt, cfg.steps * cfg.grpo.mu, o.warmup_steps, o.schedule)
         self.step_no = 0
         if self.dist.on:  # after every random initialisation (LoRA's): each process samples its own random numbers
             torch.manual_seed(cfg.seed + self.dist.rank)

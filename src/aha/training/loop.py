@@ -19,6 +19,7 @@ collective, and the processes are cut at different points): the run resumes from
 
 from __future__ import annotations
 
+import math
 import random
 import signal
 import sys
@@ -153,6 +154,26 @@ def check_finite(weights: list[torch.Tensor], step: int) -> None:
     if not ok:
         raise FloatingPointError(f"step {step}: weights are not finite after the optimizer update "
                                  "(is the learning rate too high?)")
+
+
+def lr_factor(i: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimizer step i of `total`: linear warm-up over `warmup`
+    steps, then constant or cosine to 0."""
+    if warmup and i < warmup:
+        return (i + 1) / warmup
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (i - warmup) / max(1, total - warmup))))
+    return 1.0
+
+
+def lr_schedule(opt: torch.optim.Optimizer, total: int, warmup: int, schedule: str) -> torch.optim.lr_scheduler.LambdaLR:
+    """The one learning-rate schedule of every trainer (GRPO, SFT, reward model): `lr_factor` per step."""
+    total = max(1, total)
+
+    def factor(i: int) -> float:
+        return lr_factor(i, total, warmup, schedule)
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def timed(fn: Callable[[], dict], key: str) -> dict:

@@ -43,7 +43,7 @@ from aha.training.batch import (
     logprob_chunk,
 )
 from aha.training.config import SFTConfig
-from aha.training.loop import HeldInterrupt, LoopSettings, PromptSampler, run_loop
+from aha.training.loop import HeldInterrupt, LoopSettings, PromptSampler, lr_schedule, run_loop
 
 IGNORE = -100
 """Target id of positions that are not trained on (prompt tokens, padding, the last token of a sample)."""
@@ -159,15 +159,6 @@ def loss_sum(model, batch: PackedBatch, embed: InputEmbeddings | None = None, ch
     return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE, reduction="sum")
 
 
-def lr_factor(i: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate at optimizer step i: linear warm-up, then constant or cosine."""
-    if warmup and i < warmup:
-        return (i + 1) / warmup
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (i - warmup) / max(1, total - warmup))))
-    return 1.0
-
-
 class SFTTrainer:
     """Trains `model` on tokenised samples; `run()` writes the run folder and returns it."""
 
@@ -200,8 +191,7 @@ class SFTTrainer:
         self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
         self.opt = adamw(self.trainable, fused=o.fused, lr=o.lr, betas=(o.beta1, o.beta2),
                          weight_decay=o.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda i: lr_factor(i, self.steps, o.warmup_steps, o.schedule))
+        self.sched = lr_schedule(self.opt, self.steps, o.warmup_steps, o.schedule)
         self.step_no = 0
 
     def _micro_batches(self, samples: list[TokenSample]) -> list[PackedBatch]:
