@@ -82,3 +82,22 @@ def test_a_bad_user_reward_is_a_one_line_error_before_scoring(user_module, targe
 def test_a_user_reward_may_not_shadow_a_built_in(user_module):
     with pytest.raises(AhaError, match="rewards.custom.format: 'format' is a built-in reward"):
         RewardSet(RewardsConfig(weights={"format": 1.0}, custom={"format": "my_rewards:broken"}))
+
+
+def parity_check(completion, example, code_isolation="auto"):
+    return float(completion.text.strip().endswith(example.answer))
+
+
+def test_a_task_verifier_registered_from_outside_decides_accuracy(monkeypatch):
+    """A new task is one entry in VERIFIERS: accuracy, partial credit (the verdict when it has no graded
+    score), the time limit and the unknown-task message all follow it."""
+    from aha.rewards import verifiers
+
+    monkeypatch.setitem(verifiers.VERIFIERS, "parity", verifiers.Verifier(parity_check, heavy=False))
+    examples = [Example("is 7 odd?", "odd", task="parity")] * 2
+    with RewardSet(RewardsConfig(weights={"accuracy": 1.0, "partial_credit": 0.0})) as rs:
+        rs.prepare(examples)
+        _, parts = rs.score([Completion("odd"), Completion("even")], examples)
+    assert parts["accuracy"] == [1.0, 0.0] and parts["partial_credit"] == [1.0, 0.0]
+    with pytest.raises(AhaError, match=r"unknown task 'parit' \(one of math, .*parity\).*parity"):
+        RewardSet(RewardsConfig(weights={"accuracy": 1.0})).prepare([Example("q", "a", task="parit")])

@@ -1,15 +1,13 @@
 """The reward registry: a plain dict from reward name to a builder `RewardsConfig -> RewardSpec`.
 
 Reward functions are module-level (or partials of module-level functions) so they pickle by reference
-into worker processes. `accuracy` dispatches on `Example.task`:
-`math` → math-verify, `number` → exact final number, `countdown` → our expression checker,
-`rg:<name>` → the reasoning-gym dataset's scorer (refused ones raise), `code` → aha.rewards.code.
+into worker processes. `accuracy` asks the verifier of the example's task (`aha.rewards.verifiers.VERIFIERS`:
+math, number, countdown, code, rg:<dataset>).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import re
 from collections.abc import Callable
@@ -18,52 +16,24 @@ from functools import partial
 from aha import plugins
 from aha.data.example import Example
 from aha.errors import AhaError, closest
-from aha.rewards import countdown as _countdown
 from aha.rewards import format as _format
 from aha.rewards import language as _language
 from aha.rewards import length as _length
-from aha.rewards import number as _number
 from aha.rewards.base import RewardSpec
 from aha.rewards.config import BudgetSchedule, RewardsConfig
 from aha.rewards.extract import extract_answer
 from aha.rewards.rm import build_reward_model_spec
+from aha.rewards.verifiers import code_check, verifier
+from aha.rewards.verifiers import code_partial as code_partial_check
 from aha.rollout.base import Completion
 
-log = logging.getLogger("aha.rewards")
 
-TASKS = ("math", "number", "countdown", "code", "rg:<dataset>")
-
-
-def _code_fn(name: str = "code_accuracy", isolation: str = "auto"):
-    try:
-        from aha.rewards import code as _code
-
-        return partial(getattr(_code, name), isolation=isolation)
-    except (ImportError, AttributeError) as e:
-        raise AhaError(f"code tasks need aha.rewards.code.{name}, which cannot be imported ({e})") from e
-
-
-# -- accuracy ------------------------------------------------------------------------------------
 def prepare_task(task: str, code_isolation: str = "auto") -> None:
-    """Import and build what `task` needs (outside any time limit); AhaError for an unknown or refused
-    task, or for code where the sandbox cannot give `code_isolation` (auto without bubblewrap)."""
-    if task == "math":
-        from aha.rewards import math as _math
-
-        _math.warmup()
-    elif task in ("number", "countdown"):
-        return
-    elif task.startswith("rg:"):
-        from aha.rewards import reasoning_gym as _rg
-
-        _rg.prepare(task[3:])
-    elif task == "code":
-        _code_fn()
-        from aha.sandbox import isolation
-
-        log.info("code sandbox: isolation=%s runs as %s", code_isolation, isolation(code_isolation))
-    else:
-        raise AhaError(f"unknown task '{task}' (one of {', '.join(TASKS)}){closest(task, TASKS[:4])}")
+    """Import and build what `task`'s verifier needs (outside any time limit); AhaError for an unknown or
+    refused task, or for code where the sandbox cannot give `code_isolation` (auto without bubblewrap)."""
+    v = verifier(task)
+    if v.prepare is not None:
+        v.prepare(task, code_isolation)
 
 
 @functools.cache
@@ -77,38 +47,16 @@ def task_of(example: Example) -> str:
 
 
 def accuracy(completion: Completion, example: Example, step: int = 0, code_isolation: str = "auto") -> float:
-    """1.0 when the completion's answer is correct for `example.task`, else 0.0: a binary verdict for every
-    task (reasoning-gym: full marks from the dataset's scorer; its partial credit is `partial_credit`).
-    GoldError when the gold side is unusable."""
-    task, text = example.task, completion.text
-    if task == "math":
-        from aha.rewards.math import math_accuracy
-
-        return math_accuracy(text, example.answer)
-    if task == "number":
-        return _number.number_accuracy(text, example.answer)
-    if task == "countdown":
-        meta = example.metadata or {}
-        return _countdown.countdown_accuracy(text, meta.get("numbers"), meta.get("target"))
-    if task.startswith("rg:"):
-        from aha.rewards.reasoning_gym import rg_accuracy
-
-        return rg_accuracy(text, task[3:], example.metadata or {})
-    if task == "code":
-        return float(_code_fn(isolation=code_isolation)(completion, example))
-    raise AhaError(f"unknown task '{task}'{closest(task, TASKS[:4])}")
+    """1.0 when the completion's answer is correct for `example.task` (its verifier, aha.rewards.verifiers),
+    else 0.0: a binary verdict for every task. GoldError when the gold side is unusable."""
+    return verifier(example.task).accuracy(completion, example, code_isolation)
 
 
 def partial_credit(completion: Completion, example: Example, step: int = 0, code_isolation: str = "auto") -> float:
-    """Shaping, never a verdict: the task's graded score in [0, 1] where it has one (reasoning-gym's
+    """Shaping, never a verdict: the task's graded score in [0, 1] where its verifier has one (reasoning-gym's
     partial credit, the fraction of code tests passed), else the binary `accuracy`."""
-    if example.task.startswith("rg:"):
-        from aha.rewards.reasoning_gym import rg_score
-
-        return rg_score(completion.text, example.task[3:], example.metadata or {})
-    if example.task == "code":
-        return float(_code_fn("code_partial", code_isolation)(completion, example))
-    return accuracy(completion, example, step, code_isolation)
+    v = verifier(example.task)
+    return (v.partial or v.accuracy)(completion, example, code_isolation)
 
 
 _TRAILING_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -130,11 +78,11 @@ def accuracy_lenient(completion: Completion, example: Example, step: int = 0, co
 
 def is_heavy_task(example: Example) -> bool:
     """Verifiers that can be slow on adversarial text; number and countdown checks are linear-time."""
-    return example.task not in ("number", "countdown")
+    return verifier(example.task).heavy
 
 
 def accuracy_timeout(example: Example, default: float, code_timeout_s: float = 30.0) -> float:
-    return code_timeout_s if example.task == "code" else default
+    return code_timeout_s if verifier(example.task).long_timeout else default
 
 
 def _build_accuracy(cfg: RewardsConfig, fn: Callable = accuracy, name: str = "accuracy") -> RewardSpec:
@@ -146,12 +94,12 @@ def _build_accuracy(cfg: RewardsConfig, fn: Callable = accuracy, name: str = "ac
 
 def code(completion: Completion, example: Example, step: int = 0, code_isolation: str = "auto") -> float:
     """aha.rewards.code's verdict for any example (the `code` reward name, for explicit use)."""
-    return float(_code_fn(isolation=code_isolation)(completion, example))
+    return code_check(completion, example, code_isolation)
 
 
 def code_partial(completion: Completion, example: Example, step: int = 0, code_isolation: str = "auto") -> float:
     """aha.rewards.code's fraction of tests passed (partial credit for code tasks)."""
-    return float(_code_fn("code_partial", code_isolation)(completion, example))
+    return code_partial_check(completion, example, code_isolation)
 
 
 def _code_key(example: Example) -> str:

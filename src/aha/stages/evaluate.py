@@ -26,6 +26,7 @@ from aha.data.tasks import TaskConfig, is_file_task, load_task
 from aha.data.templates import render_prompt, with_prefill
 from aha.errors import AhaError
 from aha.io import atomic_write_jsonl, atomic_write_text
+from aha.rewards.verifiers import verifier
 from aha.rollout.base import Completion, SamplingConfig
 from aha.runs import resolve_run
 
@@ -126,8 +127,9 @@ def _norm(s: str) -> str:
 
 
 def make_equivalence(example: Example, reward_set):
-    """a ~ b when the accuracy verifier, given a as the gold, accepts b (math, number); else normalised text."""
-    if example.task not in ("math", "number"):
+    """a ~ b when the task's verifier compares answers (math, number) and, given a as the gold, accepts b;
+    else equal normalised texts."""
+    if not verifier(example.task).compares_answers:
         return lambda a, b: _norm(a) == _norm(b)
 
     def eq(a: str, b: str) -> bool:
