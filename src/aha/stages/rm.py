@@ -23,7 +23,7 @@ from aha.io import read_jsonl
 from aha.models import resolve_dtype
 from aha.runtime import adamw
 from aha.training.config import OptimConfig, SFTLogConfig
-from aha.training.loop import lr_schedule
+from aha.training.loop import Checkpointed, lr_schedule
 
 
 @dataclass
@@ -150,7 +150,7 @@ def load_backbone(model: str, device: str):
     return rm.to(device), tok
 
 
-class RMTrainer:
+class RMTrainer(Checkpointed):
     def __init__(self, cfg: RMConfig, model=None, tokenizer=None):
         import torch
 
@@ -272,34 +272,8 @@ class RMTrainer:
         shares = dist.all_gather((c, r))
         return dist.interleave([s[0] for s in shares]), dist.interleave([s[1] for s in shares])
 
-    def save(self) -> Path:
-        from aha.training import checkpoint as ckpt
-
-        if self.dist.on:  # the optimizer's shards go to their own folder (checkpoint.save_sharded)
-            state = {"step": self.step_no, "scheduler": self.sched.state_dict(), "rng": ckpt.rng_state()}
-            return ckpt.save_sharded(self.run_dir, self.step_no, self.model, self.tok, self.opt, state,
-                                     keep=self.cfg.log.keep_checkpoints)
-        state = {"step": self.step_no, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                 "rng": ckpt.rng_state()}
-        return ckpt.save_checkpoint(self.run_dir, self.step_no, self.model, self.tok, state,
-                                    keep=self.cfg.log.keep_checkpoints)
-
-    def restore(self) -> bool:
-        from aha.training import checkpoint as ckpt
-
-        state = ckpt.restore(self.run_dir, self.model, self.opt)
-        if state is None:
-            return False
-        self.sched.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        self.step_no = state["step"]
-        return True
-
-    def data_state(self) -> dict:
-        return {}  # the pairs of a step are a function of (seed, step): nothing to rewind
-
-    def load_data_state(self, state: dict) -> None:
-        pass
+    def saved_model(self):
+        return self.model
 
     def run(self) -> Path:
         from aha.config import save_config

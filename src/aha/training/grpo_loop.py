@@ -48,7 +48,7 @@ from aha.training.batch import (
     sliding_window,
 )
 from aha.training.config import TrainConfig
-from aha.training.loop import HeldInterrupt, LoopSettings, PromptSampler, lr_schedule, run_loop
+from aha.training.loop import Checkpointed, HeldInterrupt, LoopSettings, PromptSampler, lr_schedule, run_loop
 from aha.training.metrics import component_means, kind_metrics, reflection_count
 
 
@@ -70,7 +70,7 @@ class Rollouts:
     advantages: torch.Tensor  # (B*G,)
 
 
-class GRPOTrainer:
+class GRPOTrainer(Checkpointed):
     def __init__(self, cfg: TrainConfig, model=None, tokenizer=None, engine=None):
         self.cfg = cfg
         # Under torchrun: this process's place among the others and its device (dist.py); else one process.
@@ -481,29 +481,9 @@ class GRPOTrainer:
                 for i, (e, c) in enumerate(zip(ro.examples, ro.completions))]
         atomic_write_jsonl(self.run_dir / "rollouts" / f"step_{step:06d}.jsonl", rows)
 
-    def state(self) -> dict:
-        return {"step": self.step_no, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "rng": ckpt.rng_state(), "sampler": self.sampler.state()}
-
-    def save(self) -> Path:
-        if self.dist.on:  # the optimizer's shards go to their own folder (checkpoint.save_sharded)
-            state = {k: v for k, v in self.state().items() if k != "optimizer"}
-            return ckpt.save_sharded(self.run_dir, self.step_no, self.policy, self.tok, self.opt, state,
-                                     keep=self.cfg.log.keep_checkpoints)
-        return ckpt.save_checkpoint(self.run_dir, self.step_no, self.policy, self.tok, self.state(),
-                                    keep=self.cfg.log.keep_checkpoints)
-
-    def restore(self) -> bool:
-        state = ckpt.restore(self.run_dir, self.policy, self.opt)
-        if state is None:
-            return False
-        self.sched.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        self.sampler.load(state["sampler"])
-        self.step_no = state["step"]
+    def after_restore(self) -> None:
         self.sync_rollout_model()
         self.engine.sync_weights(self.rollout_model)
-        return True
 
     def evaluate(self) -> dict:
         """Held-out greedy accuracy and format rate (the R1-Zero accuracy curve); per kind when routed."""

@@ -57,6 +57,53 @@ class Steps(Protocol):
     def load_data_state(self, state: dict) -> None: ...
 
 
+class Checkpointed:
+    """The checkpoint half of every trainer: its state (step, optimizer, scheduler, RNG, where the data stands)
+    saved and restored the same way for GRPO, SFT and the reward model; one process or several (the
+    optimizer's shards in their own folder, `checkpoint.save_sharded`). A trainer sets `run_dir`, `step_no`,
+    `opt`, `sched`, `tok`, `dist`, `cfg.log.keep_checkpoints`, and names its trained model (`saved_model`)."""
+
+    def saved_model(self):
+        return self.policy
+
+    def data_state(self) -> dict:
+        return {}
+
+    def load_data_state(self, state: dict) -> None:
+        pass
+
+    def after_restore(self) -> None:
+        """What a trainer refreshes from restored weights (GRPO: its rollout copy)."""
+
+    def state(self) -> dict:
+        out = {"step": self.step_no, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+               "rng": ckpt.rng_state()}
+        data = self.data_state()
+        if data:
+            out["sampler"] = data
+        return out
+
+    def save(self) -> Path:
+        keep = self.cfg.log.keep_checkpoints
+        if self.dist.on:  # the optimizer's shards go to their own folder (checkpoint.save_sharded)
+            state = {k: v for k, v in self.state().items() if k != "optimizer"}
+            return ckpt.save_sharded(self.run_dir, self.step_no, self.saved_model(), self.tok, self.opt, state,
+                                     keep=keep)
+        return ckpt.save_checkpoint(self.run_dir, self.step_no, self.saved_model(), self.tok, self.state(), keep=keep)
+
+    def restore(self) -> bool:
+        state = ckpt.restore(self.run_dir, self.saved_model(), self.opt)
+        if state is None:
+            return False
+        self.sched.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        if "sampler" in state:
+            self.load_data_state(state["sampler"])
+        self.step_no = state["step"]
+        self.after_restore()
+        return True
+
+
 @dataclass
 class LoopSettings:
     steps: int

@@ -32,7 +32,6 @@ from aha.config import save_config
 from aha.errors import AhaError
 from aha.models import resolve_dtype
 from aha.runtime import adamw, tune_malloc
-from aha.training import checkpoint as ckpt
 from aha.training import lora
 from aha.training.batch import (
     InputEmbeddings,
@@ -43,7 +42,7 @@ from aha.training.batch import (
     logprob_chunk,
 )
 from aha.training.config import SFTConfig
-from aha.training.loop import HeldInterrupt, LoopSettings, PromptSampler, lr_schedule, run_loop
+from aha.training.loop import Checkpointed, HeldInterrupt, LoopSettings, PromptSampler, lr_schedule, run_loop
 
 IGNORE = -100
 """Target id of positions that are not trained on (prompt tokens, padding, the last token of a sample)."""
@@ -159,7 +158,7 @@ def loss_sum(model, batch: PackedBatch, embed: InputEmbeddings | None = None, ch
     return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE, reduction="sum")
 
 
-class SFTTrainer:
+class SFTTrainer(Checkpointed):
     """Trains `model` on tokenised samples; `run()` writes the run folder and returns it."""
 
     def __init__(self, cfg: SFTConfig, train: list[TokenSample], held_out: list[TokenSample], model, tokenizer):
@@ -286,28 +285,6 @@ class SFTTrainer:
         return collate_packed(one, [[0]], self.pad_id).to(self.device)
 
     # ----------------------------------------------------------------------------------------- state
-    def state(self) -> dict:
-        return {"step": self.step_no, "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "rng": ckpt.rng_state(), "sampler": self.sampler.state()}
-
-    def save(self) -> Path:
-        if self.dist.on:  # the optimizer's shards go to their own folder (checkpoint.save_sharded)
-            state = {k: v for k, v in self.state().items() if k != "optimizer"}
-            return ckpt.save_sharded(self.run_dir, self.step_no, self.policy, self.tok, self.opt, state,
-                                     keep=self.cfg.log.keep_checkpoints)
-        return ckpt.save_checkpoint(self.run_dir, self.step_no, self.policy, self.tok, self.state(),
-                                    keep=self.cfg.log.keep_checkpoints)
-
-    def restore(self) -> bool:
-        state = ckpt.restore(self.run_dir, self.policy, self.opt)
-        if state is None:
-            return False
-        self.sched.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        self.sampler.load(state["sampler"])
-        self.step_no = state["step"]
-        return True
-
     def data_state(self) -> dict:
         return self.sampler.state()
 
