@@ -70,6 +70,17 @@ class Rollouts:
     advantages: torch.Tensor  # (B*G,)
 
 
+@dataclass
+class StepPlan:
+    """How a step's rollouts go through the model: micro-batches and the loss normalisers."""
+
+    batches: list  # (micro-batch number, index tensor into the step's sequences, batch on the device)
+    passes: list  # `batches`, plus dummy passes up to the most any process has (FSDP's collectives pair up)
+    prefix_ids: list[int]  # the prompt tokens every group begins with, run once per pass ([]: off)
+    num_sequences: float  # over every process
+    num_tokens: float  # completion tokens that count, over every process
+
+
 class GRPOTrainer(Checkpointed):
     def __init__(self, cfg: TrainConfig, model=None, tokenizer=None, engine=None):
         self.cfg = cfg
@@ -297,18 +308,44 @@ class GRPOTrainer(Checkpointed):
 
     def step(self) -> dict:
         """One GRPO step: rollouts -> rewards -> advantages -> mu x (micro-batched loss, AdamW update)."""
-        cfg, g = self.cfg, self.cfg.grpo
         t0 = time.perf_counter()
-        ro, info = self.collect()
+        ro, info = self.collect()  # rollouts, their rewards and group-normalised advantages
         t_gen = time.perf_counter() - t0  # includes scoring; scoring time is measured below
+        plan = self.plan(ro)
+        informative = self._any(bool((ro.advantages != 0).any()))
+        t_lp = time.perf_counter()
+        old, ref = self.fixed_logprobs(plan, informative)
+        stats = defaultdict(float, {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0})
+        stats["time/logprob_s"] = time.perf_counter() - t_lp  # old-policy and reference passes (no gradient)
+        # Tokens the training forward passes see: real (prompt + completion) and with padding.
+        stats["train_tokens"] = float(sum(b.tokens for _, _, b in plan.batches) + len(plan.prefix_ids))
+        stats["train_tokens_padded"] = float(sum(b.padded_tokens for _, _, b in plan.batches) + len(plan.prefix_ids))
+        t1 = time.perf_counter()
+        # All groups flat and no KL term: the gradient is exactly zero, so skip the forward/backward passes
+        # (common in early R1-Zero steps) but still take the optimizer step, as the full computation would.
+        skip = not informative and not self.uses_ref
+        stats["skipped_backward"] = float(skip)
+        with HeldInterrupt() as held:  # from the first update on, Ctrl-C waits for the step's end
+            for _ in range(self.cfg.grpo.mu):
+                self.update(ro, plan, old, ref, skip, stats, held)
+            self.sync_rollout_model()
+            self.engine.sync_weights(self.rollout_model)
+            t_train = time.perf_counter() - t1
+            self.step_no += 1
+        if self.dist.on:
+            ro, stats = self._gathered(ro), self._summed(stats)
+        return self._step_metrics(ro, info, stats, t_gen, t_train)
+
+    def plan(self, ro: Rollouts) -> StepPlan:
+        """The step's micro-batches on the device (packed groups when share_prompt), the prompt prefix every
+        group shares (run once per pass when share_prefix), and the whole step's loss normalisers."""
+        cfg, g = self.cfg, self.cfg.grpo
         n = dist.all_reduce_sum([len(ro.completions)])[0] if self.dist.on else len(ro.completions)  # sequences
         mask_keep = [0.0 if (g.mask_truncated and not c.finished) else 1.0 for c in ro.completions]
         groups = self.micro_batches(ro.completions)
-        # Prompt tokens every group begins with (system prompt, worked example) run once per pass.
         k = (shared_prefix_len([c.prompt_ids for c in ro.completions]) if cfg.optim.share_prompt
              and cfg.optim.share_prefix and len(groups) > 1 and not sliding_window(self.policy)
              and not cfg.optim.gradient_checkpointing and not self.dist.on else 0)
-        prefix_ids = list(ro.completions[0].prompt_ids[:k])
         batches = []  # (micro-batch number, index tensor into the step's sequences, batch)
         for i, idx in enumerate(groups):
             rows = [ro.completions[j] for j in idx]
@@ -320,84 +357,74 @@ class GRPOTrainer(Checkpointed):
         if self.dist.on:  # whole-step normalisers: the update equals one process's on the same rollouts
             num_tokens = dist.all_reduce_sum([num_tokens])[0]
         passes = self._padded(batches)  # as many passes in every process (FSDP's collectives pair up)
-        informative = self._any(bool((ro.advantages != 0).any()))
+        return StepPlan(batches, passes, list(ro.completions[0].prompt_ids[:k]), n, num_tokens)
+
+    @torch.no_grad()
+    def fixed_logprobs(self, plan: StepPlan, informative: bool) -> tuple[dict, dict]:
+        """Per micro-batch, the log-probs the update holds fixed: the old policy's (only when mu > 1: with mu=1
+        the ratio is 1) and the KL reference's."""
         old, ref = {}, {}
-        t_lp = time.perf_counter()
-        with torch.no_grad():
-            if g.mu > 1 and (informative or self.uses_ref):
-                old_prefix = self.shared_prefix(self.policy, prefix_ids)  # with mu=1 the ratio is 1: no pass
-                for i, _, b in passes:
-                    lp = self.forward_logprobs(self.policy, b, prefix=old_prefix)[0]
+        if self.cfg.grpo.mu > 1 and (informative or self.uses_ref):
+            old_prefix = self.shared_prefix(self.policy, plan.prefix_ids)
+            for i, _, b in plan.passes:
+                lp = self.forward_logprobs(self.policy, b, prefix=old_prefix)[0]
+                if i is not None:
+                    old[i] = lp
+        if self.uses_ref:
+            with self.reference() as ref_model:
+                ref_prefix = self.shared_prefix(ref_model, plan.prefix_ids)
+                # sharded (the frozen copy, or with LoRA the policy): as many passes in every process
+                for i, _, b in plan.passes:
+                    lp = self.forward_logprobs(ref_model, b, prefix=ref_prefix)[0]
                     if i is not None:
-                        old[i] = lp
-            if self.uses_ref:
-                with self.reference() as ref_model:
-                    ref_prefix = self.shared_prefix(ref_model, prefix_ids)
-                    # sharded (the frozen copy, or with LoRA the policy): as many passes in every process
-                    for i, _, b in passes:
-                        lp = self.forward_logprobs(ref_model, b, prefix=ref_prefix)[0]
-                        if i is not None:
-                            ref[i] = lp
-        stats = defaultdict(float, {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0})
-        stats["time/logprob_s"] = time.perf_counter() - t_lp  # old-policy and reference passes (no gradient)
-        # Tokens the training forward passes see: real (prompt + completion) and with padding.
-        stats["train_tokens"] = float(sum(b.tokens for _, _, b in batches) + len(prefix_ids))
-        stats["train_tokens_padded"] = float(sum(b.padded_tokens for _, _, b in batches) + len(prefix_ids))
-        t1 = time.perf_counter()
-        # All groups flat and no KL term: the gradient is exactly zero, so skip the forward/backward passes
-        # (common in early R1-Zero steps) but still take the optimizer step, as the full computation would.
-        skip = not informative and not self.uses_ref
-        stats["skipped_backward"] = float(skip)
-        with HeldInterrupt() as held:  # from the first update on, Ctrl-C waits for the step's end
-            for _ in range(g.mu):
-                self.opt.zero_grad(set_to_none=True)
-                if skip:
-                    for p in self.trainable:
-                        p.grad = torch.zeros_like(p)
-                # With LoRA the embeddings are frozen: no embedding gradient to send at all.
-                embed = (InputEmbeddings(self.policy) if cfg.optim.embedding_grad_once and not skip and not self.lora
-                         and not self.dist.on else None)
-                prefix = self.shared_prefix(self.policy, prefix_ids, embed) if not skip else None
-                for i, idx, b in (passes if not skip else []):
-                    if i is None:  # a process with fewer micro-batches than another: a pass that adds nothing
-                        (self.forward_logprobs(self.policy, b)[0].sum() * 0.0).backward()
-                        continue
-                    adv = ro.advantages[idx].to(self.device)
-                    logp, ent = self.forward_logprobs(self.policy, b, with_entropy=True, prefix=prefix, embed=embed)
-                    terms = grpo_loss(logp, old.get(i), adv, b.completion_mask, ref.get(i), g.kl_coef, g.eps_low,
-                                      g.eps_high, g.loss_agg, num_sequences=n, num_tokens=num_tokens,
-                                      max_tokens=cfg.rollout.max_new_tokens, tis_cap=g.tis_cap,
-                                      sampler_logprobs=sampler_logprobs(ro.completions, idx, logp))
-                    if not torch.isfinite(terms.loss):
-                        raise FloatingPointError(f"step {self.step_no + 1}: loss is {terms.loss.item()}")
-                    terms.loss.backward()
-                    w = b.completion_mask.sum().item() / max(num_tokens, 1.0)
-                    stats["loss"] += terms.loss.item() / g.mu
-                    stats["kl"] += terms.kl * w / g.mu
-                    stats["clip_low"] += terms.clip_low * w / g.mu
-                    stats["clip_high"] += terms.clip_high * w / g.mu
-                    stats["tis_mean"] += terms.tis_mean * w / g.mu
-                    stats["tis_capped"] += terms.tis_capped * w / g.mu
-                    stats["entropy"] += float((ent * b.completion_mask).sum() / max(num_tokens, 1.0)) / g.mu
-                if prefix is not None:
-                    prefix.backward()  # the prefix's share of the gradient, gathered over all micro-batches
-                if embed is not None:
-                    embed.backward()  # the embedding layer's share, after the prefix's (it has embeddings too)
-                gn = dist.clip_grad_norm(self.trainable, cfg.optim.max_grad_norm or float("inf"))
-                if not torch.isfinite(gn):
-                    raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
-                stats["grad_norm"] += float(gn) / g.mu
-                stats["lr"] = self.sched.get_last_lr()[0]
-                held.hold()
-                self.opt.step()
-                self.sched.step()
-            self.sync_rollout_model()
-            self.engine.sync_weights(self.rollout_model)
-            t_train = time.perf_counter() - t1
-            self.step_no += 1
-        if self.dist.on:
-            ro, stats = self._gathered(ro), self._summed(stats)
-        return self._step_metrics(ro, info, stats, t_gen, t_train)
+                        ref[i] = lp
+        return old, ref
+
+    def update(self, ro: Rollouts, plan: StepPlan, old: dict, ref: dict, skip: bool, stats: dict, held) -> None:
+        """One of the step's mu updates: the loss micro-batch by micro-batch, gradients accumulated, clipped,
+        AdamW. `stats` gathers the update's share of the step's metrics."""
+        cfg, g = self.cfg, self.cfg.grpo
+        self.opt.zero_grad(set_to_none=True)
+        if skip:
+            for p in self.trainable:
+                p.grad = torch.zeros_like(p)
+        # With LoRA the embeddings are frozen: no embedding gradient to send at all.
+        embed = (InputEmbeddings(self.policy) if cfg.optim.embedding_grad_once and not skip and not self.lora
+                 and not self.dist.on else None)
+        prefix = self.shared_prefix(self.policy, plan.prefix_ids, embed) if not skip else None
+        for i, idx, b in (plan.passes if not skip else []):
+            if i is None:  # a process with fewer micro-batches than another: a pass that adds nothing
+                (self.forward_logprobs(self.policy, b)[0].sum() * 0.0).backward()
+                continue
+            adv = ro.advantages[idx].to(self.device)
+            logp, ent = self.forward_logprobs(self.policy, b, with_entropy=True, prefix=prefix, embed=embed)
+            terms = grpo_loss(logp, old.get(i), adv, b.completion_mask, ref.get(i), g.kl_coef, g.eps_low,
+                              g.eps_high, g.loss_agg, num_sequences=plan.num_sequences, num_tokens=plan.num_tokens,
+                              max_tokens=cfg.rollout.max_new_tokens, tis_cap=g.tis_cap,
+                              sampler_logprobs=sampler_logprobs(ro.completions, idx, logp))
+            if not torch.isfinite(terms.loss):
+                raise FloatingPointError(f"step {self.step_no + 1}: loss is {terms.loss.item()}")
+            terms.loss.backward()
+            w = b.completion_mask.sum().item() / max(plan.num_tokens, 1.0)
+            stats["loss"] += terms.loss.item() / g.mu
+            stats["kl"] += terms.kl * w / g.mu
+            stats["clip_low"] += terms.clip_low * w / g.mu
+            stats["clip_high"] += terms.clip_high * w / g.mu
+            stats["tis_mean"] += terms.tis_mean * w / g.mu
+            stats["tis_capped"] += terms.tis_capped * w / g.mu
+            stats["entropy"] += float((ent * b.completion_mask).sum() / max(plan.num_tokens, 1.0)) / g.mu
+        if prefix is not None:
+            prefix.backward()  # the prefix's share of the gradient, gathered over all micro-batches
+        if embed is not None:
+            embed.backward()  # the embedding layer's share, after the prefix's (it has embeddings too)
+        gn = dist.clip_grad_norm(self.trainable, cfg.optim.max_grad_norm or float("inf"))
+        if not torch.isfinite(gn):
+            raise FloatingPointError(f"step {self.step_no + 1}: gradient norm is {gn.item()}")
+        stats["grad_norm"] += float(gn) / g.mu
+        stats["lr"] = self.sched.get_last_lr()[0]
+        held.hold()
+        self.opt.step()
+        self.sched.step()
 
     # ----------------------------------------------------------------------------------------- processes
     def _any(self, flag: bool) -> bool:
