@@ -320,7 +320,7 @@ def test_bf16_decoding_gives_transformers_logits(tiny_model_dir, pack, monkeypat
 
 def test_a_prompt_admitted_into_a_finished_row_decodes_as_if_alone(tiny_model_dir):
     """Continuous batching in the lean decoder: after two steps, row 1's slot takes a new prompt (prefilled on
-    its own, same width) while rows 0 and 2 decode on and row 2 is held for a step; every row's logits are
+    its own, narrower than the decoder's prompt columns) while rows 0 and 2 decode on and row 2 is held for a step; every row's logits are
     transformers' for its own sequence."""
     from transformers.cache_utils import DynamicCache
 
@@ -352,7 +352,7 @@ def test_a_prompt_admitted_into_a_finished_row_decodes_as_if_alone(tiny_model_di
     for step in range(6):
         if step == 2:  # row 1 finished: a new prompt takes its slot
             new = [3, 3, 12, 6]
-            c, m, p, _ = prefill([new], 5)
+            c, m, p, _ = prefill([new], 4)  # prefilled at its own width: right-aligned at the decoder's 5
             dec.admit([1], c, m)
             seqs[1], fed[1] = new, []
             pos[1] = p[0]

@@ -103,7 +103,8 @@ class Decoder:
     pack = True
     """Prepack bf16 weights for oneDNN where it can (`_Packed`); False: plain transposed matrices."""
 
-    def __init__(self, model, prefill_cache, key_mask: torch.Tensor, max_new: int, shared: int = 0):
+    def __init__(self, model, prefill_cache, key_mask: torch.Tensor, max_new: int, shared: int = 0,
+                 width: int | None = None):
         cfg = model.config
         inner = model.model
         self.model = model
@@ -117,7 +118,9 @@ class Decoder:
         # ~0.15 s a generation for SmolLM2-135M.
         # In bf16 on a CPU whose oneDNN has bf16, the weights are prepacked instead (`_Packed`, 2-3x faster
         # decode matmuls on AMX).
-        B, W = key_mask.shape
+        B = key_mask.shape[0]
+        W = max(width or 0, key_mask.shape[1])  # prompt columns: the widest prompt that may join
+        self.prefix_len = shared
         dtype = model.lm_head.weight.dtype
         pack = self.pack and _can_pack(dtype, model.lm_head.weight.device)
         self.packed = pack
@@ -158,18 +161,22 @@ class Decoder:
             self.prefix = self.kv[:, :, 0, :, :shared].clone()
 
     def admit(self, slots: list[int], prefill_cache, key_mask: torch.Tensor) -> None:
-        """Rows `slots` start over with new prompts: the transformers cache of their prefill (len(slots) rows,
-        the same W columns as every prompt of this decoder: shared prefix, left padding, the rest) and its key
-        mask. Continuous batching: a finished row's slot takes the next prompt while the others decode on."""
-        if key_mask.shape != (len(slots), self.width):
-            raise ValueError(f"admit: key mask {tuple(key_mask.shape)}, want ({len(slots)}, {self.width})")
-        W = self.width
+        """Rows `slots` start over with new prompts: the transformers cache of their prefill (len(slots) rows
+        laid out as [shared prefix | left padding | rest], at most `width` columns) and its key mask. Each row's
+        prompt ends at column `width`: the prefix keeps its columns, the rest moves right, the gap between is
+        masked. Continuous batching: a finished row's slot takes the next prompt while the others decode on."""
+        m, w = key_mask.shape
+        W, S = self.width, self.prefix_len
+        if m != len(slots) or w > W or w < S:
+            raise ValueError(f"admit: key mask {tuple(key_mask.shape)} for {len(slots)} rows of {W} columns")
         idx = torch.tensor(slots, device=self.kv.device)
+        cols = torch.cat([torch.arange(S), torch.arange(W - (w - S), W)]).to(self.kv.device)
+        rows, at = idx[:, None], cols[None, :]
         for i, cl in enumerate(prefill_cache.layers[:len(self.layers)]):
-            self.kv[i, 0, idx, :, :W] = cl.keys
-            self.kv[i, 1, idx, :, :W] = cl.values
-        bias = torch.full((len(slots), self.bias.shape[1]), float("-inf"), dtype=self.bias.dtype, device=self.bias.device)
-        bias[:, :W].masked_fill_(key_mask.bool(), 0.0)
+            self.kv[i, 0][rows, :, at] = cl.keys.transpose(1, 2)  # indexed as (m, w, nkv, D)
+            self.kv[i, 1][rows, :, at] = cl.values.transpose(1, 2)
+        bias = torch.full((m, self.bias.shape[1]), float("-inf"), dtype=self.bias.dtype, device=self.bias.device)
+        bias[:, cols] = torch.where(key_mask.bool(), 0.0, float("-inf")).to(bias.dtype)
         self.bias[idx] = bias
         self.lengths[idx] = W
 

@@ -107,8 +107,8 @@ class _Lean:
 
     refills = True
 
-    def __init__(self, model, cache, key_mask: torch.Tensor, max_new: int, shared: int):
-        self.decoder = fast_decode.Decoder(model, cache, key_mask, max_new, shared=shared)
+    def __init__(self, model, cache, key_mask: torch.Tensor, max_new: int, shared: int, width: int):
+        self.decoder = fast_decode.Decoder(model, cache, key_mask, max_new, shared=shared, width=width)
 
     def step(self, ids: torch.Tensor, positions: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         return self.decoder.step(ids, positions, active=active)
@@ -229,8 +229,12 @@ class HFEngine:
         queue = list(order)
         first = queue[:max(1, self.max_batch // n) if lean else len(queue)]
         del queue[:len(first)]
-        cache, logits, mask, next_pos = self._prefill([prompts[i] for i in first], shared, width, prefix, n)
-        rows = (_Lean(model, cache, mask, max_new, shared) if lean else _Transformers(model, cache, mask, max_new))
+        # Each prefill pads its prompts to the longest of them only; the lean decoder keeps room for the widest
+        # prompt of the call and right-aligns every prompt's rest at that column.
+        cache, logits, mask, next_pos = self._prefill([prompts[i] for i in first], shared,
+                                                      max(len(prompts[i]) for i in first) - shared, prefix, n)
+        rows = (_Lean(model, cache, mask, max_new, shared, shared + width) if lean
+                else _Transformers(model, cache, mask, max_new))
         del cache, mask
 
         tokens: dict[int, list[int]] = {}
@@ -295,7 +299,8 @@ class HFEngine:
                     joining = queue[:len(free) // n]
                     del queue[:len(joining)]
                     slots = free[:len(joining) * n]
-                    cache, new_logits, mask, pos = self._prefill([prompts[i] for i in joining], shared, width, prefix, n)
+                    cache, new_logits, mask, pos = self._prefill([prompts[i] for i in joining], shared,
+                                                             max(len(prompts[i]) for i in joining) - shared, prefix, n)
                     rows.admit(slots, cache, mask)
                     del cache
                     new_rows, draws = place(joining)
