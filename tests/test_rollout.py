@@ -38,6 +38,31 @@ def test_sample_next_draws_each_row_from_its_own_distribution():
         assert (freq[probs[r] == 0] == 0).all()
 
 
+def test_nucleus_sampling_draws_from_the_sorted_nucleus():
+    """Top-p from the top candidates equals the textbook nucleus (sort the row, keep the tokens whose preceding
+    mass is below top_p, renormalise): for a peaked row (nucleus among the top 64), a flatter one (the top
+    1,024) and a flat one (the whole sorted row)."""
+    from aha.rollout.hf import nucleus_sample
+
+    g = torch.Generator().manual_seed(0)
+    V = 5000
+    logits = torch.stack([torch.randn(V, generator=g) * 6, torch.randn(V, generator=g) * 1.5,
+                          torch.randn(V, generator=g) * 0.01])
+    top_p = 0.9
+    draws = 20000
+    u = torch.rand(draws * 3, generator=g, dtype=torch.float64)
+    got = nucleus_sample(logits.repeat(draws, 1), top_p, u).view(draws, 3)
+    for r in range(3):
+        p_sorted, order = torch.sort(torch.softmax(logits[r].double(), -1), descending=True)
+        kept = (p_sorted.cumsum(0) - p_sorted) < top_p
+        want = torch.zeros(V, dtype=torch.float64)
+        want[order[kept]] = p_sorted[kept] / p_sorted[kept].sum()
+        freq = torch.bincount(got[:, r], minlength=V).double() / draws
+        assert (freq[want == 0] == 0).all(), r  # nothing outside the nucleus
+        assert (freq - want).abs().max() < 0.02, r
+    assert int(kept.sum()) > 1024  # the flat row really needed the whole row
+
+
 def test_inverse_cdf_in_blocks_equals_one_cumulative_sum():
     # The two-level draw (block sums, then one block) must pick the same index as a search in the whole
     # cumulative distribution, for vocabularies that are and are not a multiple of the block, with zeros.

@@ -27,6 +27,8 @@ def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch
     (n,) random numbers in [0, 1) to draw with (drawn here when not given)."""
     if sampling.temperature <= 0:
         return logits.argmax(-1)
+    if uniform is None:
+        uniform = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64, device=logits.device)
     logits = logits.float()
     if sampling.temperature != 1.0:
         logits = logits / sampling.temperature
@@ -34,14 +36,32 @@ def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if 0.0 < sampling.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        drop = cum - torch.softmax(sorted_logits, dim=-1) >= sampling.top_p  # keep the token that crosses top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    if uniform is None:
-        uniform = torch.rand(logits.shape[0], generator=generator, dtype=torch.float64, device=logits.device)
+        return nucleus_sample(logits, sampling.top_p, uniform)
     return inverse_cdf(torch.softmax(logits, dim=-1), uniform)
+
+
+def nucleus_sample(logits: torch.Tensor, top_p: float, uniform: torch.Tensor, candidates: int = 64) -> torch.Tensor:
+    """A draw from each row's nucleus: the most probable tokens whose mass reaches `top_p` (the token that
+    crosses it included), renormalised. Exact without sorting the vocabulary: the nucleus lies within the row's
+    top `candidates` whenever their mass reaches top_p (checked per row: the rows where it does not try 16x as
+    many, then the whole sorted row). A full sort of Qwen2.5's 152k logits for 64 rows took ~0.5 s a decode
+    step on the 2-core CPU; the top 64 and one pass for the normaliser take a few ms."""
+    n, V = logits.shape
+    out = torch.empty(n, dtype=torch.long, device=logits.device)
+    rows = torch.arange(n, device=logits.device)
+    k = min(candidates, V)
+    while len(rows):
+        x = logits[rows]
+        top, idx = torch.topk(x, k, dim=-1)  # sorted, most probable first
+        w = torch.exp(top - top[:, :1])  # unnormalised probabilities of the candidates
+        total = torch.exp(torch.logsumexp(x, dim=-1, keepdim=True) - top[:, :1])  # ... and of the whole row
+        before = w.cumsum(-1) - w  # mass of the more probable candidates
+        done = (before[:, -1:] + w[:, -1:] >= top_p * total).squeeze(-1) | (k == V)
+        keep = w.masked_fill(before >= top_p * total, 0.0)
+        pick = inverse_cdf(keep[done], uniform[rows[done]])
+        out[rows[done]] = idx[done].gather(1, pick[:, None]).squeeze(1)
+        rows, k = rows[~done], min(k * 16, V)
+    return out
 
 
 def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, block: int = 256) -> torch.Tensor:
@@ -54,6 +74,8 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, block: int = 256) ->
     Entries of probability 0 are never drawn."""
     n, V = probs.shape
     blk = min(block, V)
+    while blk > 32 and V % blk:  # a block that divides the vocabulary: no padded copy (Qwen2.5's 151,936: 128)
+        blk //= 2
     nb = -(-V // blk)
     if nb * blk != V:
         probs = torch.nn.functional.pad(probs, (0, nb * blk - V))
