@@ -105,7 +105,7 @@ def _eval(f, **kw):
 
 def _rm(f, **kw):
     return [f"model={kw.get('model', f['model'])}", f"data={kw.get('data', f['pairs'])}", "eval_size=0", "epochs=1",
-            "batch_size=2", "max_length=64", "progress=false", f"out_dir={kw.get('out', f['tmp'] / 'rm')}"]
+            "batch_size=2", "max_length=64", "log.progress=false", f"out_dir={kw.get('out', f['tmp'] / 'rm')}"]
 
 
 # ------------------------------------------------------------------------------------- numbers
@@ -120,7 +120,7 @@ def _rm(f, **kw):
     (["train", "optim.beta2=1"], ["optim.beta2: must be in [0, 1)"]),
     (["sft", "optim.lr=nan"], ["command line: optim.lr: expected a finite number, got 'nan'"]),
     (["sft", "optim.lr=-1e-5"], ["optim.lr: must be > 0"]),
-    (["rm", "lr=nan"], ["command line: lr: expected a finite number"]),
+    (["rm", "optim.lr=nan"], ["command line: optim.lr: expected a finite number"]),
     (["rm", "batch_size=0"], ["batch_size: must be >= 1, got 0"]),
     (["score", "timeout_s=nan"], ["timeout_s: expected a finite number"]),
     (["sample", "temperature=-1"], ["command line: temperature: must be >= 0, got -1.0"]),

@@ -82,8 +82,8 @@ def sft_args(files: Path, out: Path, *extra: str) -> list[str]:
 def rm_args(files: Path, out: Path) -> list[str]:
     # 8 training pairs in batches of 3 (3, 3, 2), one pair a pass: the processes' pass counts differ
     return ["rm", f"model={files / 'model'}", f"data={files / 'pairs.jsonl'}", f"out_dir={out}", "eval_size=4",
-            "epochs=1", "batch_size=3", "micro_batch_size=1", "lr=5e-3", "progress=false", "device=cpu",
-            "dtype=float32", "checkpoint_every=1", "keep_checkpoints=3"]
+            "epochs=1", "batch_size=3", "optim.micro_batch_size=1", "optim.lr=5e-3", "log.progress=false", "device=cpu",
+            "dtype=float32", "log.checkpoint_every=1", "log.keep_checkpoints=3"]
 
 
 def one_process(args: list[str], monkeypatch) -> None:

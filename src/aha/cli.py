@@ -19,7 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from aha import __version__
+from aha.config import describe, load_config
+from aha.data.tasks import list_tasks
 from aha.errors import AhaError, closest
+from aha.models import aha_home, list_models
+from aha.plot import PlotConfig, plot_run
+from aha.rewards.score_cli import ScoreConfig, run_score_config
+from aha.stages import STAGES, stage_entry
+from aha.stages.evaluate import evaluate
+from aha.stages.pipeline import PipelineConfig, load_pipeline, run_pipeline
+from aha.stages.rm import run
+from aha.training.grpo_loop import train
 
 USAGE = """usage: aha <command> [RECIPE.yaml] [key=value ...] [--debug]
 
@@ -51,50 +62,36 @@ class Command:
 
 
 def _train(cfg):
-    from aha.training.grpo_loop import train
-
     run_dir = train(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once
         print(f"run folder: {run_dir}  (plot it: aha plot {run_dir})")
 
 
 def _eval(cfg):
-    from aha.stages.evaluate import evaluate
-
     evaluate(cfg)
 
 
 def _score(cfg):
-    from aha.rewards.score_cli import run_score_config
-
     run_score_config(cfg)
 
 
 def _rm(cfg):
-    from aha.stages.rm import run
-
     run_dir = run(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once
         print(f"reward model run folder: {run_dir}  (use it as rewards.reward_models.NAME.model)")
 
 
 def _pipeline(pipeline):
-    from aha.stages.pipeline import run_pipeline
-
     root = run_pipeline(pipeline)
     print(f"pipeline folder: {root}  (manifest: {root}/manifest.json; plot it: aha plot {root})")
 
 
 def _plot(cfg):
-    from aha.plot import plot_run
-
     for path in plot_run(cfg.run, cfg.out):
         print(path)
 
 
 def _models(_cfg):
-    from aha.models import aha_home, list_models
-
     print(f"{'name':28} {'kind':13} {'installed':9} {'cached':6}  install")
     for r in list_models():
         print(f"{r['name']:28} {r['kind']:13} {str(r['installed']):9} {str(r['cached']):6}  {r['install']}")
@@ -102,8 +99,6 @@ def _models(_cfg):
 
 
 def _tasks(_cfg):
-    from aha.data.tasks import list_tasks
-
     for name, note in list_tasks():
         print(f"{name:32} {note}")
 
@@ -122,11 +117,6 @@ OWN_OUTPUT = {"train": _train, "rm": _rm, "eval": _eval}
 
 
 def _commands() -> dict[str, Command]:
-    from aha.plot import PlotConfig
-    from aha.rewards.score_cli import ScoreConfig
-    from aha.stages import STAGES, stage_entry
-    from aha.stages.pipeline import PipelineConfig
-
     cmds = {}
     for kind in STAGES:  # the pipeline's stage table: a stage registered there is a command too
         cls, fn, help_text = stage_entry(kind)
@@ -141,8 +131,6 @@ def _commands() -> dict[str, Command]:
 
 
 def _print_help(name: str, cmd: Command) -> None:
-    from aha.config import describe
-
     print(f"usage: aha {name} [RECIPE.yaml] [key=value ...]\n\n{cmd.help}\n")
     if cmd.config_cls is None:
         return
@@ -188,8 +176,6 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     if argv[0] == "--version":
-        from aha import __version__
-
         print(f"aha {__version__}")
         return 0
     try:
@@ -206,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
             raise AhaError(f"aha {name} runs in one process; under torchrun run {', '.join(DISTRIBUTED)}")
         cfg = None
         if cmd.config_cls is not None:
-            from aha.config import load_config
-
             if name == "plot" and recipe and not recipe.endswith((".yaml", ".yml")):
                 overrides.insert(0, f"run={recipe}")  # `aha plot RUN_DIR`
                 recipe = None
@@ -215,8 +199,6 @@ def main(argv: list[str] | None = None) -> int:
                 if (Path(recipe) / "config.yaml").exists():  # `aha train|sft RUN_DIR resume=true`
                     recipe = str(Path(recipe) / "config.yaml")
             if name == "pipeline":
-                from aha.stages.pipeline import load_pipeline
-
                 cfg = load_pipeline(recipe, overrides)  # every stage checked before the first runs
             else:
                 cfg = load_config(cmd.config_cls, recipe, overrides)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 
 from aha.errors import AhaError, closest
-from aha.io import read_text
+from aha.io import atomic_write_text, read_text
 
 # ---------------------------------------------------------------------------------------------
 # Number ranges, declared with a field's type and checked where a value enters (recipe or command line).
@@ -321,8 +321,6 @@ def to_dict(cfg) -> dict:
 
 def save_config(cfg, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
-    from aha.io import atomic_write_text
-
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aha.errors import AhaError
+from aha.stages.pipeline import read_manifest
 from aha.training.metrics import read_metrics
 
 
@@ -98,8 +99,6 @@ def stage_curves(root: Path) -> list[StageCurves]:
     """Every stage of a pipeline folder (manifest order) with the held-out numbers its output folder holds:
     metrics.jsonl rows (offset by the steps of the stages before it) or an eval stage's summary.json."""
     import json
-
-    from aha.stages.pipeline import read_manifest
 
     out, offset = [], 0.0
     for name, entry in read_manifest(root)["stages"].items():

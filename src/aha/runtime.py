@@ -14,6 +14,8 @@ import ctypes
 import ctypes.util
 import platform
 
+from aha.errors import AhaError
+
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 _tuned = False
 
@@ -48,8 +50,6 @@ def adamw(params, fused: bool = True, **kwargs):
 def pick_device(name: str) -> str:
     """`auto`: CUDA when available, else the CPU; a CUDA device asked for on a machine without one is an error."""
     import torch
-
-    from aha.errors import AhaError
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

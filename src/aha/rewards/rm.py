@@ -25,9 +25,11 @@ from typing import Literal
 
 from aha.data.example import Example
 from aha.errors import AhaError
+from aha.models import load_error, load_errors, resolve, torch_dtype
 from aha.rewards.base import RewardSpec
 from aha.rewards.extract import split_think
 from aha.rollout.base import Completion
+from aha.runtime import pick_device
 
 SEGMENTS = ("summary", "reasoning", "full")
 
@@ -101,9 +103,6 @@ def score_texts(model, tokenizer, texts: list[str], batch_size: int, max_length:
 def load_reward_model(model: str, device: str, dtype: str):
     """(model, tokenizer) of a sequence-classification folder, in eval mode, loaded once per process."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from aha.models import load_error, load_errors, resolve, torch_dtype
-    from aha.runtime import pick_device
 
     folder = resolve(model)
     tok = AutoTokenizer.from_pretrained(str(folder))

@@ -26,9 +26,17 @@ from aha.data.tasks import TaskConfig, is_file_task, load_task
 from aha.data.templates import render_prompt, with_prefill
 from aha.errors import AhaError
 from aha.io import atomic_write_jsonl, atomic_write_text
+from aha.models import load_model
+from aha.rewards import RewardSet
+from aha.rewards.config import RewardsConfig
+from aha.rewards.extract import extract_answer
 from aha.rewards.verifiers import verifier
+from aha.rollout import make_engine
 from aha.rollout.base import Completion, SamplingConfig
 from aha.runs import resolve_run
+from aha.runtime import pick_device
+from aha.training.checkpoint import list_checkpoints
+from aha.training.metrics import reflection_count
 
 
 @dataclass
@@ -159,7 +167,6 @@ def expand_models(models: list[str]) -> list[str]:
                     base = resolve_run(base)
                 if base and base not in out:
                     out.append(base)
-            from aha.training.checkpoint import list_checkpoints
 
             ckpts = [str(d) for _, d in list_checkpoints(p)]
             if not ckpts:
@@ -172,12 +179,6 @@ def expand_models(models: list[str]) -> list[str]:
 
 def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, reward_set) -> tuple[dict, list[dict]]:
     import torch
-
-    from aha.models import load_model
-    from aha.rewards.extract import extract_answer
-    from aha.rollout import make_engine
-    from aha.runtime import pick_device
-    from aha.training.metrics import reflection_count
 
     device = pick_device(cfg.device)
     model, tok = load_model(model_name, dtype=cfg.dtype, device=device)
@@ -283,9 +284,6 @@ def run_prompt_settings(model: str) -> dict:
 
 
 def evaluate(cfg: EvalConfig) -> list[dict]:
-    from aha.rewards import RewardSet
-    from aha.rewards.config import RewardsConfig
-
     if cfg.samples < 1:
         raise AhaError("samples: must be at least 1")
     split = cfg.split if cfg.split != "auto" else ("all" if is_file_task(cfg.task) else "eval")

@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from aha.config import NonNegInt, PositiveInt
+from aha import dist
+from aha.config import NonNegInt, PositiveInt, save_config
 from aha.errors import AhaError
 from aha.io import read_jsonl
-from aha.models import resolve_dtype
+from aha.models import load_error, load_errors, load_tokenizer, resolve, resolve_dtype
+from aha.rewards.rm import rm_input
 from aha.runtime import adamw
+from aha.training.batch import enable_gradient_checkpointing
 from aha.training.config import OptimConfig, SFTLogConfig
-from aha.training.loop import Checkpointed, lr_schedule
+from aha.training.loop import Checkpointed, HeldInterrupt, LoopSettings, lr_schedule, run_loop
 
 
 @dataclass
@@ -137,8 +140,6 @@ def load_backbone(model: str, device: str):
     """(sequence-classification model with one label, tokenizer) from a causal LM or a reward model folder."""
     from transformers import AutoModelForSequenceClassification
 
-    from aha.models import load_error, load_errors, load_tokenizer, resolve
-
     folder = resolve(model)
     tok = load_tokenizer(model)
     tok.truncation_side = "left"
@@ -154,8 +155,6 @@ class RMTrainer(Checkpointed):
     def __init__(self, cfg: RMConfig, model=None, tokenizer=None):
         import torch
 
-        from aha import dist
-
         self.cfg = cfg
         self.train_pairs, self.eval_pairs = split_pairs(load_pairs(cfg.data), cfg.eval_size)
         # Under torchrun: each process scores its share of a step's pairs, the model sharded by FSDP2 (aha.dist).
@@ -165,8 +164,6 @@ class RMTrainer(Checkpointed):
             model, tokenizer = load_backbone(cfg.model, self.device)
         self.model, self.tok = model, tokenizer
         if cfg.optim.gradient_checkpointing:
-            from aha.training.batch import enable_gradient_checkpointing
-
             enable_gradient_checkpointing(self.model)
         if self.dist.on:
             dist.shard(self.model, bf16=resolve_dtype(cfg.dtype, self.device) == "bfloat16")
@@ -182,8 +179,6 @@ class RMTrainer(Checkpointed):
         """(P,) scores of each pair's `which` response (chosen or rejected), with gradients."""
         import torch
 
-        from aha.rewards.rm import rm_input
-
         texts = [rm_input(self.tok, p.prompt, getattr(p, which)) for p in pairs]
         enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.cfg.max_length,
                        add_special_tokens=False).to(self.device)
@@ -194,8 +189,6 @@ class RMTrainer(Checkpointed):
     def _parts(self, pairs: list[Pair], size: int) -> list[list[Pair] | None]:
         """`pairs` in chunks of `size`; with several processes, followed by None (a pass that adds nothing) up to
         the number of chunks of the busiest process: FSDP gathers and reduces the weights pass by pass."""
-        from aha import dist
-
         parts = [pairs[i:i + size] for i in range(0, len(pairs), size)]
         if not self.dist.on:
             return parts
@@ -203,8 +196,6 @@ class RMTrainer(Checkpointed):
 
     def step(self) -> dict:
         import torch
-
-        from aha import dist
 
         self.model.train()
         everyone = [self.train_pairs[i] for i in batch_at(self.step_no, len(self.train_pairs), self.cfg.batch_size,
@@ -233,7 +224,6 @@ class RMTrainer(Checkpointed):
         if self.dist.on:
             loss = dist.all_reduce_sum([loss])[0]
             c, r = self._gathered(c, r)
-        from aha.training.loop import HeldInterrupt
 
         with HeldInterrupt() as held:  # the update and its step count are never split by Ctrl-C
             held.hold()
@@ -246,8 +236,6 @@ class RMTrainer(Checkpointed):
     def evaluate(self) -> dict:
         """Held-out pairwise accuracy and mean margin r(chosen) - r(rejected)."""
         import torch
-
-        from aha import dist
 
         if not self.eval_pairs:
             return {}
@@ -267,8 +255,6 @@ class RMTrainer(Checkpointed):
 
     def _gathered(self, c: list[float], r: list[float]) -> tuple[list[float], list[float]]:
         """Every process's scores of chosen and rejected responses, in the order of the whole list of pairs."""
-        from aha import dist
-
         shares = dist.all_gather((c, r))
         return dist.interleave([s[0] for s in shares]), dist.interleave([s[1] for s in shares])
 
@@ -276,9 +262,6 @@ class RMTrainer(Checkpointed):
         return self.model
 
     def run(self) -> Path:
-        from aha.config import save_config
-        from aha.training.loop import LoopSettings, run_loop
-
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.main:

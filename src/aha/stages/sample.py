@@ -26,16 +26,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from aha.config import Fraction, NonNegFloat, NonNegInt, PositiveInt, Probability
+from aha.config import Fraction, NonNegFloat, NonNegInt, PositiveInt, Probability, save_config
 from aha.data.example import Example
 from aha.data.tasks import TaskConfig, load_task
 from aha.data.templates import R1_SUMMARY_SYSTEM, R1_SYSTEM, render_prompt, with_prefill
 from aha.errors import AhaError
 from aha.io import atomic_write_jsonl, atomic_write_text, path_signature
+from aha.models import load_model
+from aha.rewards import RewardSet
+from aha.rewards.config import RewardsConfig
 from aha.rewards.extract import split_think
-from aha.rewards.format import format_r1
+from aha.rewards.format import format_r1, format_strict
+from aha.rollout import make_engine
 from aha.rollout.base import Completion, SamplingConfig
 from aha.runs import resolve_run
+from aha.runtime import pick_device
+from aha.stages.sft import read_samples
 
 
 @dataclass
@@ -135,8 +141,6 @@ def r1_form(text: str) -> bool:
 
 
 def format_ok(text: str, rule: str) -> bool:
-    from aha.rewards.format import format_strict
-
     return rule == "none" or (r1_form(text) if rule == "r1" else format_strict(text) >= 1.0)
 
 
@@ -362,10 +366,6 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
     """Sample, verify, filter and write; returns out_dir. AhaError when nothing passes the filters."""
     import torch
 
-    from aha.config import save_config
-    from aha.rewards import RewardSet
-    from aha.rewards.config import RewardsConfig
-
     if cfg.group_size < 1 or cfg.filters.max_per_prompt < 1:
         raise AhaError("group_size and filters.max_per_prompt must be at least 1")
     out = Path(cfg.out_dir)
@@ -373,7 +373,6 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
     examples = [dataclasses.replace(e, id=e.id or f"{cfg.task}:{i}") for i, e in enumerate(examples)]
     if cfg.limit:
         examples = examples[: cfg.limit]
-    from aha.stages.sft import read_samples
 
     demos = read_samples(cfg.demos, what="demos") if cfg.demos else []
     rewards = RewardSet(RewardsConfig(weights={"accuracy": 1.0, "format": 0.0, "language": 0.0},
@@ -383,10 +382,6 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
     signature = model_signature(source_model)
     done = recover(out, cfg, source_model, signature)
     if engine is None:
-        from aha.models import load_model
-        from aha.rollout import make_engine
-        from aha.runtime import pick_device
-
         model, tokenizer = load_model(source_model, dtype=cfg.dtype, device=pick_device(cfg.device))
         engine = make_engine(cfg.engine, model, tokenizer, max_batch=cfg.max_batch)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from aha.data.templates import render_completion_target, render_prompt, strip_prefill
 from aha.errors import AhaError
-from aha.io import read_jsonl
+from aha.io import atomic_write_text, read_jsonl
+from aha.models import load_model
 from aha.runs import resolve_run
 from aha.training.config import MixConfig, SFTConfig, SFTLogConfig  # noqa: F401  (this stage's config)
 from aha.training.sft_loop import SFTTrainer, TokenSample
@@ -166,14 +167,10 @@ def run(cfg: SFTConfig, model=None, tokenizer=None) -> Path:
 
     import torch
 
-    from aha.io import atomic_write_text
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     texts = load_texts(cfg)  # bad data fails before the model is loaded
     if model is None:
-        from aha.models import load_model
-
         model, tokenizer = load_model(resolve_run(cfg.model), dtype="float32")
     train, held, report = prepare(cfg, tokenizer, texts)
     atomic_write_text(Path(cfg.out_dir) / "data.json", json.dumps(report, indent=2))

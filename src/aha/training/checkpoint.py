@@ -20,6 +20,7 @@ import torch
 
 from aha import dist
 from aha.errors import AhaError
+from aha.io import write_error
 from aha.runs import STATE_FILE, latest_checkpoint, list_checkpoints  # noqa: F401  (the trainers' one import)
 from aha.training import lora
 
@@ -67,8 +68,6 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict, kee
     except BaseException as e:
         from safetensors import SafetensorError
 
-        from aha.io import write_error
-
         # A full disk or a read-only folder: one line naming the checkpoint (torch and safetensors word it their way).
         failed = write_error(final, e) if isinstance(e, (OSError, RuntimeError, SafetensorError)) else None
         shutil.rmtree(tmp, ignore_errors=True)
@@ -86,7 +85,6 @@ def load_weights(model, ckpt: Path) -> None:
     takes the adapter saved beside the merged weights."""
     from safetensors.torch import load_file
 
-    from aha.errors import AhaError
     if lora.is_lora(model):
         return lora.load_adapter(model, ckpt)
 
@@ -101,8 +99,6 @@ def load_weights(model, ckpt: Path) -> None:
 
 def stopped_by_nan(run_dir: Path, error: Exception):
     """The one-line error for a non-finite loss or gradient, naming the last good checkpoint."""
-    from aha.errors import AhaError
-
     last = latest_checkpoint(run_dir)
     where = f"; last good checkpoint: {last[1]}" if last else "; no checkpoint was saved yet"
     return AhaError(f"{error}: training stopped{where}")
@@ -124,8 +120,6 @@ def save_sharded(run_dir: Path, step: int, model, tokenizer, optimizer, state: d
         get_model_state_dict,
         get_optimizer_state_dict,
     )
-
-    from aha.io import write_error
 
     root = Path(run_dir) / "checkpoints"
     final = root / f"step_{step:06d}"

@@ -28,8 +28,9 @@ from aha.data.templates import render_prompt, with_prefill
 from aha.errors import AhaError
 from aha.grpo import group_advantages, grpo_loss
 from aha.io import atomic_write_jsonl
-from aha.models import resolve_dtype
+from aha.models import load_model, resolve_dtype
 from aha.rewards import RewardSet
+from aha.rewards.selftest import selftest
 from aha.rollout import make_engine
 from aha.rollout.base import Completion, SamplingConfig, shared_prefix_len
 from aha.runtime import adamw, tune_malloc
@@ -104,8 +105,6 @@ class GRPOTrainer(Checkpointed):
         self.prompt_ids = {}
         self.rewards = RewardSet(cfg.rewards_config)
         if model is None:
-            from aha.models import load_model
-
             model, tokenizer = load_model(cfg.model, dtype="float32", device=self.device)
         self.tok = tokenizer
         model.train()
@@ -549,8 +548,6 @@ class GRPOTrainer(Checkpointed):
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.selftest and not (cfg.resume and ckpt.latest_checkpoint(self.run_dir)):
-            from aha.rewards.score_cli import selftest
-
             selftest(self.examples[:200], self.rewards)
         if self.dist.main:
             save_config(cfg, self.run_dir / "config.yaml")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from aha import dist
+from aha.errors import AhaError
 from aha.training.config import LoRAConfig
 
 ADAPTER_DIR = "adapter"
@@ -110,8 +111,6 @@ def load_adapter(model, folder: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from aha.errors import AhaError
-
     path = Path(folder) / ADAPTER_DIR / "adapter_model.safetensors"
     if not path.exists():
         raise AhaError(f"{folder}: no LoRA adapter in this checkpoint (was it trained with lora.rank=0?)")
@@ -125,8 +124,6 @@ def load_adapter(model, folder: Path) -> None:
 def _load_sharded_adapter(model, saved: dict[str, torch.Tensor], folder: Path) -> None:
     """The saved adapter (peft's names, without the adapter's name) into a sharded model's adapters."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    from aha.errors import AhaError
 
     names = {}  # saved name -> the model's name
     for key in model.state_dict():
