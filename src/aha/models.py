@@ -103,13 +103,6 @@ def cache_dir(name: str) -> Path:
     return aha_home() / "models" / name
 
 
-def is_instruct(model: str) -> bool:
-    """Registry models know; for paths, a tokenizer with a chat template counts as instruct."""
-    if model in REGISTRY:
-        return REGISTRY[model].instruct
-    return None  # decided from the tokenizer by the caller
-
-
 def fast_bf16(device: str = "cpu") -> bool:
     """Whether bf16 matmuls beat fp32 on `device`: CUDA with bf16 support, or a CPU with bf16 matrix units."""
     import torch
