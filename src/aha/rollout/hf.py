@@ -68,8 +68,9 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, block: int = 256) ->
     """(n, V) probabilities, (n,) uniform numbers in [0, 1) -> (n,) indices: for each row the first index whose
     cumulative probability exceeds uniform x total, i.e. a draw from the row's distribution.
 
-    In two levels, in float64 (so that a rare token keeps its share): the sums of blocks of 256 entries locate
-    the block, a cumulative sum over that one block locates the entry. A float64 cumulative sum over the whole
+    In two levels: the sums of blocks of up to 256 entries (in float32, their running total in float64) locate
+    the block, a float64 cumulative sum over that one block locates the entry (so that a rare token keeps its
+    share). A float64 cumulative sum over the whole
     vocabulary cost 18 ms for 64 rows of SmolLM2's 49,152 logits, 60% of a 64-row draw; this takes ~2 ms.
     Entries of probability 0 are never drawn."""
     n, V = probs.shape
@@ -80,7 +81,7 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, block: int = 256) ->
     if nb * blk != V:
         probs = torch.nn.functional.pad(probs, (0, nb * blk - V))
     blocks = probs.view(n, nb, blk)
-    cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)  # (n, nb)
+    cdf = blocks.sum(-1).double().cumsum(-1)  # (n, nb): float32 block sums, 4x faster than accumulating in float64
     target = uniform.to(torch.float64).unsqueeze(-1) * cdf[:, -1:]  # (n, 1)
     b = torch.searchsorted(cdf, target, right=True).clamp_(max=nb - 1)  # the block where the draw lands
     before = torch.where(b > 0, cdf.gather(-1, (b - 1).clamp(min=0)), 0.0)
