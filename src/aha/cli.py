@@ -19,17 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aha import __version__
+from aha import __version__, dist
 from aha.config import describe, load_config
 from aha.data.tasks import list_tasks
 from aha.errors import AhaError, closest
 from aha.models import aha_home, list_models
 from aha.plot import PlotConfig, plot_run
 from aha.rewards.score_cli import ScoreConfig, run_score_config
+from aha.rollout.vllm_server import ServeConfig, serve
 from aha.stages import STAGES, stage_entry
 from aha.stages.evaluate import evaluate
 from aha.stages.pipeline import PipelineConfig, load_pipeline, run_pipeline
-from aha.stages.rm import run
+from aha.stages.rm import run as train_reward_model
 from aha.training.grpo_loop import train
 
 USAGE = """usage: aha <command> [RECIPE.yaml] [key=value ...] [--debug]
@@ -49,6 +50,7 @@ commands:
   distill   teacher -> sample -> sft on a student, in one command
   rm        train a reward model on preference pairs {prompt, chosen, rejected} (Bradley-Terry)
   pipeline  run a recipe's named stages in order (skip unchanged, resume interrupted; from=STAGE)
+  vllm-serve  a vLLM generation server on GPUs of its own, for rollout.engine=vllm_server
 
 `aha <command> --help` lists every key with its default and meaning.
 """
@@ -76,7 +78,7 @@ def _score(cfg):
 
 
 def _rm(cfg):
-    run_dir = run(cfg)
+    run_dir = train_reward_model(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once
         print(f"reward model run folder: {run_dir}  (use it as rewards.reward_models.NAME.model)")
 
@@ -125,6 +127,7 @@ def _commands() -> dict[str, Command]:
                                "outputs as @NAME; from=STAGE reruns from there")
     cmds["score"] = Command(ScoreConfig, _score, "offline scoring and verifier self-test")
     cmds["plot"] = Command(PlotConfig, _plot, "R1-Zero figures of a run")
+    cmds["vllm-serve"] = Command(ServeConfig, serve, "generation server for rollout.engine=vllm_server (GPU, vLLM)")
     cmds["models"] = Command(None, _models, "model registry")
     cmds["tasks"] = Command(None, _tasks, "available tasks")
     return cmds
@@ -248,11 +251,8 @@ def _stopped(e: BaseException) -> str:
 
 
 def _leave_process_group() -> None:
-    """Leave the process group a distributed command joined. aha.dist imports torch, which the CLI does not
-    import for every command: it is closed only when it was loaded."""
-    mod = sys.modules.get("aha.dist")
-    if mod is not None:
-        mod.close()
+    """Leave the process group a distributed command joined (nothing when none was joined)."""
+    dist.close()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ __all__ = ["ENGINES", "Completion", "RolloutEngine", "SamplingConfig", "make_eng
 ENGINES: dict[str, object] = {
     "hf": "aha.rollout.hf:HFEngine",
     "vllm": "aha.rollout.vllm:VLLMEngine",
+    "vllm_server": "aha.rollout.vllm_server:VLLMServerEngine",
 }
 """Engine name -> its class, or "module:Class" (imported when first used): `cls(model, tokenizer, **kwargs)`
 implementing `RolloutEngine`. Add an entry to register an engine; every command that samples (train, eval,

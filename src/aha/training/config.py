@@ -55,8 +55,11 @@ class GRPOConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["hf", "vllm"] = "hf"
-    """Rollout engine: hf (transformers, CPU or GPU) or vllm (GPU)."""
+    engine: Literal["hf", "vllm", "vllm_server"] = "hf"
+    """Rollout engine: hf (transformers, CPU or GPU), vllm (GPU, beside the trainer) or vllm_server (an `aha
+    vllm-serve` process on GPUs of its own, at server_url; weights pushed after every update)."""
+    server_url: str = "http://localhost:8000"
+    """vllm_server: where `aha vllm-serve` answers."""
     temperature: NonNegFloat = 1.0
     """Sampling temperature for training rollouts."""
     top_p: Probability = 1.0

@@ -128,8 +128,8 @@ class GRPOTrainer(Checkpointed):
             # a bf16 copy samples from other numbers than the trainer's: it records its log-probs for the
             # importance correction (vLLM always does)
             extra = ({"compact_finished": cfg.rollout.compact_finished, "fast_decode": cfg.rollout.fast_decode,
-                      "record_logprobs": self.autocast and cfg.grpo.tis_cap > 0}
-                     if cfg.rollout.engine == "hf" else {})
+                      "record_logprobs": self.autocast and cfg.grpo.tis_cap > 0} if cfg.rollout.engine == "hf"
+                     else {"url": cfg.rollout.server_url} if cfg.rollout.engine == "vllm_server" else {})
             engine = make_engine(cfg.rollout.engine, self.rollout_model, tokenizer, max_batch=cfg.rollout.max_batch,
                                  **extra)
         self.engine = engine
