@@ -182,17 +182,21 @@ def test_sampled_completions_do_not_depend_on_the_rest_of_the_batch(tiny_model_d
     assert [[c.completion_ids for c in g] for g in got] == [[c.completion_ids for c in g] for g in want]
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_recorded_logprobs_are_the_sampling_models_own(tiny_model_dir, fast):
+@pytest.mark.parametrize("fast,temperature", [(True, 0.7), (False, 0.7), (True, 1.0), (False, 1.0)])
+def test_recorded_logprobs_are_the_sampling_models_own(tiny_model_dir, fast, temperature):
     """record_logprobs: each sampled token's temperature-1 log-prob under the engine's model, as a forward pass
-    over prompt + completion gives it (the sampler's side of the importance correction)."""
+    over prompt + completion gives it (the sampler's side of the importance correction); at temperature 1 the
+    draw's own softmax gives them, and the tokens are those drawn without recording."""
     from aha.models import load_model
 
     model, tok = load_model(tiny_model_dir)
     prompts = [tok("What is 1 + 2?")["input_ids"], tok("Hi")["input_ids"]]
+    sampling = SamplingConfig(temperature=temperature, max_new_tokens=6, stop=())
     torch.manual_seed(0)
-    groups = HFEngine(model, tok, fast_decode=fast, record_logprobs=True).generate(
-        prompts, 2, SamplingConfig(temperature=0.7, max_new_tokens=6, stop=()))
+    groups = HFEngine(model, tok, fast_decode=fast, record_logprobs=True).generate(prompts, 2, sampling)
+    torch.manual_seed(0)
+    plain = HFEngine(model, tok, fast_decode=fast).generate(prompts, 2, sampling)
+    assert [[c.completion_ids for c in g] for g in groups] == [[c.completion_ids for c in g] for g in plain]
     for g in groups:
         for c in g:
             ids = torch.tensor([list(c.prompt_ids) + list(c.completion_ids)])

@@ -265,6 +265,8 @@ class HFEngine:
         finished: dict[int, bool] = {}
         left = {}  # prompt index -> completions still decoding
         stops = [s for s in sampling.stop if s]
+        # Sampling at temperature 1 from the whole distribution: one softmax serves the draw and the log-probs.
+        plain = sampling.temperature == 1.0 and not sampling.top_k and not 0.0 < sampling.top_p < 1.0
         tail = max((len(s) for s in stops), default=0) + 8
         slot_row: list[int] = []  # per batch row: the completion it decodes (prompt * n + k), -1 when free
         uniforms = torch.empty((0, max_new), dtype=torch.float64)  # per batch row: its completion's stream
@@ -286,9 +288,15 @@ class HFEngine:
             end; returns the sampled tokens."""
             picks = torch.tensor([len(tokens[slot_row[j]]) if slot_row[j] >= 0 else 0 for j in slots])
             u = uniforms[torch.tensor(slots), picks.clamp(max=max_new - 1)].to(device)
-            nxt = sample_next(logits, sampling, uniform=u)
-            lp = (torch.log_softmax(logits.float(), dim=-1).gather(1, nxt[:, None]).squeeze(1).tolist()
-                  if self.record_logprobs else None)
+            lp = None
+            if self.record_logprobs and plain:  # the draw's own probabilities are the temperature-1 ones
+                probs = torch.softmax(logits.float(), dim=-1)
+                nxt = inverse_cdf(probs, u)
+                lp = torch.log(probs.gather(1, nxt[:, None]).squeeze(1)).tolist()
+            else:
+                nxt = sample_next(logits, sampling, uniform=u)
+                if self.record_logprobs:
+                    lp = torch.log_softmax(logits.float(), dim=-1).gather(1, nxt[:, None]).squeeze(1).tolist()
             for pos, (j, tok) in enumerate(zip(slots, nxt.tolist())):
                 row = slot_row[j]
                 if row < 0:
