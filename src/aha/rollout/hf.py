@@ -143,6 +143,91 @@ class _Lean:
         self.decoder.admit(slots, cache, key_mask)
 
 
+class _Rows:
+    """The bookkeeping of one decode call: which completion each batch row decodes (`slot_row`, -1 when the row
+    is free), every completion's tokens and log-probs so far, its own stream of random numbers, and how many of
+    each prompt's completions are still decoding."""
+
+    def __init__(self, engine: HFEngine, prompts: list[list[int]], n: int, sampling: SamplingConfig,
+                 seeds: list[int], device):
+        self.engine, self.prompts, self.n, self.sampling, self.seeds, self.device = \
+            engine, prompts, n, sampling, seeds, device
+        self.max_new = sampling.max_new_tokens
+        self.tokens: dict[int, list[int]] = {}
+        self.logps: dict[int, list[float]] = {}
+        self.finished: dict[int, bool] = {}
+        self.left: dict[int, int] = {}  # prompt index -> its completions still decoding
+        self.slot_row: list[int] = []
+        self.uniforms = torch.empty((0, self.max_new), dtype=torch.float64)
+        self.stops = [s for s in sampling.stop if s]
+        self.tail = max((len(s) for s in self.stops), default=0) + 8
+        # Sampling at temperature 1 from the whole distribution: one softmax serves the draw and the log-probs.
+        self.plain = sampling.temperature == 1.0 and not sampling.top_k and not 0.0 < sampling.top_p < 1.0
+
+    def place(self, prompt_ids: list[int], slots: list[int]) -> None:
+        """The n completions of each of `prompt_ids` start in batch rows `slots` (n a prompt, in order)."""
+        draws = []
+        for i in prompt_ids:
+            self.left[i] = self.n
+            for k in range(self.n):
+                row = i * self.n + k
+                self.tokens[row], self.logps[row], self.finished[row] = [], [], False
+                draws.append(torch.rand(self.max_new, generator=torch.Generator().manual_seed(self.seeds[row]),
+                                        dtype=torch.float64))
+        rows = [i * self.n + k for i in prompt_ids for k in range(self.n)]
+        if not self.slot_row:
+            self.slot_row, self.uniforms = rows, torch.stack(draws)
+            return
+        for j, row in zip(slots, rows):
+            self.slot_row[j] = row
+        self.uniforms[torch.tensor(slots)] = torch.stack(draws)
+
+    def keep(self, order: list[int]) -> None:
+        """The batch now holds the old rows `order`, in that order."""
+        self.slot_row = [self.slot_row[j] for j in order]
+        self.uniforms = self.uniforms[torch.tensor(order)]
+
+    def take(self, slots: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """Samples the next token of the batch rows `slots` (their logits), records it, frees rows that end;
+        returns the sampled tokens."""
+        e, max_new = self.engine, self.max_new
+        picks = torch.tensor([len(self.tokens[self.slot_row[j]]) if self.slot_row[j] >= 0 else 0 for j in slots])
+        u = self.uniforms[torch.tensor(slots), picks.clamp(max=max_new - 1)].to(self.device)
+        lp = None
+        if e.record_logprobs and self.plain:  # the draw's own probabilities are the temperature-1 ones
+            probs = torch.softmax(logits.float(), dim=-1)
+            nxt = inverse_cdf(probs, u)
+            lp = torch.log(probs.gather(1, nxt[:, None]).squeeze(1)).tolist()
+        else:
+            nxt = sample_next(logits, self.sampling, uniform=u)
+            if e.record_logprobs:
+                lp = torch.log_softmax(logits.float(), dim=-1).gather(1, nxt[:, None]).squeeze(1).tolist()
+        for pos, (j, tok) in enumerate(zip(slots, nxt.tolist())):
+            row = self.slot_row[j]
+            if row < 0:
+                continue
+            self.tokens[row].append(tok)
+            if lp is not None:
+                self.logps[row].append(lp[pos])
+            done = tok in e.eos_ids
+            if not done and self.stops:
+                text_tail = e.tokenizer.decode(self.tokens[row][-8:], skip_special_tokens=False)[-self.tail:]
+                done = any(s in text_tail for s in self.stops)
+            self.finished[row] = done
+            if done or len(self.tokens[row]) >= max_new:
+                self.slot_row[j] = -1
+                self.left[row // self.n] -= 1
+        return nxt
+
+    def groups_done(self):
+        """(prompt index, its completions) of every prompt whose completions have all ended, once."""
+        for i in [i for i, c in self.left.items() if c == 0]:
+            del self.left[i]
+            yield i, [self.engine._completion(self.prompts[i], self.tokens.pop(i * self.n + k),
+                                              self.logps.pop(i * self.n + k), self.finished.pop(i * self.n + k))
+                      for k in range(self.n)]
+
+
 class HFEngine:
     """Batched sampling from a transformers causal LM (the policy itself: no weight copy needed).
 
@@ -260,73 +345,14 @@ class HFEngine:
                 else _Transformers(model, cache, mask, max_new))
         del cache, mask
 
-        tokens: dict[int, list[int]] = {}
-        logps: dict[int, list[float]] = {}
-        finished: dict[int, bool] = {}
-        left = {}  # prompt index -> completions still decoding
-        stops = [s for s in sampling.stop if s]
-        # Sampling at temperature 1 from the whole distribution: one softmax serves the draw and the log-probs.
-        plain = sampling.temperature == 1.0 and not sampling.top_k and not 0.0 < sampling.top_p < 1.0
-        tail = max((len(s) for s in stops), default=0) + 8
-        slot_row: list[int] = []  # per batch row: the completion it decodes (prompt * n + k), -1 when free
-        uniforms = torch.empty((0, max_new), dtype=torch.float64)  # per batch row: its completion's stream
-
-        def place(prompt_ids: list[int]) -> tuple[list[int], torch.Tensor]:
-            new_rows, draws = [], []
-            for i in prompt_ids:
-                left[i] = n
-                for k in range(n):
-                    row = i * n + k
-                    tokens[row], logps[row], finished[row] = [], [], False
-                    new_rows.append(row)
-                    g = torch.Generator().manual_seed(seeds[row])
-                    draws.append(torch.rand(max_new, generator=g, dtype=torch.float64))
-            return new_rows, torch.stack(draws)
-
-        def take(slots: list[int], logits: torch.Tensor) -> torch.Tensor:
-            """Samples the next token of the batch rows `slots` (their logits), records it, frees rows that
-            end; returns the sampled tokens."""
-            picks = torch.tensor([len(tokens[slot_row[j]]) if slot_row[j] >= 0 else 0 for j in slots])
-            u = uniforms[torch.tensor(slots), picks.clamp(max=max_new - 1)].to(device)
-            lp = None
-            if self.record_logprobs and plain:  # the draw's own probabilities are the temperature-1 ones
-                probs = torch.softmax(logits.float(), dim=-1)
-                nxt = inverse_cdf(probs, u)
-                lp = torch.log(probs.gather(1, nxt[:, None]).squeeze(1)).tolist()
-            else:
-                nxt = sample_next(logits, sampling, uniform=u)
-                if self.record_logprobs:
-                    lp = torch.log_softmax(logits.float(), dim=-1).gather(1, nxt[:, None]).squeeze(1).tolist()
-            for pos, (j, tok) in enumerate(zip(slots, nxt.tolist())):
-                row = slot_row[j]
-                if row < 0:
-                    continue
-                tokens[row].append(tok)
-                if lp is not None:
-                    logps[row].append(lp[pos])
-                done = tok in self.eos_ids
-                if not done and stops:
-                    text_tail = self.tokenizer.decode(tokens[row][-8:], skip_special_tokens=False)[-tail:]
-                    done = any(s in text_tail for s in stops)
-                finished[row] = done
-                if done or len(tokens[row]) >= max_new:
-                    slot_row[j] = -1
-                    left[row // n] -= 1
-            return nxt
-
-        def groups_done():
-            for i in [i for i, c in left.items() if c == 0]:
-                del left[i]
-                yield i, [self._completion(prompts[i], tokens.pop(i * n + k), logps.pop(i * n + k),
-                                           finished.pop(i * n + k)) for k in range(n)]
-
-        slot_row, uniforms = place(first)
-        nxt = take(list(range(len(slot_row))), logits)
+        book = _Rows(self, prompts, n, sampling, seeds, device)
+        book.place(first, list(range(len(first) * n)))
+        nxt = book.take(list(range(len(book.slot_row))), logits)
         try:
             while True:
-                yield from groups_done()
-                free = [j for j, r in enumerate(slot_row) if r < 0]
-                if queue and rows.refills and len(free) >= n:
+                yield from book.groups_done()
+                free = [j for j, r in enumerate(book.slot_row) if r < 0]
+                if queue and rows.refills and len(free) >= n:  # the next prompts take the rows that finished
                     joining = queue[:len(free) // n]
                     del queue[:len(joining)]
                     slots = free[:len(joining) * n]
@@ -334,27 +360,24 @@ class HFEngine:
                                                              max(len(prompts[i]) for i in joining) - shared, prefix, n)
                     rows.admit(slots, cache, mask)
                     del cache
-                    new_rows, draws = place(joining)
+                    book.place(joining, slots)
                     idx = torch.tensor(slots, device=device)
-                    for j, row in zip(slots, new_rows):
-                        slot_row[j] = row
-                    uniforms[torch.tensor(slots)] = draws
                     next_pos[idx] = pos
-                    nxt[idx] = take(slots, new_logits)
+                    nxt[idx] = book.take(slots, new_logits)
                     continue  # rows that ended at their first token free their slots again
-                live = [j for j, r in enumerate(slot_row) if r >= 0]
+                live = [j for j, r in enumerate(book.slot_row) if r >= 0]
                 if not live:
                     break
-                if not (queue and rows.refills) and len(live) < len(slot_row) and \
-                        len(slot_row) - len(live) >= self.compact_finished * len(slot_row):
+                if not (queue and rows.refills) and len(live) < len(book.slot_row) and \
+                        len(book.slot_row) - len(live) >= self.compact_finished * len(book.slot_row):
                     keep = rows.select(live)  # the rows in their new order, as old row numbers
+                    book.keep(keep)
                     idx = torch.tensor(keep, device=device)
-                    slot_row = [slot_row[j] for j in keep]
-                    uniforms, nxt, next_pos = uniforms[torch.tensor(keep)], nxt[idx], next_pos[idx]
-                active = torch.tensor([r >= 0 for r in slot_row], device=device)
+                    nxt, next_pos = nxt[idx], next_pos[idx]
+                active = torch.tensor([r >= 0 for r in book.slot_row], device=device)
                 logits = rows.step(nxt, next_pos, active)
                 next_pos = next_pos + active
-                nxt = take(list(range(len(slot_row))), logits)
+                nxt = book.take(list(range(len(book.slot_row))), logits)
         finally:
             if was_training:
                 model.train()
