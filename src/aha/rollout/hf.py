@@ -12,13 +12,13 @@ decode time, 15x the cost of this draw). Left padding keeps every row's last tok
 from __future__ import annotations
 
 import copy
-import inspect
 
 import torch
 from transformers.cache_utils import DynamicCache
 
 from aha.rollout import fast_decode
 from aha.rollout.base import Completion, SamplingConfig, shared_prefix_len
+from aha.transformers_internals import cache_kwarg
 
 
 def sample_next(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None = None,
@@ -91,14 +91,6 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, block: int = 256) ->
     # take the block's last entry of non-zero probability then.
     last = torch.where(inner > 0, torch.arange(blk, device=probs.device), 0).amax(-1, keepdim=True)
     return (b * blk + torch.minimum(within, last)).squeeze(-1)
-
-
-def cache_kwarg(model) -> str:
-    """The name a model's forward takes its KV cache by: `cache` (transformers 5.x deprecates and will drop
-    `past_key_values`), or `past_key_values` for models that only know that."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
-    params = inspect.signature(inner.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 class _Transformers:

@@ -17,13 +17,18 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-from transformers import AttentionInterface
 from transformers.cache_utils import DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from aha.grpo import head_logprobs, selected_logprobs
 from aha.rollout.base import Completion
-from aha.rollout.hf import cache_kwarg
+from aha.transformers_internals import (
+    attention_implementation,
+    attention_name,
+    cache_kwarg,
+    head_replaced,
+    register_attention,
+)
 
 
 @dataclass
@@ -108,13 +113,8 @@ def kept_logprobs(model, run, rows: torch.Tensor, targets: torch.Tensor, with_en
     if found is None:
         logits = run().logits
         return selected_logprobs(logits.reshape(-1, logits.shape[-1]), rows, targets, with_entropy)
-    owner, name = found
-    head = getattr(owner, name)
-    setattr(owner, name, torch.nn.Identity())
-    try:
+    with head_replaced(*found) as head:
         hidden = run().logits
-    finally:
-        setattr(owner, name, head)
     return head_logprobs(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias, rows, targets, with_entropy,
                          chunk)
 
@@ -290,25 +290,12 @@ def _block_attention(module, query, key, value, attention_mask, aha_blocks=None,
     return torch.cat(outs, dim=1), None  # (1, L, heads, D)
 
 
-AttentionInterface.register("aha_blocks", _block_attention)
-
-
-@contextlib.contextmanager
-def attention_implementation(config, name: str):
-    """The model config's attention implementation set to `name` inside the block, restored after it."""
-    configured = config._attn_implementation
-    config._attn_implementation = name
-    try:
-        yield
-    finally:
-        config._attn_implementation = configured
-
-
 def blocks_forward(model, blocks: list[tuple[int, int]], **inputs):
     """`model(**inputs)` with its SDPA attention computed one block of the row at a time (`_block_attention`),
     when there are two blocks or more; the model's attention setting is restored afterwards."""
     if len(blocks) < 2:
         return model(**inputs)
+    register_attention("aha_blocks", _block_attention)
     with attention_implementation(model.config, "aha_blocks"):
         return model(**inputs, aha_blocks=blocks)
 
@@ -325,7 +312,7 @@ def enable_gradient_checkpointing(model) -> None:
     config = model.config
 
     def context_fn():
-        name = config._attn_implementation  # read when the layer's forward runs
+        name = attention_name(config)  # read when the layer's forward runs
         return contextlib.nullcontext(), attention_implementation(config, name)
 
     kwargs = {"use_reentrant": False, "context_fn": context_fn}
@@ -421,8 +408,7 @@ def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = Fals
     """(N, C) log-probs of the completion tokens from one packed row (and their entropy when asked). `prefix`:
     the shared prefix the row was collated without (`collate_groups(..., prefix_len)`); `embed`: the pass's
     input embeddings (training passes); `chunk`: see `kept_logprobs`."""
-    configured = getattr(model.config, "_attn_implementation", None)
-    impl = configured or "sdpa"
+    impl = attention_name(model) or "sdpa"
     if impl not in ("sdpa", "eager"):  # flash-attention kernels take no arbitrary mask
         raise ValueError(f"packed groups need sdpa or eager attention, not {impl}: set optim.share_prompt=false")
     eager = impl == "eager"  # eager adds the mask: float

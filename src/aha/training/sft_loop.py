@@ -43,6 +43,7 @@ from aha.training.batch import (
 )
 from aha.training.config import SFTConfig
 from aha.training.loop import Checkpointed, HeldInterrupt, LoopSettings, PromptSampler, lr_schedule, run_loop
+from aha.transformers_internals import attention_name
 
 IGNORE = -100
 """Target id of positions that are not trained on (prompt tokens, padding, the last token of a sample)."""
@@ -134,7 +135,7 @@ def sample_blocks(batch: PackedBatch) -> list[tuple[int, int]]:
 def per_sample_attention(model) -> bool:
     """Whether a packed row can attend one sample at a time (`aha.training.batch._block_attention`): SDPA
     attention (flash-attention kernels on GPUs take packed rows as variable-length sequences themselves)."""
-    return (getattr(model.config, "_attn_implementation", None) or "sdpa") == "sdpa"
+    return (attention_name(model) or "sdpa") == "sdpa"
 
 
 def loss_sum(model, batch: PackedBatch, embed: InputEmbeddings | None = None, chunk: int = 0) -> torch.Tensor:
