@@ -181,3 +181,43 @@ def test_overlong_follows_the_sampling_cut_and_a_contradiction_is_refused(tmp_pa
         load_config(TrainConfig, str(recipe), [])
     # not weighted: no contradiction to refuse
     load_config(TrainConfig, None, ["rollout.max_new_tokens=4096", "rewards.overlong.max_tokens=256"])
+
+
+def test_a_key_means_one_thing_in_every_command():
+    """A key that several commands' configs share (seed, dtype, template, max_new_tokens, max_batch, ...) has one
+    type everywhere, so the same value is valid everywhere. The exceptions say why they differ."""
+    import collections
+    import dataclasses
+    import typing
+
+    from aha.plot import PlotConfig
+    from aha.rewards.score_cli import ScoreConfig
+    from aha.rollout.vllm_server import ServeConfig
+    from aha.stages import STAGES, stage_entry
+    from aha.stages.pipeline import PipelineConfig
+
+    different = {
+        ("dtype", "serve"),  # vLLM's dtype (float16 too), not aha's compute dtype
+        ("engine", "train"),  # vllm_server exists for training only
+        ("model", "eval"),  # eval takes several models
+        ("size", "coldstart"),  # how many cold-start samples to build, not a task's size
+    }
+    types = collections.defaultdict(dict)
+
+    def walk(cls, prefix, command):
+        hints = typing.get_type_hints(cls, include_extras=True)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.", command)
+            elif (f.name, command) not in different:
+                types[f.name][f"{command}:{prefix}{f.name}"] = str(hints[f.name])
+
+    commands = {kind: stage_entry(kind)[0] for kind in STAGES}
+    commands.update(pipeline=PipelineConfig, score=ScoreConfig, plot=PlotConfig, serve=ServeConfig)
+    for command, cls in commands.items():
+        walk(cls, "", command)
+    clashes = {name: uses for name, uses in types.items() if len(set(uses.values())) > 1}
+    assert not clashes, clashes
+    # the decode batch is max_batch everywhere; batch_size is only the reward model's pairs per step
+    assert set(types["batch_size"]) == {"rm:batch_size"}
+    assert {k.split(":")[0] for k in types["max_batch"]} >= {"train", "eval", "sample", "coldstart", "distill"}

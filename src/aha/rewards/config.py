@@ -7,7 +7,9 @@ so the project's config loader can fill them from YAML/CLI; each field's docstri
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
+from aha.config import NonNegInt, PositiveFloat
 from aha.errors import AhaError
 from aha.rewards.rm import RewardModelConfig
 
@@ -16,7 +18,7 @@ from aha.rewards.rm import RewardModelConfig
 class OverlongConfig:
     """DAPO's soft overlong punishment (DAPO §3.4)."""
 
-    max_tokens: int = 0
+    max_tokens: NonNegInt = 0
     """Length (tokens) at which the penalty reaches -1: the sampling cut. 0: `aha train` uses its
     rollout.max_new_tokens (and refuses any other value while overlong is weighted, since a penalty below the
     cut would punish the very length growth R1-Zero is about); `aha score` needs it set."""
@@ -93,16 +95,16 @@ class RewardsConfig:
     """The overlong penalty's lengths."""
     budget: BudgetSchedule = field(default_factory=BudgetSchedule)
     """The token-budget curriculum of the budget reward."""
-    timeout_s: float = 2.0
+    timeout_s: PositiveFloat = 2.0
     """Time limit per completion for verifiers (math, reasoning-gym); a timeout scores 0 and is counted."""
-    code_timeout_s: float = 30.0
+    code_timeout_s: PositiveFloat = 30.0
     """Outer time limit per completion for code tasks (the sandbox applies its own per-test limits)."""
-    code_isolation: str = "auto"
+    code_isolation: Literal["auto", "bwrap", "rlimits"] = "auto"
     """How code tasks isolate model-written programs: auto or bwrap (bubblewrap's namespaces; the run stops
     with an error where bubblewrap is missing or broken: apt-get install bubblewrap), or rlimits (only
     rlimits, a new session and a fresh cwd: the program can read the host's files, write /tmp and
     /dev/shm and reach the network; for trusted code or throw-away machines). See docs/sandbox.md."""
-    workers: int = 0
+    workers: NonNegInt = 0
     """Processes for parallel verification (forkserver); 0 scores in-process."""
 
     def validate(self) -> None:

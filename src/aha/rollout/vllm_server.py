@@ -33,6 +33,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
 
 import torch
 
@@ -124,7 +125,7 @@ class ServeConfig:
     gpu_memory_utilization: Probability = 0.9
     max_model_len: int = 0
     """Longest prompt + completion (0: the model's own limit)."""
-    dtype: str = "bfloat16"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"
     timeout_s: PositiveFloat = 600.0
     """How long a weight update waits for the trainer's broadcast."""
 

@@ -63,10 +63,10 @@ class EvalConfig:
     """Evaluate only the first N problems (0: all)."""
     seed: int = 0
     out_dir: str = "runs/eval"
-    dtype: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """float32, bfloat16 or auto (bfloat16 where the hardware computes it fast), for weights and compute."""
     device: str = "auto"
-    template: str = "auto"
+    template: Literal["auto", "r1_zero", "chat", "r1", "plain"] = "auto"
     system_prompt: str = ""
     few_shot: bool = False
     """One worked example in the answer format before each question (as in training; see aha.data.templates)."""
@@ -83,7 +83,7 @@ class EvalConfig:
     max_batch: PositiveInt = 64
     """Sequences decoded at once (as rollout.max_batch in training)."""
     progress: bool = True
-    code_isolation: str = "auto"
+    code_isolation: Literal["auto", "bwrap", "rlimits"] = "auto"
     """Code tasks: how model-written programs are isolated, as rewards.code_isolation in training: auto
     (bubblewrap, else an error) or rlimits (no namespaces). The one used is written to summary.json."""
 

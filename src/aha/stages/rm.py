@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from aha import dist
-from aha.config import NonNegInt, PositiveInt, save_config
+from aha.config import NonNegInt, PositiveFloat, PositiveInt, save_config
 from aha.errors import AhaError
 from aha.io import read_jsonl
 from aha.models import load_error, load_errors, load_tokenizer, resolve, resolve_dtype
@@ -44,7 +44,7 @@ class RMConfig:
     """Held-out pairs: the file's last rows (at most half of it); their pairwise accuracy is the metric."""
     out_dir: str = "runs/rm"
     """Run folder: config, metrics.jsonl, checkpoints (the newest is the reward model)."""
-    epochs: PositiveInt = 2
+    epochs: PositiveFloat = 2
     """Passes over the training pairs."""
     batch_size: PositiveInt = 4
     """Pairs per optimizer step."""
@@ -168,7 +168,7 @@ class RMTrainer(Checkpointed):
         if self.dist.on:
             dist.shard(self.model, bf16=resolve_dtype(cfg.dtype, self.device) == "bfloat16")
         self.run_dir = Path(cfg.out_dir)
-        self.total_steps = cfg.epochs * math.ceil(len(self.train_pairs) / cfg.batch_size)
+        self.total_steps = max(1, round(cfg.epochs * math.ceil(len(self.train_pairs) / cfg.batch_size)))
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         self.opt = adamw(self.trainable, fused=o.fused, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
