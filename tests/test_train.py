@@ -311,12 +311,22 @@ def test_ctrl_c_saves_checkpoint_and_exits_cleanly(tiny_model_dir, task_file, tm
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [2]
 
 
-@pytest.mark.parametrize("where", ["generation", "update"])
-def test_ctrl_c_then_resume_equals_uninterrupted(tiny_model_dir, task_file, tmp_path, where):
+@pytest.mark.parametrize("where,sig", [("generation", "SIGINT"), ("update", "SIGINT"), ("generation", "SIGTERM"),
+                                       ("update", "SIGTERM")])
+def test_ctrl_c_then_resume_equals_uninterrupted(tiny_model_dir, task_file, tmp_path, where, sig, monkeypatch):
     """A real SIGINT during step 3: while its rollouts are generated (the step is rewound: its prompts are
-    drawn again on resume) or inside its optimizer update (the update completes, then the run stops)."""
+    drawn again on resume) or inside its optimizer update (the update completes, then the run stops). SIGTERM
+    (kill, a scheduler) does the same, and so does SIGINT in a process that started with it ignored (a shell's
+    background job)."""
     import os
     import signal
+
+    if sig == "SIGINT":
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `cmd &` from a script leaves it
+        request = lambda: os.kill(os.getpid(), signal.SIGINT)  # noqa: E731
+    else:
+        previous = None
+        request = lambda: os.kill(os.getpid(), signal.SIGTERM)  # noqa: E731
 
     full = make_cfg(tiny_model_dir, task_file, tmp_path / "full", "steps=4")
     GRPOTrainer(full).run()
@@ -328,13 +338,17 @@ def test_ctrl_c_then_resume_equals_uninterrupted(tiny_model_dir, task_file, tmp_
 
     def ctrl_c(*a, **k):
         if trainer.step_no == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            request()
         return real(*a, **k)
 
     setattr(target, name, ctrl_c)
     stopped_at = 2 if where == "generation" else 3
-    with pytest.raises(AhaError, match=f"interrupted at step {stopped_at}: checkpoint saved"):
-        trainer.run()
+    try:
+        with pytest.raises(AhaError, match=f"interrupted at step {stopped_at}: checkpoint saved"):
+            trainer.run()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "cut")] == [stopped_at]
     GRPOTrainer(make_cfg(tiny_model_dir, task_file, tmp_path / "cut", "steps=4", "resume=true")).run()
     assert_same_learning(tmp_path / "full", tmp_path / "cut")

@@ -7,7 +7,7 @@ supply the `Steps` below; `run_loop` drives them the same way:
   line naming the last good checkpoint, before anything is saved (so pruning never drops a finite
   checkpoint for a broken one). The step's own loss and gradient-norm checks stop it earlier when they can;
   this one also catches updates that overflow while the loss is skipped (flat groups, lr=1e38);
-- Ctrl-C (SIGINT) saves a checkpoint that resumes exactly as if the run had never stopped: a step cut
+- Ctrl-C (SIGINT) or SIGTERM (`kill`, a scheduler) saves a checkpoint that resumes exactly as if the run had never stopped: a step cut
   before its update is rewound (its data position and RNG states as they were when it began, its prompts
   drawn again on resume), and an update is never cut in half (`HeldInterrupt`, used by the steps around
   their optimizer update, holds the signal until the step is whole and logged).
@@ -151,6 +151,14 @@ class PromptSampler:
         self._order = self._shuffle()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop a run with a checkpoint (Ctrl-C, and `kill` or a scheduler's SIGTERM)."""
+
+
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 class HeldInterrupt:
     """Ctrl-C from `hold()` until the block ends waits for the end of the block, so that an optimizer update
     and the step count that records it are never split. A held Ctrl-C is raised as KeyboardInterrupt by
@@ -176,15 +184,17 @@ class HeldInterrupt:
     def hold(self) -> None:
         if self._previous is not None or threading.current_thread() is not threading.main_thread():
             return
-        self._previous = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, self._note)
+        self._previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._note)
 
     def _note(self, signum, frame) -> None:
         self._pending = True
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
             self._previous = None
         if self._pending:
             HeldInterrupt.requested = True
@@ -247,7 +257,12 @@ def run_loop(trainer: Steps, s: LoopSettings, after_step: Callable[[int, dict], 
         bar = tqdm(total=s.steps, initial=trainer.step_no, desc=s.desc, dynamic_ncols=True)
     interrupted, begun = False, None
     started = time.monotonic()
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a scheduler's or `kill`'s stop) saves and stops as Ctrl-C does; so does Ctrl-C in a process
+        # started in the background by a shell, which would otherwise ignore SIGINT
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _stop)
     HeldInterrupt.requested = False
     try:
         if trainer.step_no == 0:
@@ -292,13 +307,16 @@ def run_loop(trainer: Steps, s: LoopSettings, after_step: Callable[[int, dict], 
             raise AhaError(f"interrupted at step {trainer.step_no}: " + (
                 f"resume from {last[1]} with `{hint}`" if last else "no checkpoint was saved")) from None
         interrupted = True
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the save
+        for sig in STOP_SIGNALS:  # a second Ctrl-C must not break the save
+            signal.signal(sig, signal.SIG_IGN)
         if begun is not None and begun[0] == trainer.step_no:  # cut before its update: rewind the step
             trainer.load_data_state(begun[1])
             ckpt.set_rng_state(begun[2])
         trainer.save()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         if bar is not None:
             bar.close()
         if logger is not None:
