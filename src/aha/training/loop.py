@@ -184,8 +184,9 @@ class HeldInterrupt:
     def hold(self) -> None:
         if self._previous is not None or threading.current_thread() is not threading.main_thread():
             return
-        self._previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-        for sig in STOP_SIGNALS:
+        held = STOP_SIGNALS if not dist.env().on else (signal.SIGINT,)  # under torchrun SIGTERM is the launcher's
+        self._previous = {sig: signal.getsignal(sig) for sig in held}
+        for sig in held:
             signal.signal(sig, self._note)
 
     def _note(self, signum, frame) -> None:
@@ -258,9 +259,11 @@ def run_loop(trainer: Steps, s: LoopSettings, after_step: Callable[[int, dict], 
     interrupted, begun = False, None
     started = time.monotonic()
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    if threading.current_thread() is threading.main_thread():
+    own_handlers = threading.current_thread() is threading.main_thread() and not dist.env().on
+    if own_handlers:
         # SIGTERM (a scheduler's or `kill`'s stop) saves and stops as Ctrl-C does; so does Ctrl-C in a process
-        # started in the background by a shell, which would otherwise ignore SIGINT
+        # started in the background by a shell, which would otherwise ignore SIGINT. Under torchrun the launcher
+        # owns the signals (it ends the other processes with SIGTERM when one fails).
         for sig in STOP_SIGNALS:
             signal.signal(sig, _stop)
     HeldInterrupt.requested = False
@@ -307,14 +310,14 @@ def run_loop(trainer: Steps, s: LoopSettings, after_step: Callable[[int, dict], 
             raise AhaError(f"interrupted at step {trainer.step_no}: " + (
                 f"resume from {last[1]} with `{hint}`" if last else "no checkpoint was saved")) from None
         interrupted = True
-        for sig in STOP_SIGNALS:  # a second Ctrl-C must not break the save
+        for sig in (STOP_SIGNALS if own_handlers else (signal.SIGINT,)):  # a second Ctrl-C must not break the save
             signal.signal(sig, signal.SIG_IGN)
         if begun is not None and begun[0] == trainer.step_no:  # cut before its update: rewind the step
             trainer.load_data_state(begun[1])
             ckpt.set_rng_state(begun[2])
         trainer.save()
     finally:
-        if threading.current_thread() is threading.main_thread():
+        if own_handlers:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if bar is not None:
