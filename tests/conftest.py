@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -65,3 +67,12 @@ def tiny_model_dir(tmp_path_factory):
 def aha_home(tmp_path, monkeypatch):
     monkeypatch.setenv("AHA_HOME", str(tmp_path / "aha_home"))
     return tmp_path / "aha_home"
+
+
+@pytest.fixture()
+def task_file(tmp_path):
+    """A JSONL task of 24 small sums (the `number` verifier); modules with other needs define their own."""
+    rows = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b), "task": "number"} for a in range(6) for b in range(4)]
+    path = tmp_path / "sums.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)

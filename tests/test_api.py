@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -11,15 +10,6 @@ import pytest
 import aha
 from aha import runs
 from aha.errors import AhaError
-
-
-@pytest.fixture()
-def task_file(tmp_path):
-    rows = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b), "task": "number"} for a in range(6) for b in range(4)]
-    path = tmp_path / "sums.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
 
 SMALL = ["grpo.group_size=2", "grpo.prompts_per_step=2", "rollout.max_new_tokens=6", "dtype=float32",
          "data.eval_size=2", "log.progress=false", "log.tensorboard=false", "selftest=false"]

@@ -16,14 +16,6 @@ from aha.training.config import TrainConfig
 from aha.training.grpo_loop import GRPOTrainer
 
 
-@pytest.fixture()
-def task_file(tmp_path):
-    rows = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b), "task": "number"} for a in range(6) for b in range(4)]
-    path = tmp_path / "sums.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
 def make_cfg(tiny_model_dir, task_file, out_dir, *extra):
     return load_config(TrainConfig, None, [
         f"model={tiny_model_dir}", f"task={task_file}", f"out_dir={out_dir}", "steps=3", "seed=0",
