@@ -29,9 +29,9 @@ WORKER = str(HERE / "grpo_vs_trl" / "aha_worker.py")
 
 
 def launches(steps: int, overrides: list[str]) -> dict[str, tuple[list[str], dict]]:
-    one = [sys.executable, WORKER, str(steps), "threads=2", *overrides]
+    one = [sys.executable, WORKER, str(steps), "runtime.threads=2", *overrides]
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", WORKER, str(steps),
-           "threads=1", *overrides]
+           "runtime.threads=1", *overrides]
     return {"1 process x 2 threads": (one, {"OMP_NUM_THREADS": "2"}),
             "2 processes x 1 thread": (two, {"OMP_NUM_THREADS": "1"})}
 

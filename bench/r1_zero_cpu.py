@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from aha import runtime
 from aha.config import load_config
 from aha.io import atomic_write_text
 from aha.models import fast_bf16
@@ -104,6 +105,7 @@ def main(argv: list[str]) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     overrides = [a for a in argv if "=" in a] + (["resume=true"] if "--resume" in argv else [])
     hours = float(argv[argv.index("--hours") + 1]) if "--hours" in argv else 0.0
+    runtime.apply(runtime.load(recipe, overrides))  # the recipe's process settings, as `aha train` applies them
     cfg = load_config(TrainConfig, recipe, ["out_dir=runs/bench_r1_zero", "log.progress=false", *overrides])
     out = Path(cfg.out_dir)
     if hours:  # what is left of the budget after the parts already run

@@ -30,10 +30,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 VARIANTS = {
     "default": [],  # one row a micro-batch, attention per sample, tuned malloc, embedding gradient once
-    "malloc_default": ["malloc=default"],
+    "malloc_default": ["runtime.malloc=default"],
     # what `aha sft` did before: padded rows with transformers' block mask (see worker), glibc's malloc as it
     # comes, the embedding gradient per micro-batch
-    "rows": ["malloc=default", "optim.embedding_grad_once=false"],
+    "rows": ["runtime.malloc=default", "optim.embedding_grad_once=false"],
 }
 TRL = ("trl_default", "trl_best")
 
@@ -62,6 +62,9 @@ def worker(variant: str, steps: int, data: str) -> None:
 
     if variant == "rows":  # the previous code path: padded rows, the block mask built by transformers
         sft_loop.per_sample_attention = lambda model: False
+    from aha import runtime
+
+    runtime.apply(runtime.load(None, VARIANTS[variant]))  # as `aha sft` applies it
     cfg = load_config(sft.SFTConfig, None, [
         f"model={resolve('smollm2-135m-instruct')}", f"input={data}", "eval_size=0",
         f"out_dir={tempfile.mkdtemp(prefix='aha_sft_speed_')}", "log.progress=false", "log.tensorboard=false",

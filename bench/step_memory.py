@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+from aha import runtime
 from aha.config import load_config
 from aha.training import grpo_loop
 from aha.training.config import TrainConfig
@@ -44,6 +45,7 @@ def main(argv: list[str]) -> None:
         peak[0] = now
 
     threading.Thread(target=sample, daemon=True).start()
+    runtime.apply(runtime.load(recipe, overrides))  # the recipe's process settings, as `aha train` applies them
     trainer = grpo_loop.GRPOTrainer(load_config(TrainConfig, recipe, overrides))
     log("trainer built")
 

@@ -8,8 +8,9 @@ from functools import partial
 
 import pytest
 
-from aha.data.code import HUMANEVAL_INSTALL, extract_code, load_code_jsonl, load_humaneval
+from aha.data.code import HUMANEVAL_INSTALL, extract_code, load_humaneval
 from aha.data.example import Example
+from aha.data.tasks import load_jsonl_task
 from aha.errors import AhaError
 from aha.rewards import code as _code
 from aha.rewards.code import build_job
@@ -53,12 +54,12 @@ def write_jsonl(path, rows):
     return path
 
 
-def test_load_code_jsonl(tmp_path):
+def test_code_rows_in_a_jsonl_task(tmp_path):
     p = write_jsonl(tmp_path / "code.jsonl", [
         {"prompt": "add", "tests": "assert add(1, 2) == 3", "entry_point": "add", "id": "p1"},
         {"prompt": "sub", "tests": "assert sub(3, 2) == 1", "entry_point": "sub", "canonical_solution": "x"},
     ])
-    exs = load_code_jsonl(p)
+    exs = load_jsonl_task(str(p))
     assert [e.id for e in exs] == ["p1", f"{p}:2"]
     assert exs[0].task == "code" and exs[0].metadata == {"tests": "assert add(1, 2) == 3", "entry_point": "add"}
     assert exs[1].answer == "x"
@@ -76,7 +77,7 @@ def test_bad_jsonl_rows_name_file_line_and_field(tmp_path, row, message):
     good = {"prompt": "p", "tests": "assert f() == 1", "entry_point": "f"}
     p = write_jsonl(tmp_path / "bad.jsonl", [good, row])
     with pytest.raises(AhaError) as e:
-        load_code_jsonl(p)
+        load_jsonl_task(str(p))
     assert str(e.value) == f"{p}:2: {message}" or str(e.value).startswith(f"{p}:2: {message}")
 
 
@@ -407,7 +408,7 @@ def test_code_isolation_is_a_recipe_key():
 
     assert load_config(TrainConfig, None, ["rewards.code_isolation=rlimits"]).rewards.code_isolation == "rlimits"
     assert load_config(TrainConfig, None, []).rewards.code_isolation == "auto"
-    with pytest.raises(AhaError, match="rewards.code_isolation must be auto, bwrap or rlimits"):
+    with pytest.raises(AhaError, match=r"rewards.code_isolation: expected one of \['auto', 'bwrap', 'rlimits'\]"):
         RewardSet(RewardsConfig(code_isolation="none"))
 
 

@@ -38,9 +38,11 @@ def make_config(steps: int, overrides: list[str]):
 
 
 def main(argv: list[str]) -> None:
+    from aha import runtime
     from aha.training.grpo_loop import GRPOTrainer
 
     steps = int(argv[0])
+    runtime.apply(runtime.load(None, argv[1:]))  # runtime.threads=..., runtime.malloc=... as `aha train` applies them
     cfg = make_config(steps, argv[1:])
     t0 = time.perf_counter()
     trainer = GRPOTrainer(cfg)

@@ -10,6 +10,8 @@
 is the stage's output folder (a run folder's newest checkpoint is its model: `aha.runs.newest_model`).
 Stages registered in `aha.stages.STAGES` from outside the package run the same way: `aha.run_stage(kind,
 ...)`. The configs are checked exactly as the command line checks them (one-line AhaError naming the key).
+Process settings (`runtime.threads`, `runtime.malloc`: a recipe's `runtime:` section, or
+`runtime={"malloc": "default"}`) are applied to this process before the stage runs, as the command line does.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from aha import runtime
 from aha.config import load_config, save_config
 from aha.errors import AhaError
 from aha.stages import stage_entry
@@ -31,6 +34,7 @@ def run_stage(kind: str, config: Any = None, /, *overrides: str, **keys: Any) ->
     `aha.stages.STAGES`) and return its output folder."""
     cls, fn, _ = stage_entry(kind)
     words = [*overrides, *(f"{k}={_yaml_value(v)}" for k, v in keys.items())]
+    runtime.apply(runtime.load(str(config) if isinstance(config, (str, os.PathLike)) else None, words))
     if config is None or isinstance(config, (str, os.PathLike)):
         cfg = load_config(cls, None if config is None else str(config), words)
     elif isinstance(config, cls):

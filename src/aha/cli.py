@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aha import __version__, dist
+from aha import __version__, dist, runtime
 from aha.config import describe, load_config
 from aha.data.tasks import list_tasks
 from aha.errors import AhaError, closest
@@ -137,7 +137,7 @@ def _print_help(name: str, cmd: Command) -> None:
     print(f"usage: aha {name} [RECIPE.yaml] [key=value ...]\n\n{cmd.help}\n")
     if cmd.config_cls is None:
         return
-    for key, default, doc in describe(cmd.config_cls):
+    for key, default, doc in [*describe(cmd.config_cls), *describe(runtime.RuntimeConfig, "runtime.")]:
         print(f"  {key} = {default}")
         if doc:
             print(f"      {doc}")
@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = load_pipeline(recipe, overrides)  # every stage checked before the first runs
             else:
                 cfg = load_config(cmd.config_cls, recipe, overrides)
+            runtime.apply(runtime.load(recipe if recipe and recipe.endswith((".yaml", ".yml")) else None, overrides))
         cmd.run(cfg)
         _leave_process_group()
         return 0

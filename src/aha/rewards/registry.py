@@ -14,6 +14,7 @@ from collections.abc import Callable
 from functools import partial
 
 from aha import plugins
+from aha.config import check
 from aha.data.example import Example
 from aha.errors import AhaError, closest
 from aha.rewards import format as _format
@@ -158,7 +159,7 @@ def _build_overlong(cfg: RewardsConfig) -> RewardSpec:
 
 
 def _build_budget(cfg: RewardsConfig) -> RewardSpec:
-    cfg.budget.validate()
+    check(cfg.budget, "rewards.budget.")
     return RewardSpec("budget", partial(budget, schedule=cfg.budget), 0.0, 1.0)
 
 

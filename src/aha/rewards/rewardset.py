@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Sequence
 
+from aha.config import check
 from aha.data.example import Example
 from aha.errors import AhaError
 from aha.rewards.base import RewardSpec
@@ -34,7 +35,7 @@ class RewardSet:
     def __init__(self, config: RewardsConfig | None = None, registry: dict | None = None,
                  grace_s: float = 2.0):
         self.config = config if config is not None else RewardsConfig()
-        self.config.validate()
+        check(self.config, "rewards.")
         self.registry = REGISTRY if registry is None else registry
         for where, names in (("rewards.reward_models", self.config.reward_models), ("rewards.custom", self.config.custom)):
             for name in names:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from aha.config import Invalid, PositiveInt, check
 from aha.data.example import Example
 from aha.errors import AhaError
 from aha.models import load_error, load_errors, resolve, torch_dtype
@@ -46,20 +47,18 @@ class RewardModelConfig:
     """cpu, cuda, cuda:1 ... or auto (cuda when available)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights and compute dtype of the reward model."""
-    batch_size: int = 16
+    batch_size: PositiveInt = 16
     """Completions per forward pass."""
-    max_length: int = 1024
+    max_length: PositiveInt = 1024
     """Longest input in tokens; longer inputs keep their end (the score is read at the last token)."""
     label: int = 0
     """Which output logit is the score (models with several labels)."""
     squash: Literal["sigmoid", "none"] = "sigmoid"
     """sigmoid maps the score into (0, 1), comparable with rule rewards; none keeps the raw logit."""
 
-    def validate(self, where: str) -> None:
+    def check(self) -> None:
         if not self.model:
-            raise AhaError(f"{where}.model: no reward model given (an HF folder or an `aha rm` output)")
-        if self.batch_size < 1 or self.max_length < 1:
-            raise AhaError(f"{where}: batch_size and max_length must be >= 1")
+            raise Invalid("model", "no reward model given (an HF folder or an `aha rm` output)")
 
 
 def completion_segment(text: str, segment: str) -> str:
@@ -140,7 +139,7 @@ class RewardModelReward:
 
 
 def build_reward_model_spec(name: str, cfg: RewardModelConfig, where: str) -> RewardSpec:
-    cfg.validate(where)
+    check(cfg, where + ".")
     scorer = RewardModelReward(cfg)
     low, high = (0.0, 1.0) if cfg.squash == "sigmoid" else (-math.inf, math.inf)
     return RewardSpec(name, scorer.score_one, low, high, batch_fn=scorer)

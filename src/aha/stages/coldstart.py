@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from aha.config import PositiveInt
+from aha.config import Invalid, PositiveInt, check
 from aha.errors import AhaError
 from aha.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from aha.rewards.extract import extract_answer, split_think
@@ -77,6 +77,12 @@ class ColdStartConfig:
     out_dir: str = "runs/coldstart"
     """Output folder: coldstart.jsonl, report.json, sample/ (few_shot), sft/ (train)."""
     seed: int = 0
+
+    def check(self) -> None:
+        if self.source == "rollouts" and not self.run:
+            raise Invalid("run", "source=rollouts needs the R1-Zero run folder (run=runs/...)")
+        if self.source == "file" and not self.input:
+            raise Invalid("input", "source=file needs a JSONL of {prompt, completion} (input=...)")
 
 
 # ----------------------------------------------------------------------------------------- rewriting
@@ -177,18 +183,15 @@ def few_shot_rows(cfg: ColdStartConfig, out: Path) -> tuple[list[dict], dict]:
 
 def run(cfg: ColdStartConfig) -> Path:
     """Build coldstart.jsonl (and fine-tune on it when `train`); returns out_dir."""
+    check(cfg)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.source == "few_shot":
         rows, report = few_shot_rows(cfg, out)
     else:
         if cfg.source == "rollouts":
-            if not cfg.run:
-                raise AhaError("run: source=rollouts needs the R1-Zero run folder (run=runs/...)")
             candidates, dropped = rollout_candidates(cfg.run)
         else:
-            if not cfg.input:
-                raise AhaError("input: source=file needs a JSONL of {prompt, completion} (input=...)")
             candidates, dropped = file_candidates(cfg.input), Counter()
         rows, why = filter_candidates(candidates, cfg.filters)
         dropped.update(why)

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aha.config import check
 from aha.io import atomic_write_text
 from aha.runs import newest_model
 from aha.stages import sample as sample_stage
@@ -35,6 +36,7 @@ class DistillConfig:
 
 def run(cfg: DistillConfig) -> Path:
     """Teacher -> sample -> sft on the student; returns out_dir (the student is the newest checkpoint of sft/)."""
+    check(cfg)
     out = Path(cfg.out_dir)
     samples = sample_stage.run(dataclasses.replace(cfg.sample, model=cfg.teacher, out_dir=str(out / "sample")))
     student_run = sft_stage.run(dataclasses.replace(cfg.sft, model=cfg.student, input=str(samples / "samples.jsonl"),

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from aha.config import NonNegFloat, NonNegInt, PositiveInt, Probability
+from aha.config import Invalid, NonNegFloat, NonNegInt, PositiveInt, Probability, check
 from aha.data.example import Example
 from aha.data.tasks import TaskConfig, is_file_task, load_task
 from aha.data.templates import render_prompt, with_prefill
@@ -86,6 +86,10 @@ class EvalConfig:
     code_isolation: Literal["auto", "bwrap", "rlimits"] = "auto"
     """Code tasks: how model-written programs are isolated, as rewards.code_isolation in training: auto
     (bubblewrap, else an error) or rlimits (no namespaces). The one used is written to summary.json."""
+
+    def check(self) -> None:
+        if self.temperature <= 0 and self.samples > 1:
+            raise Invalid("samples", "greedy decoding (temperature=0) gives identical samples; use samples=1")
 
 
 # ----------------------------------------------------------------------------------------- estimators
@@ -184,9 +188,6 @@ def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, re
     model, tok = load_model(model_name, dtype=cfg.dtype, device=device)
     engine = make_engine(cfg.engine, model, tok, max_batch=cfg.max_batch)
     k = cfg.samples
-    greedy = cfg.temperature <= 0
-    if greedy and k > 1:
-        raise AhaError("samples: greedy decoding (temperature=0) gives identical samples; use samples=1")
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     torch.manual_seed(cfg.seed)
     prompts = [tok(render_prompt(e.prompt, tok, cfg.template, cfg.system_prompt, cfg.few_shot, cfg.prefill), add_special_tokens=False)["input_ids"]
@@ -284,8 +285,7 @@ def run_prompt_settings(model: str) -> dict:
 
 
 def evaluate(cfg: EvalConfig) -> list[dict]:
-    if cfg.samples < 1:
-        raise AhaError("samples: must be at least 1")
+    check(cfg)
     split = cfg.split if cfg.split != "auto" else ("all" if is_file_task(cfg.task) else "eval")
     cfg = dataclasses.replace(cfg, split=split)
     examples = load_task(cfg.task, cfg.data, split)

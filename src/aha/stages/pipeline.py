@@ -48,14 +48,15 @@ from aha.config import build_section, load_config, recipe_source, save_config, t
 from aha.data.tasks import TaskConfig, is_file_task, split_spec
 from aha.errors import AhaError, closest
 from aha.io import atomic_write_text, path_signature
+from aha.runtime import applied
 from aha.stages import STAGES, stage_entry
 
 MANIFEST = "manifest.json"
-NOT_HASHED = ("resume", "progress", "log.progress", "threads", "malloc", "optim.share_prompt", "optim.pack_tokens",
+NOT_HASHED = ("resume", "progress", "log.progress", "optim.share_prompt", "optim.pack_tokens",
               "optim.share_prefix", "optim.merge_groups", "optim.embedding_grad_once",
               "save_rejected", "sample.save_rejected")
 """Config keys that do not change what a stage produces, only how fast or what else it writes (dotted for
-nested ones)."""
+nested ones). Process settings (threads, the allocator) are not in stage configs at all (`aha.runtime`)."""
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 _REF = re.compile(r"^@([A-Za-z][A-Za-z0-9_-]*)(/.*)?$")
 
@@ -200,7 +201,7 @@ def run_distributed(kind: str, config: Any, nproc: int) -> Path:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     recipe = out / "launch.yaml"
-    save_config(config, recipe)
+    save_config(config, recipe, runtime=applied())  # the pipeline's process settings, for each process
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "aha",
            kind, str(recipe)]
     code = subprocess.run(cmd).returncode

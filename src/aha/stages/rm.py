@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from aha import dist
-from aha.config import NonNegInt, PositiveFloat, PositiveInt, save_config
+from aha.config import NonNegInt, PositiveFloat, PositiveInt, check, save_config
 from aha.errors import AhaError
 from aha.io import read_jsonl
 from aha.models import load_error, load_errors, load_tokenizer, resolve, resolve_dtype
 from aha.rewards.rm import rm_input
-from aha.runtime import adamw
+from aha.runtime import adamw, applied
 from aha.training.batch import enable_gradient_checkpointing
 from aha.training.config import OptimConfig, SFTLogConfig
 from aha.training.loop import Checkpointed, HeldInterrupt, LoopSettings, lr_schedule, run_loop
@@ -265,7 +265,7 @@ class RMTrainer(Checkpointed):
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.main:
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(cfg, self.run_dir / "config.yaml", runtime=applied())
         settings = LoopSettings(self.total_steps, cfg.resume, cfg.log.eval_every, cfg.log.checkpoint_every,
                                 cfg.log.progress, cfg.log.tensorboard, "aha rm", f"aha rm {self.run_dir}/config.yaml resume=true")
         return run_loop(self, settings, postfix=lambda m: {"loss": f"{m['loss']:.3f}", "acc": f"{m['accuracy']:.2f}"})
@@ -273,4 +273,5 @@ class RMTrainer(Checkpointed):
 
 def run(cfg: RMConfig) -> Path:
     """Train the reward model; returns the run folder (its newest checkpoint is the reward model)."""
+    check(cfg)
     return RMTrainer(cfg).run()

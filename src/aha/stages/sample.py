@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from aha.config import Fraction, NonNegFloat, NonNegInt, PositiveInt, Probability, save_config
+from aha.config import Fraction, NonNegFloat, NonNegInt, PositiveInt, Probability, check, save_config
 from aha.data.example import Example
 from aha.data.tasks import TaskConfig, load_task
 from aha.data.templates import R1_SUMMARY_SYSTEM, R1_SYSTEM, render_prompt, with_prefill
@@ -366,8 +366,7 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
     """Sample, verify, filter and write; returns out_dir. AhaError when nothing passes the filters."""
     import torch
 
-    if cfg.group_size < 1 or cfg.filters.max_per_prompt < 1:
-        raise AhaError("group_size and filters.max_per_prompt must be at least 1")
+    check(cfg)
     out = Path(cfg.out_dir)
     examples = load_task(cfg.task, cfg.data, "train")
     examples = [dataclasses.replace(e, id=e.id or f"{cfg.task}:{i}") for i, e in enumerate(examples)]

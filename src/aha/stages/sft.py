@@ -16,6 +16,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from aha.config import check
 from aha.data.templates import render_completion_target, render_prompt, strip_prefill
 from aha.errors import AhaError
 from aha.io import atomic_write_text, read_jsonl
@@ -138,8 +139,7 @@ def tokenize(s: TextSample, tokenizer, cfg: SFTConfig) -> TokenSample:
 def load_texts(cfg: SFTConfig) -> tuple[list[TextSample], list[TextSample]]:
     """(train, held_out) text samples: read, split by prompt, mixed with the non-reasoning file. Needs no
     model, so bad data fails before one is loaded."""
-    if cfg.samples_per_step < 1 or cfg.max_length < 2:
-        raise AhaError("samples_per_step must be >= 1 and max_length >= 2")
+    check(cfg)
     train, held = split_held_out(read_samples(cfg.input), cfg.eval_size, cfg.seed)
     general = read_samples(cfg.mix.file, "general", "mix.file") if cfg.mix.ratio > 0 else []
     return mix_samples(train, general, cfg.mix.ratio, cfg.seed), held
@@ -167,8 +167,6 @@ def run(cfg: SFTConfig, model=None, tokenizer=None) -> Path:
 
     import torch
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     texts = load_texts(cfg)  # bad data fails before the model is loaded
     if model is None:
         model, tokenizer = load_model(resolve_run(cfg.model), dtype="float32")

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from aha.config import (
     Fraction,
     FractionBelowOne,
+    Invalid,
     NonNegFloat,
     NonNegInt,
     PositiveFloat,
@@ -20,7 +21,8 @@ from aha.config import (
 from aha.data.tasks import TaskConfig
 from aha.rewards.config import RewardsConfig
 
-DEFAULT_REWARDS = {"accuracy": 1.0, "accuracy_lenient": 0.5, "format_partial": 0.5}
+MOVED_TO_RUNTIME = {k: f"a process setting now: runtime.{k} (a recipe's top-level `runtime:` section, or "
+                        f"runtime.{k}=... on the command line)" for k in ("threads", "malloc")}
 
 
 @dataclass
@@ -142,9 +144,9 @@ class LoRAConfig:
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Module names to adapt (peft's `target_modules`); "all-linear": every linear layer but the LM head."""
 
-    def __post_init__(self):
+    def check(self) -> None:
         if self.rank and not self.target_modules:
-            raise ValueError("target_modules: empty, so nothing would train")
+            raise Invalid("target_modules", "empty, so nothing would train")
 
 
 @dataclass
@@ -167,6 +169,7 @@ class LogConfig:
 
 @dataclass
 class TrainConfig:
+    RENAMED: ClassVar[dict[str, str]] = MOVED_TO_RUNTIME
     model: str = "smollm2-135m-instruct"
     """Registry name, .gguf file or HF folder."""
     task: str = "chain_sum"
@@ -197,11 +200,6 @@ class TrainConfig:
     slower than fp32 on CPUs without them)."""
     device: str = "auto"
     """cpu, cuda or auto."""
-    threads: NonNegInt = 0
-    """torch intra-op threads (0: torch's default)."""
-    malloc: Literal["tuned", "default"] = "tuned"
-    """tuned: glibc keeps freed memory for reuse instead of unmapping it (aha.runtime.tune_malloc; see
-    bench/README.md for what it buys); default: leave the allocator alone."""
     resume: bool = False
     """Continue from the newest checkpoint in out_dir."""
     max_minutes: NonNegFloat = 0.0
@@ -213,20 +211,19 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
-    rewards: RewardsConfig = field(default_factory=lambda: RewardsConfig(weights=dict(DEFAULT_REWARDS)))
-    """Rewards and weights. The default shapes for a small instruct model that rarely writes answer tags at
-    first: partial format credit and lenient accuracy (the last number) carry signal from step 1."""
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    """Rewards and weights (default: `aha.rewards.config.DEFAULT_WEIGHTS`)."""
     log: LogConfig = field(default_factory=LogConfig)
 
-    def __post_init__(self):
+    def check(self) -> None:
         # The overlong penalty belongs at the sampling cut: derived from it unless set (`rewards_config`), and
         # refused when set elsewhere while weighted (-1 for every answer past 256 tokens while sampling 4,096
         # would stop the length growth R1-Zero is about; past the cut it would never fire).
         ol, cut = self.rewards.overlong, self.rollout.max_new_tokens
         weighted = any(w.get("overlong") for w in (self.rewards.weights, *self.rewards.by_kind.values()))
         if ol.max_tokens and ol.max_tokens != cut and weighted:
-            raise ValueError(f"rewards.overlong.max_tokens: {ol.max_tokens} is not rollout.max_new_tokens ({cut}); "
-                             "leave it unset to follow the sampling cut (a length target is the budget reward's job)")
+            raise Invalid("rewards.overlong.max_tokens", f"{ol.max_tokens} is not rollout.max_new_tokens ({cut}); "
+                          "leave it unset to follow the sampling cut (a length target is the budget reward's job)")
 
     @property
     def rewards_config(self) -> RewardsConfig:
@@ -262,6 +259,7 @@ class SFTLogConfig:
 
 @dataclass
 class SFTConfig:
+    RENAMED: ClassVar[dict[str, str]] = MOVED_TO_RUNTIME
     model: str = "smollm2-135m-instruct"
     """Registry name, .gguf file or HF folder to fine-tune."""
     input: str = ""
@@ -299,11 +297,6 @@ class SFTConfig:
     computes it fast (see aha.models.fast_bf16), else float32."""
     device: str = "auto"
     """cpu, cuda or auto."""
-    threads: NonNegInt = 0
-    """torch intra-op threads (0: torch's default)."""
-    malloc: Literal["tuned", "default"] = "tuned"
-    """tuned: glibc keeps freed memory for reuse instead of unmapping it (aha.runtime.tune_malloc, as in
-    `aha train`); default: leave the allocator alone."""
     resume: bool = False
     """Continue from the newest checkpoint in out_dir."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=5, micro_batch_size=2))
@@ -312,3 +305,7 @@ class SFTConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """LoRA adapters (rank 0: train every weight), as in `aha train`."""
     log: SFTLogConfig = field(default_factory=SFTLogConfig)
+
+    def check(self) -> None:
+        if self.max_length < 2:
+            raise Invalid("max_length", f"must be >= 2 (a prompt token and a target), got {self.max_length}")

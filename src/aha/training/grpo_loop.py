@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from aha import dist
-from aha.config import save_config
+from aha.config import check, save_config
 from aha.data.example import Example
 from aha.data.tasks import load_task
 from aha.data.templates import render_prompt, with_prefill
@@ -33,7 +33,7 @@ from aha.rewards import RewardSet
 from aha.rewards.selftest import selftest
 from aha.rollout import make_engine
 from aha.rollout.base import Completion, SamplingConfig, shared_prefix_len
-from aha.runtime import adamw, tune_malloc
+from aha.runtime import adamw, applied
 from aha.training import checkpoint as ckpt
 from aha.training import lora
 from aha.training.batch import (
@@ -84,16 +84,13 @@ class StepPlan:
 
 class GRPOTrainer(Checkpointed):
     def __init__(self, cfg: TrainConfig, model=None, tokenizer=None, engine=None):
+        check(cfg)
         self.cfg = cfg
         # Under torchrun: this process's place among the others and its device (dist.py); else one process.
         self.dist, self.device = dist.setup(cfg.device)
         if self.dist.on and cfg.grpo.prompts_per_step < self.dist.world:
             raise AhaError(f"grpo.prompts_per_step: {cfg.grpo.prompts_per_step} prompt groups cannot be shared by "
                            f"{self.dist.world} processes (a group never splits across processes)")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if cfg.malloc == "tuned" and self.device == "cpu":
-            tune_malloc()
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.run_dir = Path(cfg.out_dir)
@@ -550,7 +547,7 @@ class GRPOTrainer(Checkpointed):
         if cfg.selftest and not (cfg.resume and ckpt.latest_checkpoint(self.run_dir)):
             selftest(self.examples[:200], self.rewards)
         if self.dist.main:
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(cfg, self.run_dir / "config.yaml", runtime=applied())
         settings = LoopSettings(cfg.steps, cfg.resume, cfg.log.eval_every, cfg.log.checkpoint_every, cfg.log.progress,
                                 cfg.log.tensorboard, "aha train", f"aha train {self.run_dir}/config.yaml resume=true",
                                 max_minutes=cfg.max_minutes)

@@ -31,7 +31,7 @@ from aha import dist
 from aha.config import save_config
 from aha.errors import AhaError
 from aha.models import resolve_dtype
-from aha.runtime import adamw, tune_malloc
+from aha.runtime import adamw, applied
 from aha.training import lora
 from aha.training.batch import (
     InputEmbeddings,
@@ -170,8 +170,6 @@ class SFTTrainer(Checkpointed):
         if self.dist.on and cfg.samples_per_step < self.dist.world:
             raise AhaError(f"samples_per_step: {cfg.samples_per_step} samples cannot be shared by {self.dist.world} "
                            "processes")
-        if cfg.malloc == "tuned" and self.device == "cpu":
-            tune_malloc()
         self.run_dir = Path(cfg.out_dir)
         self.train_samples, self.held_out = train, held_out
         self.tok = tokenizer
@@ -302,7 +300,7 @@ class SFTTrainer(Checkpointed):
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         if self.dist.main:
-            save_config(cfg, self.run_dir / "config.yaml")
+            save_config(cfg, self.run_dir / "config.yaml", runtime=applied())
         settings = LoopSettings(self.steps, cfg.resume, cfg.log.eval_every, cfg.log.checkpoint_every, cfg.log.progress,
                                 cfg.log.tensorboard, "aha sft", f"aha sft {self.run_dir} resume=true")
         return run_loop(self, settings, postfix=lambda m: {"loss": f"{m['loss']:.3f}"})
