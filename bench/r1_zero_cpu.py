@@ -27,6 +27,7 @@ from aha.config import load_config
 from aha.io import atomic_write_text
 from aha.models import fast_bf16
 from aha.plot import plot_run
+from aha.rewards.extract import answer_tag_content, last_boxed
 from aha.stages.evaluate import EvalConfig, evaluate
 from aha.training.config import TrainConfig
 from aha.training.grpo_loop import train
@@ -38,6 +39,42 @@ def in_format_accuracy(samples_jsonl: Path) -> tuple[float, float]:
     pairs = [(f >= 1.0, c >= 1.0) for r in rows for f, c in zip(r["format"], r["correct"])]
     kept = [c for f, c in pairs if f]
     return len(kept) / max(len(pairs), 1), (sum(kept) / len(kept) if kept else 0.0)
+
+
+def answer_sources(samples_jsonl: Path) -> dict:
+    """Where each sampled completion's answer came from (the `<answer>` tags, else a `\\boxed{}`, else none) and
+    the accuracy within each: a gain from more tagged answers at the same accuracy is format-learning, a
+    gain within the tagged ones is better answers."""
+    rows = [json.loads(line) for line in samples_jsonl.read_text().splitlines()]
+    seen = {"tagged": [], "boxed": [], "none": []}
+    for r in rows:
+        for text, correct in zip(r["completions"], r["correct"]):
+            source = ("tagged" if answer_tag_content(text) is not None else
+                      "boxed" if last_boxed(text) is not None else "none")
+            seen[source].append(correct >= 1.0)
+    n = max(sum(len(v) for v in seen.values()), 1)
+    return {k: {"share": len(v) / n, "accuracy": (sum(v) / len(v) if v else 0.0)} for k, v in seen.items()}
+
+
+def paired_gain(before_jsonl: Path, after_jsonl: Path) -> dict | None:
+    """pass@1 after minus before, problem by problem (the same problems, k samples each): the mean difference
+    with its standard error (the paired one: smaller than either side's own when problems differ in difficulty
+    more than the runs do), and how many problems went up and down."""
+    if not (before_jsonl.exists() and after_jsonl.exists()):
+        return None
+    def per_problem(path: Path) -> dict[str, float]:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        return {r["id"]: sum(r["correct"]) / len(r["correct"]) for r in rows}
+    before, after = per_problem(before_jsonl), per_problem(after_jsonl)
+    ids = sorted(before.keys() & after.keys())
+    diffs = [after[i] - before[i] for i in ids]
+    n = len(diffs)
+    if n < 2:
+        return None
+    mean = sum(diffs) / n
+    var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
+    return {"problems": n, "pass@1_gain": mean, "pass@1_gain_se": (var / n) ** 0.5,
+            "problems_up": sum(d > 0 for d in diffs), "problems_down": sum(d < 0 for d in diffs)}
 
 
 def evaluated(cfg: EvalConfig) -> dict:
@@ -146,11 +183,16 @@ def main(argv: list[str]) -> None:
 
     _, last = latest_checkpoint(run_dir)
     after = held_out(str(last), cfg, out / "eval_after", samples)
+    before_samples = out / "eval_before" / "sampled" / "samples.jsonl"
+    if "answer_sources" not in before and before_samples.exists():  # a kept before-evaluation of an older commit
+        before["answer_sources"] = answer_sources(before_samples)
+    gain = paired_gain(before_samples, out / "eval_after" / "sampled" / "samples.jsonl")
     figures = [str(p) for p in plot_run(str(run_dir))]
     result = {"commit": commit, "cpu": cpu_kind(),
               "recipe": recipe, "overrides": overrides, "steps": spent["last_step"], "train_seconds": train_s,
               "train_step_seconds": spent["steps_s"], "train_eval_seconds": spent["evals_s"], "hours_budget": hours,
-              "eval_problems": after["problems"], "before_commit": before_commit, "before": before, "after": after, "figures": figures}
+              "eval_problems": after["problems"], "before_commit": before_commit, "before": before, "after": after,
+              "paired": gain, "figures": figures}
     atomic_write_text(Path(f"bench/results/{name}.json"), json.dumps(result, indent=2) + "\n")
     print(f"| | greedy acc | pass@1 (k={samples}, T=0.6) | cons@{samples} | mean length |")
     print("|---|---|---|---|---|")
@@ -158,6 +200,9 @@ def main(argv: list[str]) -> None:
         print(f"| {name} | {r['greedy_accuracy']:.3f} | {r['pass@1']:.3f} ± {r['pass@1_se']:.3f} | "
               f"{r[f'cons@{samples}']:.3f} | {r['length_mean']:.1f} |")
     print(f"training: {spent['last_step']} steps in {train_s / 60:.1f} min")
+    if gain:
+        print(f"pass@1 gain, paired over {gain['problems']} problems: {gain['pass@1_gain']:+.3f} ± "
+              f"{gain['pass@1_gain_se']:.3f} ({gain['problems_up']} up, {gain['problems_down']} down)")
 
 
 if __name__ == "__main__":
