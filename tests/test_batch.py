@@ -57,8 +57,9 @@ def test_packed_logprobs_and_gradients_equal_the_padded_batch(model_and_group, a
         batch_mod.sdpa_attention_forward = sdpa
     runs = [b - a for a, b in packed.blocks()]
     assert len(runs) == 2 and sum(runs) == packed.input_ids.shape[1]
-    if attn == "sdpa":  # attention one prompt's run at a time, in every layer
-        assert query_lengths == runs * model.config.num_hidden_layers
+    if attn == "sdpa":  # attention one prompt or completion at a time, in every layer
+        spans = [b - a for a, b, _, _ in packed.spans()]
+        assert len(spans) == 2 + sum(bool(c.completion_ids) for c in rows) and query_lengths == spans * model.config.num_hidden_layers
     assert model.config._attn_implementation == attn
     assert torch.equal(packed.completion_mask, full.completion_mask)
     mask = packed.completion_mask.bool()

@@ -190,6 +190,22 @@ class PackedGroups:
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
             ~allowed, torch.finfo(dtype).min)[None, None]
 
+    def spans(self) -> list[tuple[int, int, int, int]]:
+        """Each prompt and completion of the row as (start, end, context start, context end): its tokens see the
+        shared prefix, the row's [context start, context end) (a completion: its prompt; a prompt: nothing)
+        and, causally, themselves, which is all the block mask allows."""
+        change = (torch.nonzero(self.segment[1:] != self.segment[:-1]).flatten() + 1).tolist()
+        edges = [0, *change, self.segment.shape[0]]
+        starts = torch.tensor(edges[:-1], device=self.segment.device)
+        where: dict[int, tuple[int, int]] = {}
+        out = []
+        for (a, b), seg, own in zip(zip(edges[:-1], edges[1:]), self.segment[starts].tolist(),
+                                    self.owner[starts].tolist()):
+            where[seg] = (a, b)
+            p0, p1 = (a, a) if own == seg else where[own]
+            out.append((a, b, p0, p1))
+        return out
+
     def blocks(self) -> list[tuple[int, int]]:
         """[start, end) of each prompt's run in the row (its prompt and completions): no token attends outside
         its own run (and the shared prefix)."""
@@ -290,6 +306,45 @@ def _block_attention(module, query, key, value, attention_mask, aha_blocks=None,
     return torch.cat(outs, dim=1), None  # (1, L, heads, D)
 
 
+def _span_attention(module, query, key, value, attention_mask, aha_spans=None, **kwargs):
+    """transformers' SDPA attention for a packed row of groups, one prompt or completion at a time (`aha_spans`:
+    `PackedGroups.spans`, with each span's mask): a completion's queries attend to the shared prefix's keys, its
+    prompt's and its own (causally), and nothing else, which is all the block mask allows (exact). The dense
+    masked attention of a group's row computes every (query, key) pair of the row: for 8 completions of ~240
+    tokens after a ~150-token prompt, ~5x the pairs a completion can see, and as many scores held for the
+    backward pass. `attention_mask` (the dense one) is not read."""
+    L = query.shape[2]
+    S = key.shape[2] - L  # the shared prefix's keys come first (from the cache)
+    outs = []
+    for a, b, p0, p1, mask in aha_spans:
+        ks, vs = [key[:, :, S + a:S + b]], [value[:, :, S + a:S + b]]
+        if p1 > p0:
+            ks.insert(0, key[:, :, S + p0:S + p1])
+            vs.insert(0, value[:, :, S + p0:S + p1])
+        if S:
+            ks.insert(0, key[:, :, :S])
+            vs.insert(0, value[:, :, :S])
+        k = ks[0] if len(ks) == 1 else torch.cat(ks, dim=2)
+        v = vs[0] if len(vs) == 1 else torch.cat(vs, dim=2)
+        outs.append(sdpa_attention_forward(module, query[:, :, a:b], k, v, mask,
+                                           **{**kwargs, "is_causal": mask is None})[0])
+    return torch.cat(outs, dim=1), None  # (1, L, heads, D)
+
+
+def _span_masks(spans: list[tuple[int, int, int, int]], prefix: int, device) -> list[tuple]:
+    """Each span with its mask: None (causal from the first key) without context, else the context keys all
+    visible and the span's own causally; one mask per shape, shared by every layer."""
+    made: dict[tuple[int, int], torch.Tensor] = {}
+    out = []
+    for a, b, p0, p1 in spans:
+        n, ctx = b - a, prefix + p1 - p0
+        if ctx and (n, ctx) not in made:
+            own = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+            made[(n, ctx)] = torch.cat([own.new_ones(n, ctx), own], dim=1)[None, None]
+        out.append((a, b, p0, p1, made.get((n, ctx)) if ctx else None))
+    return out
+
+
 def blocks_forward(model, blocks: list[tuple[int, int]], **inputs):
     """`model(**inputs)` with its SDPA attention computed one block of the row at a time (`_block_attention`),
     when there are two blocks or more; the model's attention setting is restored afterwards."""
@@ -298,6 +353,14 @@ def blocks_forward(model, blocks: list[tuple[int, int]], **inputs):
     register_attention("aha_blocks", _block_attention)
     with attention_implementation(model.config, "aha_blocks"):
         return model(**inputs, aha_blocks=blocks)
+
+
+def spans_forward(model, spans: list[tuple[int, int, int, int]], prefix: int, **inputs):
+    """`model(**inputs)` with its SDPA attention computed one prompt or completion at a time (`_span_attention`);
+    the model's attention setting is restored afterwards."""
+    register_attention("aha_spans", _span_attention)
+    with attention_implementation(model.config, "aha_spans"):
+        return model(**inputs, aha_spans=_span_masks(spans, prefix, inputs["position_ids"].device))
 
 
 def enable_gradient_checkpointing(model) -> None:
@@ -424,12 +487,14 @@ def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = Fals
         if prefix:
             raise ValueError("a shared prefix is not supported for sliding-window models")
         mask = {"full_attention": mask, "sliding_attention": batch.attention_mask(dtype, window)}
-    blocks = batch.blocks() if impl == "sdpa" else []  # attention one prompt's run at a time (exact)
+    inputs = dict(**input_kwargs(batch.input_ids, embed), position_ids=batch.position_ids, attention_mask=mask,
+                  logits_to_keep=batch.keep, **extra)
+    if impl == "sdpa" and not window:  # attention one prompt or completion at a time (exact)
+        run = lambda: spans_forward(model, batch.spans(), batch.prefix_len, **inputs)  # noqa: E731
+    else:  # one prompt's run at a time (a sliding-window layer's mask is kept whole within it)
+        blocks = batch.blocks() if impl == "sdpa" else []
+        run = lambda: blocks_forward(model, blocks, **inputs)  # noqa: E731
     src = batch.source.reshape(-1)
-    logp, ent = kept_logprobs(
-        model, lambda: blocks_forward(model, blocks, **input_kwargs(batch.input_ids, embed),
-                                      position_ids=batch.position_ids, attention_mask=mask,
-                                      logits_to_keep=batch.keep, **extra),
-        src, batch.completion_ids.reshape(-1), with_entropy, chunk)
+    logp, ent = kept_logprobs(model, run, src, batch.completion_ids.reshape(-1), with_entropy, chunk)
     shape = batch.source.shape
     return logp.view(shape), (ent[src].view(shape) if with_entropy else None)
