@@ -337,7 +337,7 @@ def _is_runtime(key: str) -> bool:
 
 def load_config(cls, recipe: str | os.PathLike | None = None, overrides: list[str] | None = None):
     """Build `cls` from an optional YAML recipe and `key=value` overrides (dotted keys). The `runtime`
-    section and `runtime.*` overrides are not the stage's (`load_runtime` reads them)."""
+    section and `runtime.*` overrides are not the stage's (`aha.runtime.load` reads them)."""
     tree, src = _read_recipe(recipe)
     tree = {k: v for k, v in tree.items() if k != RUNTIME}
     try:
@@ -357,21 +357,20 @@ def load_runtime(cls, recipe: str | os.PathLike | None = None, overrides: list[s
     """`cls` (`aha.runtime.RuntimeConfig`, whose module builds on this one) from a recipe's `runtime:` section
     and the `runtime.KEY=VALUE` overrides, checked with located errors like any section."""
     tree, src = _read_recipe(recipe)
-    section = tree.get(RUNTIME) or {}
-    if not isinstance(section, dict):
+    if not isinstance(tree.get(RUNTIME) or {}, dict):
         raise AhaError(f"{src.where(RUNTIME)}: {RUNTIME}: expected a mapping (threads, malloc)")
-    section = {"_": dict(section)}
+    section = dict(tree.get(RUNTIME) or {})
     for item in overrides or []:
         key, value = _parse_override(item)
         if key == RUNTIME:  # runtime={malloc: default}
             if not isinstance(value, dict):
                 raise AhaError(f"command line: {RUNTIME}: expected a mapping, got {value!r}")
             src.cli_keys.update(f"{RUNTIME}.{k}" for k in value)
-            section["_"].update(value)
+            section.update(value)
         elif _is_runtime(key):
             src.cli_keys.add(key)
-            _set_dotted(section["_"], key[len(RUNTIME) + 1:], value)
-    return build_section(cls, section["_"], RUNTIME + ".", src)
+            _set_dotted(section, key[len(RUNTIME) + 1:], value)
+    return build_section(cls, section, RUNTIME + ".", src)
 
 
 def recipe_source(recipe: str | os.PathLike | None = None, overrides: list[str] | None = None) -> _Source:
