@@ -3,10 +3,11 @@ backward) on a real model, with the attention one prompt or completion at a time
 block mask (before). LoRA rank 16, bf16 autocast, as recipes/r1_zero_qwen_gsm8k.yaml trains.
 
     .venv/bin/python bench/group_attention.py [--model qwen2.5-coder-0.5b-instruct] [--completions 8]
-        [--prompt 150] [--length 240] [--rounds 2]
+        [--prompt 150] [--length 240] [--rounds 2] [--profile]
 
 Prints seconds per micro-batch (medians of alternating rounds) and writes bench/results/group_attention.json
-(the commit and CPU kind inside).
+(the commit and CPU kind inside). `--profile`: instead, torch's profiler over one micro-batch (now), the ops by
+self CPU time.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=150)
     ap.add_argument("--length", type=int, default=240)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
     model, tok = load_model(str(resolve(args.model)), dtype="float32")
@@ -60,6 +62,15 @@ def main() -> None:
         return time.perf_counter() - t
 
     once("spans")  # warm-up
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            seconds = once("spans")
+        print(f"{seconds:.1f} s for {packed.tokens} tokens")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+        print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=25))
+        return
     times: dict[str, list[float]] = {"spans": [], "dense": []}
     for _ in range(args.rounds):
         for variant in ("dense", "spans"):
