@@ -34,7 +34,7 @@ def test_the_runtime_section_is_read_apart_from_the_stage_config(tmp_path):
 
 def test_bad_runtime_values_are_located(tmp_path):
     r = recipe(tmp_path, "steps: 3\nruntime:\n  malloc: fast\n")
-    with pytest.raises(AhaError, match=r"r.yaml:3: runtime.malloc: expected one of \['tuned', 'default'\]"):
+    with pytest.raises(AhaError, match=r"r.yaml:3: runtime.malloc: expected one of \['auto', 'tuned', 'default'\]"):
         runtime.load(r)
     with pytest.raises(AhaError, match=r"command line: runtime.threads: must be >= 0"):
         runtime.load(None, ["runtime.threads=-1"])
@@ -91,3 +91,36 @@ def test_apply_sets_torch_threads_and_records_the_settings(monkeypatch):
         assert runtime.applied() == runtime.RuntimeConfig(threads=1, malloc="default")
     finally:
         torch.set_num_threads(before)
+
+
+def test_malloc_auto_settles_by_the_model_size(monkeypatch):
+    tuned = []
+    monkeypatch.setattr(runtime, "tune_malloc", lambda: tuned.append(True) or True)
+    monkeypatch.setattr(runtime, "_applied", runtime.RuntimeConfig())
+    assert runtime.applied().malloc == "auto"
+    assert runtime.settle_malloc(runtime.AUTO_TUNED_MAX_PARAMS) == "default" and not tuned
+    assert runtime.applied().malloc == "default"
+    monkeypatch.setattr(runtime, "_applied", runtime.RuntimeConfig())
+    assert runtime.settle_malloc(135_000_000) == "tuned" and tuned == [True]
+    monkeypatch.setattr(runtime, "_applied", runtime.RuntimeConfig(malloc="default"))
+    assert runtime.settle_malloc(1_000) == "default"  # a setting given is kept
+
+
+def test_release_hands_freed_heap_memory_back(monkeypatch):
+    import platform
+
+    import torch
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's malloc_trim")
+    monkeypatch.setattr(runtime, "_tuned", False)  # other tests may have tuned this process; trimming still works
+
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1])
+
+    blocks = [torch.ones(4096, dtype=torch.uint8) * i for i in range(64 * 1024)]  # 256 MiB of small heap blocks
+    keep = blocks[-1]
+    del blocks
+    before = rss()
+    runtime.release()
+    assert rss() < before - 16 * 1024 and keep.sum() > 0  # at least 64 MiB went back (in 4 KiB pages)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from aha import dist
+from aha import dist, runtime
 from aha.config import check, save_config
 from aha.data.example import Example
 from aha.data.tasks import load_task
@@ -130,6 +130,7 @@ class GRPOTrainer(Checkpointed):
             engine = make_engine(cfg.rollout.engine, self.rollout_model, tokenizer, max_batch=cfg.rollout.max_batch,
                                  **extra)
         self.engine = engine
+        runtime.settle_malloc(sum(p.numel() for p in model.parameters()))  # malloc=auto: by the model's size
         self.policy = lora.apply(model, cfg.lora) if self.lora else model
         if self.rollout_model is model and self.lora:  # a given engine: nothing to merge into, it has its own
             self.rollout_model = self.policy
@@ -306,6 +307,7 @@ class GRPOTrainer(Checkpointed):
         """One GRPO step: rollouts -> rewards -> advantages -> mu x (micro-batched loss, AdamW update)."""
         t0 = time.perf_counter()
         ro, info = self.collect()  # rollouts, their rewards and group-normalised advantages
+        runtime.release()  # the decode's memory, before training's differently sized tensors take its place
         t_gen = time.perf_counter() - t0  # includes scoring; scoring time is measured below
         plan = self.plan(ro)
         informative = self._any(bool((ro.advantages != 0).any()))
@@ -409,6 +411,8 @@ class GRPOTrainer(Checkpointed):
             stats["tis_mean"] += terms.tis_mean * w / g.mu
             stats["tis_capped"] += terms.tis_capped * w / g.mu
             stats["entropy"] += float((ent * b.completion_mask).sum() / max(plan.num_tokens, 1.0)) / g.mu
+            del terms, logp, ent
+            runtime.release()  # this micro-batch's activations, before the next one's of another size
         if prefix is not None:
             prefix.backward()  # the prefix's share of the gradient, gathered over all micro-batches
         if embed is not None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aha import dist
+from aha import dist, runtime
 from aha.config import save_config
 from aha.errors import AhaError
 from aha.models import resolve_dtype
@@ -175,6 +175,7 @@ class SFTTrainer(Checkpointed):
         self.tok = tokenizer
         self.lora = cfg.lora.rank > 0
         model = model.to(self.device)
+        runtime.settle_malloc(sum(p.numel() for p in model.parameters()))  # malloc=auto: by the model's size
         self.policy = lora.apply(model, cfg.lora) if self.lora else model
         self.policy.train()
         if cfg.optim.gradient_checkpointing:
@@ -230,6 +231,8 @@ class SFTTrainer(Checkpointed):
                 raise FloatingPointError(f"step {self.step_no + 1}: loss is {loss.item()}")
             loss.backward()
             total += loss.item()
+            del loss
+            runtime.release()  # this micro-batch's activations, before the next one's of another size
         if embed is not None:
             embed.backward()  # the embedding layer's gradient, once for all micro-batches
         gn = dist.clip_grad_norm(self.trainable, self.cfg.optim.max_grad_norm or float("inf"))
