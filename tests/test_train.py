@@ -499,3 +499,20 @@ def test_eval_problems_limits_the_greedy_evaluation_not_the_held_out_split(tiny_
     assert two.eval_examples == all4.eval_examples[:2] and none.eval_examples == [] and none.evaluate() == {}
     train = {e.prompt for e in none.examples}
     assert len(none.examples) == len(all4.examples) and not train & {e.prompt for e in all4.eval_examples}
+
+
+def test_resume_with_another_lr_uses_the_configs(tiny_model_dir, task_file, tmp_path, capsys):
+    """Resuming with a changed optim.lr trains at the new rate from the next step, at the same place in the
+    schedule (the checkpoint keeps where the warm-up stands, not its peak), and says so."""
+    warm = ["optim.warmup_steps=4"]
+    GRPOTrainer(make_cfg(tiny_model_dir, task_file, tmp_path / "run", "steps=2", *warm)).run()
+    trainer = GRPOTrainer(make_cfg(tiny_model_dir, task_file, tmp_path / "run", "steps=3", "resume=true", *warm,
+                                   "optim.lr=5e-4"))
+    trainer.run()
+    assert "optim.lr 0.001 in the checkpoint, 0.0005 from here on" in capsys.readouterr().out
+    rows = {r["step"]: r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())}
+    first = rows[1]["lr"] / 1e-3 * 4  # warm-up factor (i + 1) / 4 at step 1
+    assert first in (1.0, 2.0)
+    assert rows[2]["lr"] == pytest.approx(1e-3 * (first + 1) / 4)
+    assert rows[3]["lr"] == pytest.approx(5e-4 * (first + 2) / 4)
+    assert trainer.opt.param_groups[0]["initial_lr"] == 5e-4

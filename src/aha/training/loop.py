@@ -92,10 +92,18 @@ class Checkpointed:
         return ckpt.save_checkpoint(self.run_dir, self.step_no, self.saved_model(), self.tok, self.state(), keep=keep)
 
     def restore(self) -> bool:
+        peak = list(self.sched.base_lrs)  # the learning rate this run's config asks for
         state = ckpt.restore(self.run_dir, self.saved_model(), self.opt)
         if state is None:
             return False
         self.sched.load_state_dict(state["scheduler"])
+        if peak != list(self.sched.base_lrs):  # resumed with another optim.lr: the config's wins from here on
+            print(f"resume: optim.lr {self.sched.base_lrs[0]:g} in the checkpoint, {peak[0]:g} from here on", flush=True)
+            factor = [lr / base if base else 1.0 for lr, base in zip(self.sched.get_last_lr(), self.sched.base_lrs)]
+            for group, base, f in zip(self.opt.param_groups, peak, factor):
+                group["initial_lr"], group["lr"] = base, base * f
+            self.sched.base_lrs = peak
+            self.sched._last_lr = [g["lr"] for g in self.opt.param_groups]
         ckpt.set_rng_state(state["rng"])
         if "sampler" in state:
             self.load_data_state(state["sampler"])
