@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,7 @@ def held_out(model: str, cfg: TrainConfig, out: Path, samples: int) -> dict:
             "format_rate": sampled["format_rate"], "accuracy_in_format": in_format_accuracy(out / "sampled" / "samples.jsonl")[1],
             "length_mean": sampled["length_mean"], "truncated": sampled["truncated"],
             "reflection_per_1k_tokens": sampled["reflection_per_1k_tokens"],
+            "answer_sources": answer_sources(out / "sampled" / "samples.jsonl"),
             "eval_seconds": greedy["seconds"] + sampled["seconds"], "greedy_seconds": greedy["seconds"],
             "sampled_seconds": sampled["seconds"], "sampled_tokens_per_s": sampled["tokens_per_s"],
             "greedy_reused": bool(greedy.get("reused"))}
@@ -188,6 +190,11 @@ def main(argv: list[str]) -> None:
         before["answer_sources"] = answer_sources(before_samples)
     gain = paired_gain(before_samples, out / "eval_after" / "sampled" / "samples.jsonl")
     figures = [str(p) for p in plot_run(str(run_dir))]
+    for fig in figures:  # the combined figure (accuracy, length, reflection) is committed with the results
+        if fig.endswith("r1_zero.png"):
+            shutil.copyfile(fig, f"bench/results/{name}.png")
+            figures.append(f"bench/results/{name}.png")
+            break
     result = {"commit": commit, "cpu": cpu_kind(),
               "recipe": recipe, "overrides": overrides, "steps": spent["last_step"], "train_seconds": train_s,
               "train_step_seconds": spent["steps_s"], "train_eval_seconds": spent["evals_s"], "hours_budget": hours,
