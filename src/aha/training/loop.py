@@ -98,7 +98,9 @@ class Checkpointed:
             return False
         self.sched.load_state_dict(state["scheduler"])
         if peak != list(self.sched.base_lrs):  # resumed with another optim.lr: the config's wins from here on
-            print(f"resume: optim.lr {self.sched.base_lrs[0]:g} in the checkpoint, {peak[0]:g} from here on", flush=True)
+            if dist.is_main():
+                print(f"resume: optim.lr {self.sched.base_lrs[0]:g} in the checkpoint, {peak[0]:g} from here on",
+                      flush=True)
             factor = [lr / base if base else 1.0 for lr, base in zip(self.sched.get_last_lr(), self.sched.base_lrs)]
             for group, base, f in zip(self.opt.param_groups, peak, factor):
                 group["initial_lr"], group["lr"] = base, base * f
