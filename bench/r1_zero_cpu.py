@@ -190,11 +190,10 @@ def main(argv: list[str]) -> None:
         before["answer_sources"] = answer_sources(before_samples)
     gain = paired_gain(before_samples, out / "eval_after" / "sampled" / "samples.jsonl")
     figures = [str(p) for p in plot_run(str(run_dir))]
-    for fig in figures:  # the combined figure (accuracy, length, reflection) is committed with the results
-        if fig.endswith("r1_zero.png"):
-            shutil.copyfile(fig, f"bench/results/{name}.png")
-            figures.append(f"bench/results/{name}.png")
-            break
+    combined = Path(run_dir) / "r1_zero.png"  # accuracy, length, reflection: committed with the results
+    if str(combined) in figures:
+        shutil.copyfile(combined, f"bench/results/{name}.png")
+        figures.append(f"bench/results/{name}.png")
     result = {"commit": commit, "cpu": cpu_kind(),
               "recipe": recipe, "overrides": overrides, "steps": spent["last_step"], "train_seconds": train_s,
               "train_step_seconds": spent["steps_s"], "train_eval_seconds": spent["evals_s"], "hours_budget": hours,
