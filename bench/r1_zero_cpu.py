@@ -2,7 +2,7 @@
 before and after training, greedy and pass@1 (k samples at T=0.6, top-p 0.95), plus the curves.
 
     .venv/bin/python bench/r1_zero_cpu.py [RECIPE] [key=value ...] [--result NAME] [--before-only]
-        [--hours H] [--resume] [--train-only]
+        [--hours H] [--resume] [--train-only] [--eval-limit N]
 
 Writes bench/results/NAME.json (default r1_zero_cpu) with the commit and the CPU kind inside, and the run's
 PNG figures; prints a Markdown table for bench/README.md. Extra key=value pairs override the training
@@ -10,7 +10,9 @@ recipe (e.g. steps=30). Accuracy is the binary verdict (aha's `accuracy` reward)
 
 A run longer than one sitting: `--hours H` caps the training's wall time (all parts together, from each step's
 `time/step_s` and evaluation's `time/eval_s` in the run's metrics.jsonl), `--resume` continues the run folder
-from its newest checkpoint (Ctrl-C saves one), `--train-only` stops before the final evaluation.
+from its newest checkpoint (Ctrl-C saves one), `--train-only` stops before the final evaluation. `--eval-limit N`
+evaluates the first N problems of the held-out split only (it stays the split the training never sees), for models
+whose 5 x 512-token completions per problem would not fit the sitting; the results say how many problems.
 """
 
 from __future__ import annotations
@@ -87,18 +89,19 @@ def evaluated(cfg: EvalConfig) -> dict:
         kept = json.loads(path.read_text())[0]
         want = {"model": cfg.model[0], "task": cfg.task, "split": cfg.split, "samples": cfg.samples,
                 "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens}
-        if all(kept.get(k) == v for k, v in want.items()) and cfg.temperature <= 0:
+        same_size = not cfg.limit or kept.get("problems") == cfg.limit
+        if all(kept.get(k) == v for k, v in want.items()) and same_size and cfg.temperature <= 0:
             print(f"reusing {path} (the same greedy evaluation)")
             return {**kept, "reused": True}
     return evaluate(cfg)[0]
 
 
-def held_out(model: str, cfg: TrainConfig, out: Path, samples: int) -> dict:
+def held_out(model: str, cfg: TrainConfig, out: Path, samples: int, limit: int = 0) -> dict:
     """The held-out split the run trained without (`split=eval`), greedy and by the paper's protocol."""
     common = dict(task=cfg.task, data=cfg.data, split="eval", max_new_tokens=cfg.rollout.max_new_tokens,
                   template=cfg.template,
                   few_shot=cfg.few_shot, prefill=cfg.prefill,
-                  system_prompt=cfg.system_prompt, progress=False, dtype="auto", seed=cfg.seed)
+                  system_prompt=cfg.system_prompt, progress=False, dtype="auto", seed=cfg.seed, limit=limit)
     greedy = evaluated(EvalConfig(model=[model], samples=1, temperature=0.0, out_dir=str(out / "greedy"), **common))
     sampled = evaluated(EvalConfig(model=[model], samples=samples, temperature=0.6, top_p=0.95,
                                    out_dir=str(out / "sampled"), **common))
@@ -128,13 +131,13 @@ def cpu_kind() -> str:
     return "with bf16 units (AMX/AVX512-BF16)" if fast_bf16() else "without bf16 units"
 
 
-def eval_settings(cfg: TrainConfig, samples: int) -> dict:
+def eval_settings(cfg: TrainConfig, samples: int, limit: int = 0) -> dict:
     """What the held-out evaluation depends on: the same settings give the same numbers for the same model."""
     task = Path(cfg.task)
     digest = hashlib.sha256(task.read_bytes()).hexdigest() if task.is_file() else cfg.task
     return {"model": cfg.model, "task": digest, "data": dataclasses.asdict(cfg.data), "template": cfg.template,
             "few_shot": cfg.few_shot, "prefill": cfg.prefill, "system_prompt": cfg.system_prompt,
-            "max_new_tokens": cfg.rollout.max_new_tokens, "seed": cfg.seed, "samples": samples,
+            "max_new_tokens": cfg.rollout.max_new_tokens, "seed": cfg.seed, "samples": samples, "limit": limit,
             "cpu": cpu_kind()}  # dtype=auto: bf16 on CPUs with bf16 units, fp32 elsewhere
 
 
@@ -144,6 +147,7 @@ def main(argv: list[str]) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     overrides = [a for a in argv if "=" in a] + (["resume=true"] if "--resume" in argv else [])
     hours = float(argv[argv.index("--hours") + 1]) if "--hours" in argv else 0.0
+    limit = int(argv[argv.index("--eval-limit") + 1]) if "--eval-limit" in argv else 0
     runtime.apply(runtime.load(recipe, overrides))  # the recipe's process settings, as `aha train` applies them
     cfg = load_config(TrainConfig, recipe, ["out_dir=runs/bench_r1_zero", "log.progress=false", *overrides])
     out = Path(cfg.out_dir)
@@ -158,7 +162,7 @@ def main(argv: list[str]) -> None:
     # The base model's evaluation does not depend on the training: `--before-only` runs it alone and keeps it in
     # bench/results/NAME_before.json, which a later full run reuses when the evaluation is the same (model, task
     # file, split, template, lengths, seed), so that training and the final evaluation fit in one sitting.
-    settings = eval_settings(cfg, samples)
+    settings = eval_settings(cfg, samples, limit)
     before_file = Path(f"bench/results/{name}_before.json")
     kept = json.loads(before_file.read_text()) if before_file.exists() else None
     before_commit = commit
@@ -166,7 +170,7 @@ def main(argv: list[str]) -> None:
         before, before_commit = kept["before"], kept["commit"]
         print(f"before: reusing {before_file} (commit {kept['commit']}, the same evaluation)")
     else:
-        before = held_out(cfg.model, cfg, out / "eval_before", samples)
+        before = held_out(cfg.model, cfg, out / "eval_before", samples, limit)
         atomic_write_text(before_file, json.dumps({"commit": commit, "cpu": cpu_kind(), "settings": settings,
                                                    "before": before}, indent=2) + "\n")
         if "--before-only" in argv:
@@ -184,7 +188,7 @@ def main(argv: list[str]) -> None:
     from aha.training.checkpoint import latest_checkpoint
 
     _, last = latest_checkpoint(run_dir)
-    after = held_out(str(last), cfg, out / "eval_after", samples)
+    after = held_out(str(last), cfg, out / "eval_after", samples, limit)
     before_samples = out / "eval_before" / "sampled" / "samples.jsonl"
     if "answer_sources" not in before and before_samples.exists():  # a kept before-evaluation of an older commit
         before["answer_sources"] = answer_sources(before_samples)

@@ -60,6 +60,20 @@ def render_prompt(question: str, tokenizer, template: str = "auto", system_promp
     return _render(question, tokenizer, template, system_prompt, few_shot) + prefill
 
 
+def encode_prompt(text: str, tokenizer) -> list[int]:
+    """Token ids of a rendered prompt: the text as written, behind the tokenizer's beginning-of-sequence token
+    when the tokenizer puts one in front by default (Gemma, Llama) and the text does not start with it already
+    (a chat template that writes it). Prompts are tokenized without special tokens so that a chat template's
+    own is never doubled; a plain-text template (`r1_zero`) would then reach the model with no BOS at all, and
+    Gemma-3 without its `<bos>` degenerates: 95 of 128 samples of the 270m base on GSM8K began
+    "<think> <answer> <answer> <answer> ..." until cut at 512 tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos) and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos]:
+        ids = [bos, *ids]
+    return ids
+
+
 def with_prefill(completions: list, prefill: str) -> list:
     """Completions as the reader sees them: the prefilled text (part of the prompt) put back in front."""
     if not prefill:

@@ -23,7 +23,7 @@ from typing import ClassVar, Literal
 from aha.config import Invalid, NonNegFloat, NonNegInt, PositiveInt, Probability, check
 from aha.data.example import Example
 from aha.data.tasks import TaskConfig, is_file_task, load_task
-from aha.data.templates import render_prompt, with_prefill
+from aha.data.templates import encode_prompt, render_prompt, with_prefill
 from aha.errors import AhaError
 from aha.io import atomic_write_jsonl, atomic_write_text
 from aha.models import load_model
@@ -190,7 +190,7 @@ def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, re
     k = cfg.samples
     sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
     torch.manual_seed(cfg.seed)
-    prompts = [tok(render_prompt(e.prompt, tok, cfg.template, cfg.system_prompt, cfg.few_shot, cfg.prefill), add_special_tokens=False)["input_ids"]
+    prompts = [encode_prompt(render_prompt(e.prompt, tok, cfg.template, cfg.system_prompt, cfg.few_shot, cfg.prefill), tok)
                for e in examples]
     bar = None
     if cfg.progress:

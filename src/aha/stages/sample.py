@@ -29,7 +29,7 @@ from typing import ClassVar, Literal
 from aha.config import Fraction, NonNegFloat, NonNegInt, PositiveInt, Probability, check, save_config
 from aha.data.example import Example
 from aha.data.tasks import TaskConfig, load_task
-from aha.data.templates import R1_SUMMARY_SYSTEM, R1_SYSTEM, render_prompt, with_prefill
+from aha.data.templates import R1_SUMMARY_SYSTEM, R1_SYSTEM, encode_prompt, render_prompt, with_prefill
 from aha.errors import AhaError
 from aha.io import atomic_write_jsonl, atomic_write_text, path_signature
 from aha.models import load_model
@@ -401,7 +401,7 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
             continue
         batch = examples[start:start + per_batch]
         torch.manual_seed(cfg.seed * 1_000_003 + b)  # per-batch seed: a resumed run samples what a full one would
-        prompts = [tokenizer(prompt_text(e.prompt, tokenizer, cfg, demos), add_special_tokens=False)["input_ids"]
+        prompts = [encode_prompt(prompt_text(e.prompt, tokenizer, cfg, demos), tokenizer)
                    for e in batch]
         groups = [with_prefill(g, cfg.prefill) for g in engine.generate(prompts, cfg.group_size, sampling)]
         _, parts = rewards.score([c for g in groups for c in g], [e for e in batch for _ in range(cfg.group_size)])

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aha.config import check
-from aha.data.templates import render_completion_target, render_prompt, strip_prefill
+from aha.data.templates import encode_prompt, render_completion_target, render_prompt, strip_prefill
 from aha.errors import AhaError
 from aha.io import atomic_write_text, read_jsonl
 from aha.models import load_model
@@ -133,7 +133,7 @@ def render_sample(s: TextSample, tokenizer, cfg: SFTConfig) -> tuple[str, str]:
 def tokenize(s: TextSample, tokenizer, cfg: SFTConfig) -> TokenSample:
     prompt, target = render_sample(s, tokenizer, cfg)
     enc = lambda text: tuple(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    return TokenSample(enc(prompt), enc(target))
+    return TokenSample(tuple(encode_prompt(prompt, tokenizer)), enc(target))
 
 
 def load_texts(cfg: SFTConfig) -> tuple[list[TextSample], list[TextSample]]:

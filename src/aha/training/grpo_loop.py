@@ -24,7 +24,7 @@ from aha import dist, runtime
 from aha.config import check, save_config
 from aha.data.example import Example
 from aha.data.tasks import load_task
-from aha.data.templates import render_prompt, with_prefill
+from aha.data.templates import encode_prompt, render_prompt, with_prefill
 from aha.errors import AhaError
 from aha.grpo import group_advantages, grpo_loss
 from aha.io import atomic_write_jsonl
@@ -158,7 +158,7 @@ class GRPOTrainer(Checkpointed):
         if ex.id not in self.prompt_ids or not ex.id:
             text = render_prompt(ex.prompt, self.tok, self.cfg.template, self.cfg.system_prompt,
                                  self.cfg.few_shot, self.cfg.prefill)
-            ids = self.tok(text, add_special_tokens=False)["input_ids"]
+            ids = encode_prompt(text, self.tok)
             if not ex.id:
                 return ids
             self.prompt_ids[ex.id] = ids
