@@ -7,6 +7,7 @@ import pytest
 
 from aha.data.example import Example
 from aha.rewards import RewardsConfig, RewardSet
+from aha.rollout.base import Completion
 from aha.stages.evaluate import (
     EvalConfig,
     evaluate,
@@ -56,6 +57,18 @@ def test_answers_grouped_by_verifier_equivalence():
     assert majority_vote(answers, eq) == 1
     num = make_equivalence(Example(prompt="q", answer="1", task="number"), rs)
     assert num("1,450,000", "1450000") and num("18.0", "18")
+
+
+def test_majority_vote_over_answers_without_a_number_warns_of_no_gold(caplog):
+    """cons@k compares sampled answers with each other: a sampled "There is no solution." is not a gold, so it
+    must not be reported as an unusable gold of the problem (it was, once per such answer, naming no example)."""
+    rs = RewardSet(RewardsConfig(weights={"accuracy": 1.0}))
+    eq = make_equivalence(Example(prompt="q", answer="12", task="number"), rs)
+    with caplog.at_level("WARNING"):
+        assert majority_vote(["There is no solution.", "12", "12.0", "none"], eq) == 1
+    assert "unusable gold" not in caplog.text and rs.stats["gold_failures"] == 0
+    rs.score([Completion(text="<answer>3</answer>")], [Example(prompt="q", answer="no number", task="number", id="x")])
+    assert rs.stats["gold_failures"] == 1  # a real gold without a number still counts (and warns once)
 
 
 def test_end_to_end_tiny_model(tiny_model_dir, tmp_path):

@@ -99,14 +99,16 @@ class RewardSet:
         return totals, parts
 
     def component(self, name: str, completions: Sequence[Completion], examples: Sequence[Example],
-                  step: int = 0) -> list[float]:
+                  step: int = 0, probe: bool = False) -> list[float]:
         """One reward (any registry name, configured or not) for every row, through the same guarded
-        path as score(). Used by the selftest."""
+        path as score(). Used by the selftest. `probe`: the examples' answers are not golds but texts under
+        comparison (cons@k's majority vote asks whether two sampled answers agree): an answer the verifier
+        cannot read as a gold scores 0 without a warning or a count among the gold failures."""
         if name not in self.specs:
             self.specs[name] = build(name, self.config, self.registry)
         if len(completions) != len(examples):
             raise ValueError(f"{len(completions)} completions for {len(examples)} examples")
-        return self._run([(name, i) for i in range(len(completions))], completions, examples, step)
+        return self._run([(name, i) for i in range(len(completions))], completions, examples, step, probe)
 
     def prepare(self, examples: Sequence[Example]) -> None:
         """Import and build every verifier these examples need, now (AhaError for an unknown task or a
@@ -174,7 +176,7 @@ class RewardSet:
         base = self.config.timeout_s
         return spec.timeout_for(example, base) if spec.timeout_for is not None else base
 
-    def _run(self, jobs, completions, examples, step: int) -> list[float]:
+    def _run(self, jobs, completions, examples, step: int, probe: bool = False) -> list[float]:
         results: list[tuple[float, str, str]] = [(0.0, ERROR, "not run")] * len(jobs)
         batched: dict[str, list[int]] = {}  # reward name -> job indices, for rewards scored in batches
         for k, (name, _) in enumerate(jobs):
@@ -217,10 +219,10 @@ class RewardSet:
                 out = [call_guarded(*t) for t in tasks]
             for k, r in zip(heavy, out, strict=True):
                 results[k] = r
-        self._account(jobs, results, examples, len(completions))
+        self._account(jobs, results, examples, len(completions), probe)
         return [v for v, _, _ in results]
 
-    def _account(self, jobs, results, examples, n: int) -> None:
+    def _account(self, jobs, results, examples, n: int, probe: bool = False) -> None:
         status: dict[str, list[str]] = {}
         timeouts = 0
         for (name, i), (_, st, info) in zip(jobs, results, strict=True):
@@ -231,6 +233,8 @@ class RewardSet:
                 timeouts += 1
                 self.stats["timeouts"] += 1
             elif st == GOLD:
+                if probe:
+                    continue
                 self.stats["gold_failures"] += 1
                 ex = examples[i]
                 key = f"{ex.task}: {ex.answer!r:.200}"

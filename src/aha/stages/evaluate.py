@@ -148,7 +148,7 @@ def make_equivalence(example: Example, reward_set):
         if _norm(a) == _norm(b):
             return True
         probe = Example(prompt=example.prompt, answer=a, task=example.task)
-        return reward_set.component("accuracy", [Completion(text=f"<answer>{b}</answer>")], [probe])[0] >= 1.0
+        return reward_set.component("accuracy", [Completion(text=f"<answer>{b}</answer>")], [probe], probe=True)[0] >= 1.0
 
     return eq
 
