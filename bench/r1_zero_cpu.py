@@ -89,7 +89,7 @@ def evaluated(cfg: EvalConfig) -> dict:
         kept = json.loads(path.read_text())[0]
         want = {"model": cfg.model[0], "task": cfg.task, "split": cfg.split, "samples": cfg.samples,
                 "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens}
-        same_size = not cfg.limit or kept.get("problems") == cfg.limit
+        same_size = kept.get("limit", 0) == cfg.limit  # a summary of the first N problems is not one of all
         if all(kept.get(k) == v for k, v in want.items()) and same_size and cfg.temperature <= 0:
             print(f"reusing {path} (the same greedy evaluation)")
             return {**kept, "reused": True}
@@ -137,7 +137,8 @@ def eval_settings(cfg: TrainConfig, samples: int, limit: int = 0) -> dict:
     digest = hashlib.sha256(task.read_bytes()).hexdigest() if task.is_file() else cfg.task
     return {"model": cfg.model, "task": digest, "data": dataclasses.asdict(cfg.data), "template": cfg.template,
             "few_shot": cfg.few_shot, "prefill": cfg.prefill, "system_prompt": cfg.system_prompt,
-            "max_new_tokens": cfg.rollout.max_new_tokens, "seed": cfg.seed, "samples": samples, "limit": limit,
+            "max_new_tokens": cfg.rollout.max_new_tokens, "seed": cfg.seed, "samples": samples,
+            **({"limit": limit} if limit else {}),  # absent for the whole split, as in files written before it
             "cpu": cpu_kind()}  # dtype=auto: bf16 on CPUs with bf16 units, fp32 elsewhere
 
 

@@ -4,7 +4,7 @@ top-p 0.95; cons@4; strict-format rate and the accuracy among in-format completi
 from better answers), the training time and the R1-Zero figures (accuracy, response length, reflection).
 
     .venv/bin/python bench/r1_zero_gsm8k.py [RECIPE] [task=PATH/gsm8k_train.jsonl] [key=value ...] [--before-only]
-        [--resume] [--train-only] [--hours H]
+        [--resume] [--train-only] [--hours H] [--eval-limit N]
 
 RECIPE defaults to recipes/r1_zero_qwen_gsm8k.yaml (results: r1_zero_gsm8k.json); another recipe, such as
 recipes/r1_zero_gemma3_gsm8k.yaml (a base model), writes results under its own name.

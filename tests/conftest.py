@@ -40,6 +40,18 @@ def build_tokenizer():
     return tok
 
 
+def build_bos_tokenizer():
+    """The same tokenizer, but putting its BOS in front of every text by default, as Gemma's and Llama's do."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tk = build_tokenizer().backend_tokenizer
+    bos = tk.token_to_id("<|im_start|>")
+    tk.post_processor = processors.TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|pad|>",
+                                   bos_token="<|im_start|>")
+
+
 def build_model(tok, seed: int = 0):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -129,9 +129,7 @@ def test_few_shot_demo_and_prefill(tiny_model_dir):
 def test_prompts_keep_the_bos_a_tokenizer_adds_and_never_double_it():
     """Gemma's tokenizer puts <bos> in front by default; prompts are tokenized without special tokens (a chat
     template writes its own), so a plain-text template lost it and Gemma-3 degenerated without it."""
-    from conftest import build_tokenizer
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
+    from conftest import build_bos_tokenizer, build_tokenizer
 
     from aha.data.templates import encode_prompt
     from aha.stages.sft import TextSample, tokenize
@@ -140,11 +138,8 @@ def test_prompts_keep_the_bos_a_tokenizer_adds_and_never_double_it():
     plain = build_tokenizer()
     text = render_prompt("What is 2+3?", None, "r1_zero", prefill="<think>")
     assert encode_prompt(text, plain) == plain(text, add_special_tokens=False)["input_ids"]  # adds no BOS: none
-    tk = plain.backend_tokenizer
-    bos = plain.bos_token_id
-    tk.post_processor = processors.TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)])
-    gemma_like = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|pad|>",
-                                         bos_token="<|im_start|>")
+    gemma_like = build_bos_tokenizer()
+    bos = gemma_like.bos_token_id
     assert gemma_like("x")["input_ids"][0] == bos  # the premise: this tokenizer adds a BOS by default
     ids = encode_prompt(text, gemma_like)
     assert ids[0] == bos and ids[1:] == gemma_like(text, add_special_tokens=False)["input_ids"]

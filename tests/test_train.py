@@ -492,6 +492,19 @@ def test_prefill_is_scored_as_part_of_the_completion(tiny_model_dir, task_file, 
     assert trainer._last_rollouts.completions[0].text.startswith("<think> 1 </think>")
 
 
+def test_the_trainer_prompts_start_with_the_bos_the_tokenizer_adds(tiny_model_dir, task_file, tmp_path):
+    from conftest import build_bos_tokenizer
+
+    from aha.models import load_model
+
+    model, _ = load_model(tiny_model_dir)
+    tok = build_bos_tokenizer()
+    cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "template=r1_zero")
+    trainer = GRPOTrainer(cfg, model=model, tokenizer=tok, engine=ScriptedEngine(tok, ["<answer> 3 </answer>"]))
+    ids = trainer.encode(trainer.examples[0])
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+
+
 def test_eval_problems_limits_the_greedy_evaluation_not_the_held_out_split(tiny_model_dir, task_file, tmp_path):
     all4 = GRPOTrainer(make_cfg(tiny_model_dir, task_file, tmp_path / "a", "data.eval_size=4"))
     two = GRPOTrainer(make_cfg(tiny_model_dir, task_file, tmp_path / "b", "data.eval_size=4", "log.eval_problems=2"))

@@ -230,7 +230,8 @@ def evaluate_model(model_name: str, examples: list[Example], cfg: EvalConfig, re
     lengths = [n for r in records for n in r["lengths"]]
     ntok = sum(lengths)
     summary = {
-        "model": model_name, "task": cfg.task, "split": cfg.split, "problems": len(records), "samples": k,
+        "model": model_name, "task": cfg.task, "split": cfg.split, "limit": cfg.limit, "problems": len(records),
+        "samples": k,
         "temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens,
         "prompt": {k: getattr(cfg, k) for k in PROMPT_KEYS},
         "pass@1": p1, "pass@1_se": se,
