@@ -11,7 +11,7 @@ import torch
 from aha.data.example import Example
 from aha.errors import AhaError
 from aha.rewards import RewardsConfig, RewardSet
-from aha.rewards.rm import RewardModelConfig, completion_segment, load_reward_model, rm_input
+from aha.rewards.rm import RewardModelConfig, completion_segment, load_reward_model, rm_batch, rm_input
 from aha.rollout.base import Completion
 from aha.stages.rm import (
     RMConfig,
@@ -214,3 +214,21 @@ def test_rm_run_folder_resumes(tiny_model_dir, tmp_path):
     b = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in b] == [r["step"] for r in a] == [0, 1, 2, 3, 4]
     assert b[-1]["loss"] == pytest.approx(a[-1]["loss"], rel=1e-4)
+
+
+def test_reward_model_inputs_keep_the_bos_and_the_end_when_cut():
+    """The score is read at the last token, so a long input loses its start, but never the BOS a Gemma-like
+    tokenizer puts in front (training and scoring share this batch)."""
+    from conftest import build_bos_tokenizer, build_tokenizer
+
+    plain, bos_tok = build_tokenizer(), build_bos_tokenizer()
+    bos = bos_tok.bos_token_id
+    texts = ["wait, let me re-check the sum. However the answer is 42.", "12 + 7 = 19"]
+    full = plain(texts[0], add_special_tokens=False)["input_ids"]
+    batch = rm_batch(plain, texts, max_length=6)  # no BOS by default: the last 6 tokens, as left truncation gave
+    assert batch["input_ids"].shape == (2, 6) and batch["input_ids"][0].tolist() == full[-6:]
+    batch = rm_batch(bos_tok, texts, max_length=6)
+    assert batch["input_ids"][0].tolist() == [bos] + full[-5:]
+    short = [bos] + plain(texts[1], add_special_tokens=False)["input_ids"]
+    row = batch["input_ids"][1][batch["attention_mask"][1].bool()].tolist()
+    assert row == (short if len(short) <= 6 else [bos] + short[-5:])

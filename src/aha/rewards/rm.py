@@ -83,6 +83,22 @@ def rm_input(tokenizer, prompt: str, response: str) -> str:
     return f"{prompt}\n\n{response}"
 
 
+def rm_batch(tokenizer, texts: list[str], max_length: int):
+    """A padded batch (input_ids, attention_mask) of reward-model inputs, the same in `aha rm` training and in
+    scoring: each text as `encode_prompt` gives it (behind the BOS a Gemma-like tokenizer adds by default), cut
+    from the left to `max_length` tokens keeping that BOS (the score is read at the last token)."""
+    from aha.data.templates import encode_prompt
+
+    rows = []
+    for text in texts:
+        ids = encode_prompt(text, tokenizer)
+        if len(ids) > max_length:
+            head = ids[:1] if ids[0] == tokenizer.bos_token_id else []
+            ids = head + ids[len(ids) - (max_length - len(head)):]
+        rows.append(ids)
+    return tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+
+
 def score_texts(model, tokenizer, texts: list[str], batch_size: int, max_length: int, label: int = 0) -> list[float]:
     """The model's raw score (logit `label` at the last non-pad token) of each text, in batches."""
     import torch
@@ -91,8 +107,7 @@ def score_texts(model, tokenizer, texts: list[str], batch_size: int, max_length:
     out: list[float] = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
-                            max_length=max_length, add_special_tokens=False).to(device)
+            enc = rm_batch(tokenizer, texts[start:start + batch_size], max_length).to(device)
             logits = model(**enc).logits  # (b, num_labels)
             out += logits[:, label].float().tolist()
     return out
@@ -107,7 +122,6 @@ def load_reward_model(model: str, device: str, dtype: str):
     tok = AutoTokenizer.from_pretrained(str(folder))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    tok.truncation_side = "left"  # keep the response's end: the score is read at the last token
     try:
         rm = AutoModelForSequenceClassification.from_pretrained(str(folder), dtype=torch_dtype(dtype))
     except load_errors() as e:

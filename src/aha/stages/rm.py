@@ -22,7 +22,7 @@ from aha.config import NonNegInt, PositiveFloat, PositiveInt, check, save_config
 from aha.errors import AhaError
 from aha.io import read_jsonl
 from aha.models import load_error, load_errors, load_tokenizer, resolve, resolve_dtype
-from aha.rewards.rm import rm_input
+from aha.rewards.rm import rm_batch, rm_input
 from aha.runtime import adamw, applied
 from aha.training.batch import enable_gradient_checkpointing
 from aha.training.config import OptimConfig, SFTLogConfig
@@ -142,7 +142,6 @@ def load_backbone(model: str, device: str):
 
     folder = resolve(model)
     tok = load_tokenizer(model)
-    tok.truncation_side = "left"
     try:
         rm = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1)
     except load_errors() as e:
@@ -180,8 +179,7 @@ class RMTrainer(Checkpointed):
         import torch
 
         texts = [rm_input(self.tok, p.prompt, getattr(p, which)) for p in pairs]
-        enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=self.cfg.max_length,
-                       add_special_tokens=False).to(self.device)
+        enc = rm_batch(self.tok, texts, self.cfg.max_length).to(self.device)
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16,
                             enabled=resolve_dtype(self.cfg.dtype, self.device) == "bfloat16"):
             return self.model(**enc).logits[:, 0].float()
