@@ -132,8 +132,7 @@ def render_sample(s: TextSample, tokenizer, cfg: SFTConfig) -> tuple[str, str]:
 
 def tokenize(s: TextSample, tokenizer, cfg: SFTConfig) -> TokenSample:
     prompt, target = render_sample(s, tokenizer, cfg)
-    enc = lambda text: tuple(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    return TokenSample(tuple(encode_prompt(prompt, tokenizer)), enc(target))
+    return TokenSample(tuple(encode_prompt(prompt, tokenizer)), tuple(tokenizer(target, add_special_tokens=False)["input_ids"]))
 
 
 def load_texts(cfg: SFTConfig) -> tuple[list[TextSample], list[TextSample]]:
