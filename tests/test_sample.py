@@ -180,6 +180,19 @@ def test_resume_after_kill_equals_uninterrupted(tiny_model_dir, task_file, tmp_p
     assert a == b and a["generated"] == 18 and a["kept"] == 18
 
 
+def test_a_time_budget_stops_after_a_batch_and_resume_continues(tiny_model_dir, task_file, tmp_path, capsys):
+    """max_minutes: the batch that passes the budget is the last one (kept and recorded); resume=true samples
+    the rest, and the two parts write what one uninterrupted run writes."""
+    full = sample.run(make_cfg(tiny_model_dir, task_file, tmp_path / "full", *open_filters()))
+    part = sample.run(make_cfg(tiny_model_dir, task_file, tmp_path / "cut", *open_filters(), "max_minutes=1e-9"))
+    report = json.loads((part / "report.json").read_text())
+    assert report["prompts"] == 2 and report["prompts_asked"] == 6 and report["generated"] == 6
+    assert "stopped after max_minutes=1e-09 at 2 of 6 prompts" in capsys.readouterr().err
+    rest = sample.run(make_cfg(tiny_model_dir, task_file, tmp_path / "cut", *open_filters()))
+    assert (rest / "samples.jsonl").read_text() == (full / "samples.jsonl").read_text()
+    assert json.loads((rest / "report.json").read_text()) == json.loads((full / "report.json").read_text())
+
+
 def test_resume_refuses_a_changed_config(tiny_model_dir, task_file, tmp_path):
     sample.run(make_cfg(tiny_model_dir, task_file, tmp_path / "s", *open_filters(), "limit=2"))
     with pytest.raises(AhaError, match=r"config.yaml: group_size: differs"):

@@ -389,6 +389,21 @@ def test_resume_equals_uninterrupted(tiny_model_dir, samples_file, tmp_path, ext
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "cut")] == [3, 4]
 
 
+def test_a_time_budget_stops_after_a_step_with_a_checkpoint(tiny_model_dir, samples_file, tmp_path, capsys):
+    """max_minutes: the step that passes the budget is the last (validated and checkpointed); resume goes on."""
+    model, tok = tiny(tiny_model_dir)
+    out = sft.run(make_cfg(tiny_model_dir, samples_file, tmp_path / "run", "steps=4", "max_minutes=1e-9"),
+                  model=model, tokenizer=tok)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1] and "eval/loss" in rows[-1]
+    assert [s for s, _ in ckpt.list_checkpoints(out)] == [1]
+    assert "stopped at step 1 after max_minutes=1e-09" in capsys.readouterr().err
+    model, tok = tiny(tiny_model_dir)
+    sft.run(make_cfg(tiny_model_dir, samples_file, tmp_path / "run", "steps=4", "resume=true"), model=model, tokenizer=tok)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+
+
 def test_ctrl_c_then_resume_equals_uninterrupted(tiny_model_dir, samples_file, tmp_path):
     """A real SIGINT in step 3's forward pass: the step is rewound (its samples drawn again on resume)."""
     import os

@@ -21,6 +21,8 @@ import dataclasses
 import json
 import os
 import re
+import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +93,9 @@ class SampleConfig:
     """Task size, seeds and difficulty; the train split is sampled (held-out problems stay held out)."""
     limit: NonNegInt = 0
     """Sample only the first N prompts (0: all)."""
+    max_minutes: NonNegFloat = 0.0
+    """Stop after the batch that passes this many minutes of this invocation: a wall-time budget (what was
+    sampled is kept and used; `resume=true` continues with the next prompts). 0: no limit."""
     code_isolation: Literal["auto", "bwrap", "rlimits"] = "auto"
     """Code tasks: how model-written programs are isolated, as rewards.code_isolation in training: auto
     (bubblewrap, else an error) or rlimits (no namespaces; see docs/sandbox.md)."""
@@ -269,7 +274,7 @@ def append_rows(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-NOT_COMPARED = ("resume", "progress", "out_dir", "save_rejected")
+NOT_COMPARED = ("resume", "progress", "out_dir", "save_rejected", "max_minutes")
 """Settings a resumed run may change: they do not change what is sampled."""
 
 
@@ -325,11 +330,12 @@ def recover(out: Path, cfg: SampleConfig, source_model: str, signature: str) -> 
     return done
 
 
-def summarize(done: list[dict], cfg: SampleConfig, source_model: str) -> dict:
+def summarize(done: list[dict], cfg: SampleConfig, source_model: str, asked: int) -> dict:
     dropped = Counter()
     for d in done:
         dropped.update(d["dropped"])
     return {"source_model": source_model, "task": cfg.task, "prompts": sum(len(d["ids"]) for d in done),
+            "prompts_asked": asked,
             "prompts_with_kept": sum(d["prompts_with_kept"] for d in done),
             "generated": sum(d["generated"] for d in done), "kept": sum(d["kept"] for d in done),
             "dropped": {k: dropped.get(k, 0) for k in FILTERS}, "filters": dataclasses.asdict(cfg.filters)}
@@ -396,6 +402,7 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
         from tqdm import tqdm
 
         bar = tqdm(total=len(examples), initial=sum(len(d["ids"]) for d in done), desc="aha sample", dynamic_ncols=True)
+    started = time.monotonic()
     for b, start in enumerate(range(0, len(examples), per_batch)):
         if b in finished:
             continue
@@ -416,10 +423,14 @@ def run(cfg: SampleConfig, engine=None, tokenizer=None) -> Path:
         if bar is not None:
             bar.update(len(batch))
             bar.set_postfix(kept=sum(d["kept"] for d in done), refresh=False)
+        if cfg.max_minutes and time.monotonic() - started >= 60 * cfg.max_minutes and start + per_batch < len(examples):
+            print(f"aha sample: stopped after max_minutes={cfg.max_minutes:g} at {sum(len(d['ids']) for d in done)} "
+                  f"of {len(examples)} prompts; resume=true continues", file=sys.stderr)
+            break
     if bar is not None:
         bar.close()
     rewards.close()
-    report = summarize(done, cfg, source_model)
+    report = summarize(done, cfg, source_model, len(examples))
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     if report["kept"] == 0:
         reasons = ", ".join(f"{k} {v}" for k, v in report["dropped"].items() if v)

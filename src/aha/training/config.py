@@ -299,6 +299,9 @@ class SFTConfig:
     """cpu, cuda or auto."""
     resume: bool = False
     """Continue from the newest checkpoint in out_dir."""
+    max_minutes: NonNegFloat = 0.0
+    """Stop after the step that passes this many minutes of this run (validated and checkpointed; `resume=true`
+    continues it): a wall-time budget, as in `aha train`. 0: no limit, `steps` or `epochs` only."""
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=5, micro_batch_size=2))
     """AdamW settings; micro_batch_size counts packed rows per forward pass (2 rows of 1,024 tokens: as fast
     as 4 on the CPU benchmark, peak memory 6.0 instead of 8.9 GiB for SmolLM2-135M; bench/README.md)."""

@@ -305,5 +305,6 @@ class SFTTrainer(Checkpointed):
         if self.dist.main:
             save_config(cfg, self.run_dir / "config.yaml", runtime=applied())
         settings = LoopSettings(self.steps, cfg.resume, cfg.log.eval_every, cfg.log.checkpoint_every, cfg.log.progress,
-                                cfg.log.tensorboard, "aha sft", f"aha sft {self.run_dir} resume=true")
+                                cfg.log.tensorboard, "aha sft", f"aha sft {self.run_dir} resume=true",
+                                max_minutes=cfg.max_minutes)
         return run_loop(self, settings, postfix=lambda m: {"loss": f"{m['loss']:.3f}"})
