@@ -27,9 +27,10 @@ def make_config(steps: int, overrides: list[str]):
     out = tempfile.mkdtemp(prefix="aha_vs_trl_")
     weights = ",".join(f"{k}: {v}" for k, v in work.REWARD_WEIGHTS.items())
     return load_config(TrainConfig, None, [
-        f"model={work.model_dir()}", f"task={work.TASK}", f"data.size={work.N_PROMPTS}", "data.eval_size=0",
-        "data.seed=0", f"data.args={json.dumps(work.TASK_ARGS)}", f"few_shot={str(work.FEW_SHOT).lower()}",
-        f"prefill={work.PREFILL}", f"steps={steps}", f"out_dir={out}",
+        f"model={work.model_dir()}", f"task={work.task()}", f"data.size={work.N_PROMPTS}", "data.eval_size=0",
+        "data.seed=0", f"data.args={json.dumps(work.TASK_ARGS)}", f"template={work.TEMPLATE}",
+        f"few_shot={str(work.FEW_SHOT).lower()}", f"prefill={work.PREFILL}", f"steps={steps}", f"out_dir={out}",
+        f"lora.rank={work.LORA_RANK}", f"lora.alpha={work.LORA_ALPHA}",
         f"grpo.group_size={work.GROUP_SIZE}", f"grpo.prompts_per_step={work.PROMPTS_PER_STEP}",
         f"grpo.kl_coef={work.BETA}", f"grpo.mu={work.MU}", f"optim.lr={work.LR}",
         f"rollout.max_new_tokens={work.MAX_NEW_TOKENS}", f"rollout.temperature={work.TEMPERATURE}",
@@ -39,9 +40,11 @@ def make_config(steps: int, overrides: list[str]):
 
 def main(argv: list[str]) -> None:
     from aha import runtime
+    from aha.models import resolve_dtype
     from aha.training.grpo_loop import GRPOTrainer
 
     steps = int(argv[0])
+    argv = [argv[0], *work.AHA_SETTINGS, *argv[1:]]  # the work's aha settings, then the run's own overrides
     runtime.apply(runtime.load(None, argv[1:]))  # runtime.threads=..., runtime.malloc=... as `aha train` applies them
     cfg = make_config(steps, argv[1:])
     t0 = time.perf_counter()
@@ -59,7 +62,7 @@ def main(argv: list[str]) -> None:
                      "loss": m["loss"], "reward": m["reward"]})
     params = sum(p.numel() for p in trainer.policy.parameters())
     print(json.dumps({"trainer": "aha", "setup_s": setup_s, "steps": rows, "params": params,
-                      "dtype": cfg.dtype, "overrides": argv[1:]}))
+                      "dtype": resolve_dtype(cfg.dtype), "overrides": argv[1:]}))
 
 
 if __name__ == "__main__":

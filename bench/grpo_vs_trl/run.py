@@ -116,8 +116,14 @@ def main() -> None:
     ap.add_argument("--aha", nargs="*", default=[], help="key=value overrides for all of aha's runs")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:key=value[,key=value]",
                     help="an aha run with one lever changed, interleaved with the others (repeatable)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "grpo_vs_trl.json"))
+    ap.add_argument("--work", choices=["short", "r1_length"], default="short",
+                    help="short: SmolLM2-135M, ~20-token completions; r1_length: Qwen2.5-Coder-0.5B on GSM8K, up to 512 "
+                         "new tokens (work.py)")
+    ap.add_argument("--out", help="results file (default bench/results/grpo_vs_trl.json, or grpo_vs_trl_r1_length.json)")
     a = ap.parse_args()
+    os.environ["AHA_BENCH_WORK"] = a.work  # read by work.py, here and in every worker process
+    a.out = a.out or str(REPO / "bench" / "results" / ("grpo_vs_trl.json" if a.work == "short"
+                                                        else f"grpo_vs_trl_{a.work}.json"))
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -160,10 +166,10 @@ def main() -> None:
     summary = {k: summarize(v) for k, v in runs.items()}
     result = {"machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "python": platform.python_version(),
                           "torch": torch.__version__, "matmul_tflops": rates,
-                          "read_gbps": bandwidth},
-              "work": {k: getattr(work, k) for k in ("MODEL", "TASK", "TASK_ARGS", "PROMPTS_PER_STEP", "GROUP_SIZE",
-                                                    "MAX_NEW_TOKENS", "BETA", "MU", "TEMPERATURE", "TOP_P",
-                                                    "REWARD_WEIGHTS", "FEW_SHOT", "PREFILL")},
+                          "read_gbps": bandwidth, "cpu_flags": cpu_flags()},
+              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       cwd=REPO).stdout.strip(),
+              "work": {k: getattr(work, k) for k in work.SETTINGS},
               "aha_overrides": a.aha, "summary": summary, "runs": runs,
               "date": time.strftime("%Y-%m-%d")}
     if "aha" in summary:
@@ -171,16 +177,22 @@ def main() -> None:
         n = runs["aha"][0]["params"]
         best = max(rates.values())
         steps = [st for r in runs["aha"] for st in r["steps"][1:]]
+        # Training FLOP per token: forward 2N + backward 4N (input and weight gradients); with LoRA the frozen
+        # weights get no gradient, so 4N (the adapters' own FLOPs are negligible at rank 16).
+        train_flop = (4 if work.LORA_RANK else 6) * n
+        weight_bytes = (2 if runs["aha"][0]["dtype"] == "bfloat16" else 4) * n  # what a decode step streams
+        s["train_flop_per_token"], s["decode_weight_bytes"] = train_flop, weight_bytes
         for label, rate in (("bf16", rates["bfloat16"]), ("best", best)):
-            # Training floor: 6N FLOP per token (forward + backward); the KL reference forward adds 2N more.
-            s[f"train_floor_fraction_{label}"] = s["train_tokens_per_s"] / (rate * 1e12 / (6 * n))
-            # The same with the no-gradient passes: 8N per token over the training and reference time together.
-            s[f"train_ref_floor_fraction_{label}"] = (sum(st["train_tokens"] for st in steps) * 8 * n / (rate * 1e12)
+            # Training floor: train_flop per token; the KL reference forward adds 2N more.
+            s[f"train_floor_fraction_{label}"] = s["train_tokens_per_s"] / (rate * 1e12 / train_flop)
+            # The same with the no-gradient passes: train_flop + 2N per token over the training and reference time.
+            s[f"train_ref_floor_fraction_{label}"] = (sum(st["train_tokens"] for st in steps) * (train_flop + 2 * n)
+                                                      / (rate * 1e12)
                                                       / sum(st["train_s"] + st["logprob_s"] for st in steps))
             # Decode bound per step: 2N FLOP per generated token at the matmul rate, or, when few rows are
-            # left, every decode step streaming the fp32 weights (4N bytes) once at the read bandwidth.
+            # left, every decode step streaming the decode weights once at the read bandwidth.
             bound = sum(max(st["completion_tokens"] * 2 * n / (rate * 1e12),
-                            st["decode_steps"] * 4 * n / (bandwidth * 1e9)) for st in steps)
+                            st["decode_steps"] * weight_bytes / (bandwidth * 1e9)) for st in steps)
             s[f"generate_bound_fraction_{label}"] = bound / sum(st["generate_s"] for st in steps)
         for k in ("trl_default", "trl_best"):
             if k in summary:
@@ -224,9 +236,9 @@ def table(summary: dict) -> str:
         lines.append("")
         lines.append(f"aha per step: generate {aha['generate_s']:.1f} s, score {aha['score_s']:.2f} s, reference "
                      f"{aha['logprob_s']:.1f} s, train {aha['train_s']:.1f} s; training {aha['train_tokens_per_s']:.0f} "
-                     f"tok/s = {aha['train_floor_fraction_bf16']:.0%} of the bf16 6N floor "
+                     f"tok/s = {aha['train_floor_fraction_bf16']:.0%} of the bf16 floor "
                      f"({aha['train_floor_fraction_best']:.0%} of the fastest dtype's; with the reference pass "
-                     f"{aha['train_ref_floor_fraction_best']:.0%} of 8N); generation {aha['generate_tokens_per_s']:.1f} "
+                     f"{aha['train_ref_floor_fraction_best']:.0%}); generation {aha['generate_tokens_per_s']:.1f} "
                      f"tok/s = {aha['generate_bound_fraction_best']:.0%} of its bound (2N FLOP a token, or the "
                      "weights streamed once a decode step)")
     return "\n".join(lines)

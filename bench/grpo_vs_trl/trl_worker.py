@@ -60,8 +60,14 @@ def main(argv: list[str]) -> None:
 
     timer = step_timer()
     t0 = time.perf_counter()
+    peft = None
+    if work.LORA_RANK:  # the same adapters as aha's lora.rank: every linear layer but the LM head
+        from peft import LoraConfig
+
+        peft = LoraConfig(r=work.LORA_RANK, lora_alpha=work.LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear",
+                          task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=path, reward_funcs=aha_reward, args=args, train_dataset=data, processing_class=tok,
-                          callbacks=[timer])
+                          callbacks=[timer], peft_config=peft)
     setup_s = time.perf_counter() - t0
     trainer.train()
     rows, prev = [], 0.0
