@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from r1_zero_cpu import cpu_kind, eval_settings, held_out  # noqa: E402  (the RL benchmark's evaluation)
+from r1_zero_cpu import cpu_kind, eval_settings, held_out, training_seconds  # noqa: E402  (the RL benchmark's evaluation)
 
 from aha import runtime  # noqa: E402
 from aha.config import load_config  # noqa: E402
@@ -44,16 +44,6 @@ NAME = "distill_vs_rl_gsm8k"
 
 def flag(argv: list[str], name: str, default: str | None = None) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else default
-
-
-def sft_seconds(run_dir: Path) -> dict:
-    """Steps, trained tokens and wall time of the SFT run (over every part of a resumed run)."""
-    path = run_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    steps = [r for r in rows if "loss" in r]
-    return {"steps": max((r["step"] for r in rows), default=0),
-            "seconds": sum(r.get("time/step_s", 0.0) + r.get("time/eval_s", 0.0) for r in rows),
-            "final_loss": steps[-1]["loss"] if steps else None}
 
 
 def main(argv: list[str]) -> None:
@@ -97,6 +87,7 @@ def main(argv: list[str]) -> None:
         sft_stage.run(sft_cfg)
         tick("sft_s", t0)
     student = str(newest_model(out / "sft"))
+    sft_time = training_seconds(out / "sft")  # steps and validations, from the run's metrics.jsonl
 
     # 3. The student on the RL run's dev split, by its protocol (the RL recipe's template, lengths and seed).
     rl_cfg = load_config(TrainConfig, RL_RECIPE, [])
@@ -114,7 +105,7 @@ def main(argv: list[str]) -> None:
         "teacher": cfg.teacher, "student": cfg.student,
         "sample": {"seconds": spent["sample_s"], **{k: report[k] for k in
                    ("prompts", "prompts_with_kept", "generated", "kept", "dropped")}},
-        "sft": {**sft_seconds(out / "sft"), "wall_seconds": spent["sft_s"]},
+        "sft": {"steps": sft_time["last_step"], "seconds": sft_time["total_s"], "wall_seconds": spent["sft_s"]},
         "distill_seconds": spent["sample_s"] + spent["sft_s"],
         "eval_problems": after["problems"], "same_evaluation_as_rl": same_eval,
         "before": kept_before["before"], "rl": {"train_seconds": rl["train_seconds"], "steps": rl["steps"],
