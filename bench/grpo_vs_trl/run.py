@@ -80,7 +80,8 @@ def run_worker(cmd: list[str]) -> dict:
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-4000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}, peak RSS "
+                           f"{usage.ru_maxrss / 2 ** 20:.2f} GiB after {time.perf_counter() - t:.0f} s):\n{stderr[-4000:]}")
     result = json.loads(stdout.strip().splitlines()[-1])
     result["wall_s"] = time.perf_counter() - t
     result["peak_rss_gib"] = usage.ru_maxrss / 2 ** 20  # KiB on Linux
@@ -113,6 +114,8 @@ def main() -> None:
     ap.add_argument("--trl-venv", default=str(Path(os.environ.get("AHA_HOME") or Path.home() / ".cache" / "aha")
                                               / "venvs" / f"trl-{TRL_VERSION}"))
     ap.add_argument("--only", choices=["aha", "trl"], help="run one side only (e.g. to measure an aha lever)")
+    ap.add_argument("--trl", default="default,best",
+                    help="TRL settings to run, in order (trl_worker.py: default, best, best_cb)")
     ap.add_argument("--aha", nargs="*", default=[], help="key=value overrides for all of aha's runs")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:key=value[,key=value]",
                     help="an aha run with one lever changed, interleaved with the others (repeatable)")
@@ -144,9 +147,9 @@ def main() -> None:
         others = variants[:]
         if a.only != "aha":
             trl_py = str(ensure_trl_venv(Path(a.trl_venv)))
-            trl = [(f"trl_{s}", [trl_py, str(HERE / "trl_worker.py"), str(total), s]) for s in ("default", "best")]
+            trl = [(f"trl_{s}", [trl_py, str(HERE / "trl_worker.py"), str(total), s]) for s in a.trl.split(",")]
             others = trl if a.only == "trl" else [x for pair in zip(trl + [None] * len(variants),
-                                                                    variants + [None] * 2) for x in pair if x]
+                                                                    variants + [None] * len(trl)) for x in pair if x]
         if a.only == "trl":
             plan += others
             continue
@@ -157,10 +160,20 @@ def main() -> None:
     if a.only != "trl" and plan and plan[-1][0] != "aha":
         plan.append(("aha", aha_cmd))
     runs: dict[str, list[dict]] = {}
+    failed: dict[str, list[str]] = {}
+    partial = Path(a.out).with_suffix(".partial.jsonl")  # each run's result as it ends: hours are not lost to a crash
+    partial.unlink(missing_ok=True)
     for name, cmd in plan:
         print(f"[bench] {name}: {total} steps ... {' '.join(cmd[2:])}", flush=True)
-        r = run_worker(cmd)
+        try:
+            r = run_worker(cmd)
+        except RuntimeError as e:  # e.g. killed for memory: recorded, and the other runs go on
+            failed.setdefault(name, []).append(str(e)[-2000:])
+            print(f"[bench] {name}: FAILED {str(e)[-600:]}", flush=True)
+            continue
         runs.setdefault(name, []).append(r)
+        with partial.open("a") as f:
+            f.write(json.dumps({"name": name, **r}) + "\n")
         print(f"[bench] {name}: steps {[round(s['seconds'], 1) for s in r['steps']]} s, "
               f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
     summary = {k: summarize(v) for k, v in runs.items()}
@@ -170,7 +183,7 @@ def main() -> None:
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                        cwd=REPO).stdout.strip(),
               "work": {k: getattr(work, k) for k in work.SETTINGS},
-              "aha_overrides": a.aha, "summary": summary, "runs": runs,
+              "aha_overrides": a.aha, "summary": summary, "runs": runs, "failed": failed,
               "date": time.strftime("%Y-%m-%d")}
     if "aha" in summary:
         s = summary["aha"]
@@ -194,11 +207,10 @@ def main() -> None:
             bound = sum(max(st["completion_tokens"] * 2 * n / (rate * 1e12),
                             st["decode_steps"] * weight_bytes / (bandwidth * 1e9)) for st in steps)
             s[f"generate_bound_fraction_{label}"] = bound / sum(st["generate_s"] for st in steps)
-        for k in ("trl_default", "trl_best"):
-            if k in summary:
-                s[f"speedup_vs_{k}"] = summary[k]["step_s"] / s["step_s"]
-                s[f"speedup_per_token_vs_{k}"] = s["completion_tokens_per_s"] / summary[k]["completion_tokens_per_s"]
-                s[f"rss_ratio_vs_{k}"] = s["peak_rss_gib"] / summary[k]["peak_rss_gib"]
+        for k in [k for k in summary if k.startswith("trl_")]:
+            s[f"speedup_vs_{k}"] = summary[k]["step_s"] / s["step_s"]
+            s[f"speedup_per_token_vs_{k}"] = s["completion_tokens_per_s"] / summary[k]["completion_tokens_per_s"]
+            s[f"rss_ratio_vs_{k}"] = s["peak_rss_gib"] / summary[k]["peak_rss_gib"]
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(table(summary))
