@@ -453,3 +453,20 @@ def test_cli_sft_bad_input_is_one_line(tmp_path, capsys):
     assert main(["sft", f"input={bad}", "model=nonexistent-model"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"aha: {bad}:1: missing field 'completion'"
+
+
+@pytest.mark.parametrize("setting", ["auto", "false"])
+def test_gradient_checkpointing_auto_in_sft(tiny_model_dir, samples_file, tmp_path, monkeypatch, setting):
+    """SFT resolves `auto` as GRPO does: on when the trainable state outgrows a quarter of the memory (here
+    the memory is made small); `false` stays off."""
+    from aha.training import batch
+
+    monkeypatch.setattr(batch, "device_memory", lambda device: 1)
+    model, tok = tiny(tiny_model_dir)
+    cfg = make_cfg(tiny_model_dir, samples_file, tmp_path / "run", "steps=1",
+                   f"optim.gradient_checkpointing={setting}")
+    train, held, _ = sft.prepare(cfg, tok)
+    trainer = sft.SFTTrainer(cfg, train, held, model, tok)
+    assert trainer.checkpointing == (setting == "auto")
+    assert all(getattr(m, "gradient_checkpointing", False) == (setting == "auto") for m in model.model.layers)
+    assert math.isfinite(trainer.step()["loss"])

@@ -529,3 +529,48 @@ def test_resume_with_another_lr_uses_the_configs(tiny_model_dir, task_file, tmp_
     assert rows[2]["lr"] == pytest.approx(1e-3 * (first + 1) / 4)
     assert rows[3]["lr"] == pytest.approx(5e-4 * (first + 2) / 4)
     assert trainer.opt.param_groups[0]["initial_lr"] == 5e-4
+
+
+def test_checkpointing_auto_turns_on_when_the_training_state_would_fill_a_quarter_of_the_memory(monkeypatch):
+    from aha.training import batch
+
+    monkeypatch.setattr(batch, "device_memory", lambda device: 64_000)  # bytes: a quarter is 16,000
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert batch.checkpointing_wanted("auto", 1000, "cpu") is False  # 16 bytes x 1000 = exactly a quarter
+    assert batch.checkpointing_wanted("auto", 1001, "cpu") is True
+    assert batch.checkpointing_wanted(False, 10 ** 9, "cpu") is False and batch.checkpointing_wanted(True, 1, "cpu")
+    # FSDP2 over 4 processes: each holds a quarter of the state; on one CPU machine their quarters add up
+    assert batch.checkpointing_wanted("auto", 2000, "cpu", world=4) is False  # 8,000 bytes here
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert batch.checkpointing_wanted("auto", 2000, "cpu", world=4) is True  # 32,000 bytes on this machine
+    assert batch.checkpointing_wanted("auto", 2000, "cuda:0", world=4) is False  # one shard a GPU
+
+
+def test_device_memory_is_the_machines_memory():
+    import os
+
+    from aha.training.batch import device_memory
+
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 2 ** 28 < device_memory("cpu") <= total
+
+
+@pytest.mark.parametrize("extra", [[], ["lora.rank=4"]])
+def test_gradient_checkpointing_auto_follows_the_trainable_state(tiny_model_dir, task_file, tmp_path, monkeypatch,
+                                                                 extra):
+    """auto: on for full fine-tuning when the state outgrows a quarter of the memory, off with LoRA's few
+    trainable parameters on the same memory."""
+    from aha.models import load_model
+    from aha.training import batch
+
+    n = sum(p.numel() for p in load_model(tiny_model_dir)[0].parameters())
+    monkeypatch.setattr(batch, "device_memory", lambda device: 16 * n)  # full fine-tuning: 4x a quarter
+    trainer = GRPOTrainer(make_cfg(tiny_model_dir, task_file, tmp_path / "run", "steps=1", *extra))
+    layers = (trainer.policy.get_base_model() if trainer.lora else trainer.policy).model.layers
+    on = not extra
+    assert trainer.checkpointing == on
+    assert all(getattr(m, "gradient_checkpointing", False) == on for m in layers)
+    trainer.rewards.score = lambda comps, exs, step=0: (
+        [float(i % 2) for i in range(len(comps))], {"accuracy": [0.0] * len(comps)})
+    m = trainer.step()
+    assert math.isfinite(m["loss"])

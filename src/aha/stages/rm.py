@@ -24,7 +24,7 @@ from aha.io import read_jsonl
 from aha.models import load_error, load_errors, load_tokenizer, resolve, resolve_dtype
 from aha.rewards.rm import rm_batch, rm_input
 from aha.runtime import adamw, applied
-from aha.training.batch import enable_gradient_checkpointing
+from aha.training.batch import checkpointing_wanted, enable_gradient_checkpointing
 from aha.training.config import OptimConfig, SFTLogConfig
 from aha.training.loop import Checkpointed, HeldInterrupt, LoopSettings, lr_schedule, run_loop
 
@@ -162,7 +162,10 @@ class RMTrainer(Checkpointed):
         if model is None:
             model, tokenizer = load_backbone(cfg.model, self.device)
         self.model, self.tok = model, tokenizer
-        if cfg.optim.gradient_checkpointing:
+        self.checkpointing = checkpointing_wanted(cfg.optim.gradient_checkpointing,
+                                                  sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                                                  self.device, self.dist.world)
+        if self.checkpointing:
             enable_gradient_checkpointing(self.model)
         if self.dist.on:
             dist.shard(self.model, bf16=resolve_dtype(cfg.dtype, self.device) == "bfloat16")

@@ -118,10 +118,13 @@ class OptimConfig:
     """Training passes look their input embeddings up as leaf tensors and send the gathered gradient through
     the embedding layer once per step (sparse into the tied LM head's gradient), instead of a dense
     vocabulary-sized embedding gradient per micro-batch (exact; aha.training.batch.InputEmbeddings)."""
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
     """Recompute each decoder layer in the backward pass instead of keeping its activations (exact; one more
-    forward pass of compute for activation memory of one layer instead of all): for long completions on GPUs.
-    In GRPO it turns share_prefix off (a recomputed layer cannot re-read a cache it wrote to)."""
+    forward pass of compute for activation memory of one layer instead of all). In GRPO it turns share_prefix
+    off (a recomputed layer cannot re-read a cache it wrote to). auto: on when the training state (fp32 weights,
+    gradients and AdamW moments of the trainable parameters) would fill over a quarter of the device's memory
+    (aha.training.batch.AUTO_CHECKPOINT_STATE_SHARE): full fine-tuning of a 0.5B model on a 24 GB machine, not
+    LoRA and not the 135M main job."""
     logprob_chunk: NonNegInt | None = None
     """The LM head runs this many positions at a time and again in the backward pass, so that a micro-batch's
     (positions x vocabulary) logits never exist at once (exact; aha.grpo.head_logprobs): for long completions,

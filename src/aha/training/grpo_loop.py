@@ -40,6 +40,7 @@ from aha.training.batch import (
     InputEmbeddings,
     PackedGroups,
     SharedPrefix,
+    checkpointing_wanted,
     collate,
     collate_groups,
     completion_logprobs,
@@ -139,7 +140,10 @@ class GRPOTrainer(Checkpointed):
             if self.ref is not None:  # the frozen reference is sharded too, in its own dtype (bf16 with autocast)
                 dist.shard(self.ref, bf16=False)
         self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
-        if cfg.optim.gradient_checkpointing:  # after the copies: the reference and rollout models do not train
+        self.checkpointing = checkpointing_wanted(cfg.optim.gradient_checkpointing,
+                                                  sum(p.numel() for p in self.trainable), self.device,
+                                                  self.dist.world)
+        if self.checkpointing:  # after the copies: the reference and rollout models do not train
             enable_gradient_checkpointing(self.policy)
         self.sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                        top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
@@ -343,7 +347,7 @@ class GRPOTrainer(Checkpointed):
         groups = self.micro_batches(ro.completions)
         k = (shared_prefix_len([c.prompt_ids for c in ro.completions]) if cfg.optim.share_prompt
              and cfg.optim.share_prefix and len(groups) > 1 and not sliding_window(self.policy)
-             and not cfg.optim.gradient_checkpointing and not self.dist.on else 0)
+             and not self.checkpointing and not self.dist.on else 0)
         batches = []  # (micro-batch number, index tensor into the step's sequences, batch)
         for i, idx in enumerate(groups):
             rows = [ro.completions[j] for j in idx]

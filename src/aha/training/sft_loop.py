@@ -36,6 +36,7 @@ from aha.training import lora
 from aha.training.batch import (
     InputEmbeddings,
     blocks_forward,
+    checkpointing_wanted,
     enable_gradient_checkpointing,
     input_kwargs,
     kept_logprobs,
@@ -178,7 +179,10 @@ class SFTTrainer(Checkpointed):
         runtime.settle_malloc(sum(p.numel() for p in model.parameters()))  # malloc=auto: by the model's size
         self.policy = lora.apply(model, cfg.lora) if self.lora else model
         self.policy.train()
-        if cfg.optim.gradient_checkpointing:
+        self.checkpointing = checkpointing_wanted(cfg.optim.gradient_checkpointing,
+                                                  sum(p.numel() for p in self.policy.parameters() if p.requires_grad),
+                                                  self.device, self.dist.world)
+        if self.checkpointing:
             enable_gradient_checkpointing(self.policy)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.autocast = resolve_dtype(cfg.dtype, self.device) == "bfloat16"
