@@ -123,7 +123,19 @@ def main() -> None:
                     help="short: SmolLM2-135M, ~20-token completions; r1_length: Qwen2.5-Coder-0.5B on GSM8K, up to 512 "
                          "new tokens (work.py)")
     ap.add_argument("--out", help="results file (default bench/results/grpo_vs_trl.json, or grpo_vs_trl_r1_length.json)")
+    ap.add_argument("--resummarize", metavar="RESULTS",
+                    help="recompute a results file's summary (floors, ratios) with this script's code, run nothing")
     a = ap.parse_args()
+    if a.resummarize:
+        result = json.loads(Path(a.resummarize).read_text())
+        os.environ["AHA_BENCH_WORK"] = result["work"].get("WORK", "short")  # files before r1_length: short
+        sys.path.insert(0, str(HERE))
+        import work
+
+        add_summary(result, work)
+        Path(a.resummarize).write_text(json.dumps(result, indent=2))
+        print(table(result["summary"]))
+        return
     os.environ["AHA_BENCH_WORK"] = a.work  # read by work.py, here and in every worker process
     a.out = a.out or str(REPO / "bench" / "results" / ("grpo_vs_trl.json" if a.work == "short"
                                                         else f"grpo_vs_trl_{a.work}.json"))
@@ -176,25 +188,46 @@ def main() -> None:
             f.write(json.dumps({"name": name, **r}) + "\n")
         print(f"[bench] {name}: steps {[round(s['seconds'], 1) for s in r['steps']]} s, "
               f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
-    summary = {k: summarize(v) for k, v in runs.items()}
     result = {"machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "python": platform.python_version(),
                           "torch": torch.__version__, "matmul_tflops": rates,
                           "read_gbps": bandwidth, "cpu_flags": cpu_flags()},
               "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                        cwd=REPO).stdout.strip(),
               "work": {k: getattr(work, k) for k in work.SETTINGS},
-              "aha_overrides": a.aha, "summary": summary, "runs": runs, "failed": failed,
+              "aha_overrides": a.aha, "runs": runs, "failed": failed,
               "date": time.strftime("%Y-%m-%d")}
+    summary = add_summary(result, work)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2))
+    print(table(summary))
+
+
+def matmul_params(params: int) -> int:
+    """The parameters a token's matmuls use: all but an untied input embedding (a lookup, no FLOPs, and a decode
+    step reads only its token's row). A tied embedding is the LM head's matmul, so it stays."""
+    import work
+
+    cfg = json.loads((Path(work.model_dir()) / "config.json").read_text())
+    cfg = cfg.get("text_config", cfg)
+    return params - (0 if cfg.get("tie_word_embeddings", True) else cfg["vocab_size"] * cfg["hidden_size"])
+
+
+def add_summary(result: dict, work) -> dict:
+    """Medians per kind of run, the floors and the ratios, into `result["summary"]` (from its machine figures
+    and runs, so that `--resummarize` can recompute a finished run's summary)."""
+    runs, rates, bandwidth = result["runs"], result["machine"]["matmul_tflops"], result["machine"]["read_gbps"]
+    summary = result["summary"] = {k: summarize(v) for k, v in runs.items()}
     if "aha" in summary:
         s = summary["aha"]
-        n = runs["aha"][0]["params"]
+        n = matmul_params(runs["aha"][0]["params"])
         best = max(rates.values())
         steps = [st for r in runs["aha"] for st in r["steps"][1:]]
         # Training FLOP per token: forward 2N + backward 4N (input and weight gradients); with LoRA the frozen
         # weights get no gradient, so 4N (the adapters' own FLOPs are negligible at rank 16).
-        train_flop = (4 if work.LORA_RANK else 6) * n
+        lora = result["work"].get("LORA_RANK", 0)
+        train_flop = (4 if lora else 6) * n
         weight_bytes = (2 if runs["aha"][0]["dtype"] == "bfloat16" else 4) * n  # what a decode step streams
-        s["train_flop_per_token"], s["decode_weight_bytes"] = train_flop, weight_bytes
+        s["matmul_params"], s["train_flop_per_token"], s["decode_weight_bytes"] = n, train_flop, weight_bytes
         for label, rate in (("bf16", rates["bfloat16"]), ("best", best)):
             # Training floor: train_flop per token; the KL reference forward adds 2N more.
             s[f"train_floor_fraction_{label}"] = s["train_tokens_per_s"] / (rate * 1e12 / train_flop)
@@ -211,9 +244,7 @@ def main() -> None:
             s[f"speedup_vs_{k}"] = summary[k]["step_s"] / s["step_s"]
             s[f"speedup_per_token_vs_{k}"] = s["completion_tokens_per_s"] / summary[k]["completion_tokens_per_s"]
             s[f"rss_ratio_vs_{k}"] = s["peak_rss_gib"] / summary[k]["peak_rss_gib"]
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2))
-    print(table(summary))
+    return summary
 
 
 def cpu_flags() -> list[str]:
