@@ -3,6 +3,7 @@ reference passes of a step, with its rollouts fixed (collected once, then reused
 run), or over one generation of the step's 8 x 8 completions.
 
     .venv/bin/python bench/grpo_vs_trl/profile_step.py [train|generate] [key=value ...]
+    AHA_BENCH_WORK=r1_length .venv/bin/python bench/grpo_vs_trl/profile_step.py generate
 
 Prints the ops by self CPU time (and, for `generate`, by input shape: the decode steps' matmuls at each row
 count). Run it with the machine otherwise idle.
@@ -20,12 +21,16 @@ from aha_worker import make_config  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
+    import work
     from torch.profiler import ProfilerActivity, profile
 
+    from aha import runtime
     from aha.training.grpo_loop import GRPOTrainer
 
     what = argv[0] if argv and "=" not in argv[0] else "train"
-    trainer = GRPOTrainer(make_config(10, [a for a in argv if "=" in a]))
+    overrides = [*work.AHA_SETTINGS, *(a for a in argv if "=" in a)]  # the work's aha settings, as aha_worker.py
+    runtime.apply(runtime.load(None, overrides))
+    trainer = GRPOTrainer(make_config(10, overrides))
     trainer.step()  # warm-up
     if what == "generate":
         prompts = [trainer.encode(trainer.examples[i]) for i in range(trainer.cfg.grpo.prompts_per_step)]
