@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
     threading.Thread(target=sample, daemon=True).start()
     runtime.apply(runtime.load(recipe, overrides))  # the recipe's process settings, as `aha train` applies them
     trainer = grpo_loop.GRPOTrainer(load_config(TrainConfig, recipe, overrides))
-    log("trainer built")
+    log(f"trainer built (gradient checkpointing {'on' if trainer.checkpointing else 'off'})")
 
     def traced(name: str):
         inner = getattr(trainer, name)

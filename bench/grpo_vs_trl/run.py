@@ -133,6 +133,8 @@ def main() -> None:
         import work
 
         add_summary(result, work)
+        result["summary_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                                  text=True, cwd=REPO).stdout.strip()  # the code that summarised
         Path(a.resummarize).write_text(json.dumps(result, indent=2))
         print(table(result["summary"]))
         return
