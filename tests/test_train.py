@@ -531,13 +531,16 @@ def test_resume_with_another_lr_uses_the_configs(tiny_model_dir, task_file, tmp_
     assert trainer.opt.param_groups[0]["initial_lr"] == 5e-4
 
 
-def test_checkpointing_auto_turns_on_when_the_training_state_would_fill_a_quarter_of_the_memory(monkeypatch):
+def test_checkpointing_auto_turns_on_when_the_training_state_would_fill_a_quarter_of_the_memory(monkeypatch,
+                                                                                                capsys):
     from aha.training import batch
 
     monkeypatch.setattr(batch, "device_memory", lambda device: 64_000)  # bytes: a quarter is 16,000
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert batch.checkpointing_wanted("auto", 1000, "cpu") is False  # 16 bytes x 1000 = exactly a quarter
+    assert capsys.readouterr().err == ""
     assert batch.checkpointing_wanted("auto", 1001, "cpu") is True
+    assert "gradient checkpointing on (auto" in capsys.readouterr().err  # the user is told why
     assert batch.checkpointing_wanted(False, 10 ** 9, "cpu") is False and batch.checkpointing_wanted(True, 1, "cpu")
     # FSDP2 over 4 processes: each holds a quarter of the state; on one CPU machine their quarters add up
     assert batch.checkpointing_wanted("auto", 2000, "cpu", world=4) is False  # 8,000 bytes here

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -395,8 +396,13 @@ def checkpointing_wanted(setting: bool | str, trainable: int, device, world: int
     if setting != "auto":
         return bool(setting)
     here = 1 if torch.device(device).type == "cuda" else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    state = TRAIN_STATE_BYTES * trainable * min(here, world) / world
-    return state > AUTO_CHECKPOINT_STATE_SHARE * device_memory(device)
+    state, memory = TRAIN_STATE_BYTES * trainable * min(here, world) / world, device_memory(device)
+    on = state > AUTO_CHECKPOINT_STATE_SHARE * memory
+    if on and os.environ.get("RANK", "0") == "0":  # say why the step recomputes (once, not once a process)
+        print(f"gradient checkpointing on (auto: the training state, {state / 1e9:.1f} GB, is over a quarter of "
+              f"the {memory / 1e9:.1f} GB this device has; optim.gradient_checkpointing=false turns it off)",
+              file=sys.stderr)
+    return on
 
 
 def enable_gradient_checkpointing(model) -> None:
