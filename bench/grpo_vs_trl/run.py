@@ -126,25 +126,21 @@ def main() -> None:
     ap.add_argument("--resummarize", metavar="RESULTS",
                     help="recompute a results file's summary (floors, ratios) with this script's code, run nothing")
     a = ap.parse_args()
-    if a.resummarize:
-        result = json.loads(Path(a.resummarize).read_text())
-        os.environ["AHA_BENCH_WORK"] = result["work"].get("WORK", "short")  # files before r1_length: short
-        sys.path.insert(0, str(HERE))
-        import work
+    done = json.loads(Path(a.resummarize).read_text()) if a.resummarize else None
+    # read by work.py, here and in every worker process (results files from before r1_length: short)
+    os.environ["AHA_BENCH_WORK"] = done["work"].get("WORK", "short") if done else a.work
+    sys.path.insert(0, str(HERE))
+    import work
 
-        add_summary(result, work)
-        result["summary_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                                  text=True, cwd=REPO).stdout.strip()  # the code that summarised
-        Path(a.resummarize).write_text(json.dumps(result, indent=2))
-        print(table(result["summary"]))
+    if done:
+        add_summary(done, work)
+        done["summary_commit"] = head_commit()  # the code that summarised
+        Path(a.resummarize).write_text(json.dumps(done, indent=2))
+        print(table(done["summary"]))
         return
-    os.environ["AHA_BENCH_WORK"] = a.work  # read by work.py, here and in every worker process
     a.out = a.out or str(REPO / "bench" / "results" / ("grpo_vs_trl.json" if a.work == "short"
                                                         else f"grpo_vs_trl_{a.work}.json"))
     import torch
-
-    sys.path.insert(0, str(HERE))
-    import work
 
     rates = {"float32": matmul_tflops("float32"), "bfloat16": matmul_tflops("bfloat16")}
     bandwidth = read_gbps()
@@ -193,22 +189,25 @@ def main() -> None:
     result = {"machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "python": platform.python_version(),
                           "torch": torch.__version__, "matmul_tflops": rates,
                           "read_gbps": bandwidth, "cpu_flags": cpu_flags()},
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       cwd=REPO).stdout.strip(),
+              "commit": head_commit(),
               "work": {k: getattr(work, k) for k in work.SETTINGS},
               "aha_overrides": a.aha, "runs": runs, "failed": failed,
               "date": time.strftime("%Y-%m-%d")}
     summary = add_summary(result, work)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
+    partial.unlink(missing_ok=True)  # the results file holds every run now
     print(table(summary))
 
 
-def matmul_params(params: int) -> int:
+def head_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=REPO).stdout.strip()
+
+
+def matmul_params(params: int, work) -> int:
     """The parameters a token's matmuls use: all but an untied input embedding (a lookup, no FLOPs, and a decode
     step reads only its token's row). A tied embedding is the LM head's matmul, so it stays."""
-    import work
-
     cfg = json.loads((Path(work.model_dir()) / "config.json").read_text())
     cfg = cfg.get("text_config", cfg)
     return params - (0 if cfg.get("tie_word_embeddings", True) else cfg["vocab_size"] * cfg["hidden_size"])
@@ -221,7 +220,7 @@ def add_summary(result: dict, work) -> dict:
     summary = result["summary"] = {k: summarize(v) for k, v in runs.items()}
     if "aha" in summary:
         s = summary["aha"]
-        n = matmul_params(runs["aha"][0]["params"])
+        n = matmul_params(runs["aha"][0]["params"], work)
         best = max(rates.values())
         steps = [st for r in runs["aha"] for st in r["steps"][1:]]
         # Training FLOP per token: forward 2N + backward 4N (input and weight gradients); with LoRA the frozen
