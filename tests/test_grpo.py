@@ -214,3 +214,59 @@ def test_head_logprobs_in_chunks_under_bf16_autocast():
     assert torch.allclose(logp, whole, atol=1e-5) and torch.allclose(grad_h, whole_h, atol=1e-5)
     assert torch.allclose(grad_w, whole_w, atol=3e-2, rtol=1e-2)
     assert (fp32 - whole).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_head_kernel_computes_what_the_eager_one_does(dtype):
+    # torch.compile'd log-normaliser, entropy and logits gradient (one pass per row) against the same functions
+    # run eagerly, through the chunked head's forward and backward, in fp32 and under bf16 autocast.
+    g = torch.Generator().manual_seed(2)
+    R, H, V = 37, 16, 301
+    hidden, weight = torch.randn(R, H, generator=g), torch.randn(V, H, generator=g)
+    rows = torch.tensor([0, 0, 3, 5, 8, 13, 21, 34, 36, 36])
+    targets = torch.randint(0, V, (len(rows),), generator=g)
+    up = torch.randn(len(rows), generator=g)
+    out = {}
+    for kernel in ("eager", "compiled"):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            logp, ent = head_logprobs(h, w, None, rows, targets, True, 10, kernel)
+        (logp * up).sum().backward()
+        out[kernel] = (logp.detach(), ent, h.grad, w.grad)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for eager, compiled in zip(out["eager"], out["compiled"]):
+        assert torch.allclose(eager, compiled, atol=tol, rtol=tol)
+    want = torch.log_softmax(hidden @ weight.T, -1)[rows, targets]
+    assert torch.allclose(out["compiled"][0], want, atol=1e-4 if dtype == torch.float32 else 0.5)
+
+
+def test_head_kernel_falls_back_to_eager_with_a_warning(monkeypatch, capsys):
+    import aha.grpo as grpo
+
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler\nmore")
+        return run
+
+    monkeypatch.setattr(grpo, "_compiled", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    x = torch.randn(4, 9)
+    lse, ent = grpo.head_kernel(grpo._lse_entropy, True)(x, True)
+    assert torch.allclose(lse, torch.logsumexp(x, -1)) and ent is not None
+    err = capsys.readouterr().err
+    assert "compiled LM-head kernel failed (RuntimeError: no C++ compiler)" in err and err.count("\n") == 1
+    assert grpo.head_kernel(grpo._lse_entropy, True) is grpo._lse_entropy  # not tried again
+    assert grpo.head_kernel(grpo._lse_entropy, False) is grpo._lse_entropy
+
+
+def test_head_kernel_auto_compiles_only_large_chunks(monkeypatch):
+    import aha.grpo as grpo
+
+    seen = []
+    monkeypatch.setattr(grpo._ChunkedHeadLogProbs, "apply", lambda *a: seen.append(a[-1]) or (None, None))
+    h, rows = torch.randn(8, 4), torch.arange(8)
+    for vocab in (1000, grpo.COMPILED_HEAD_MIN_SCORES // 4):
+        head_logprobs(h, torch.randn(vocab, 4), None, rows, rows, chunk=4, kernel="auto")
+    head_logprobs(h, torch.randn(1000, 4), None, rows, rows, chunk=4, kernel="compiled")
+    head_logprobs(h, torch.randn(1000, 4), None, rows, rows, chunk=4, kernel="eager")
+    assert seen == [False, True, True, False]

@@ -163,6 +163,51 @@ def test_lora_trains_the_adapters_against_the_base_and_saves_the_merged_model(ti
                                    atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_lora_for_autocast_keeps_frozen_weights_in_bf16_and_computes_exactly_the_same(tied):
+    """Under bf16 autocast the frozen linear weights are stored in bf16 and peft's fp32 cast of the adapters'
+    inputs is off: the same logits and adapter gradients bit for bit, the adapters still fp32; a head tied to
+    the input embedding stays fp32 (the lookup would otherwise start the residual stream in bf16)."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from aha.training import lora
+    from aha.training.config import LoRAConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, tie_word_embeddings=tied)
+    model = lora.apply(LlamaForCausalLM(cfg), LoRAConfig(rank=4))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()  # adapters that change the output
+    ids = torch.randint(0, 64, (2, 9))
+
+    def run(m):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = m(input_ids=ids).logits
+        logits.float().logsumexp(-1).sum().backward()
+        return logits.detach(), {n: p.grad for n, p in m.named_parameters() if p.requires_grad}
+
+    plain = copy.deepcopy(model)
+    converted = lora.for_autocast(model, torch.bfloat16)
+    assert converted == 2 * 7 + (0 if tied else 1)  # every adapted layer's base weight, and an untied head
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n or "norm" in n or "embed" in n)
+    assert all(d == torch.bfloat16 for n, d in dtypes.items() if "base_layer" in n)
+    assert model.get_output_embeddings().weight.dtype == (torch.float32 if tied else torch.bfloat16)
+    (want, want_grads), (got, got_grads) = run(plain), run(model)
+    assert torch.equal(got, want)
+    assert got_grads.keys() == want_grads.keys() and all(torch.equal(got_grads[k], want_grads[k]) for k in want_grads)
+    merged = lora.merged_state(model)  # saved and merged in fp32: the base as training saw it, plus the update
+    assert all(v.dtype == torch.float32 for v in merged.values())
+    ref = lora.merged_state(plain)
+    for k, v in merged.items():
+        torch.testing.assert_close(v, ref[k], atol=2e-2, rtol=1e-2, msg=k)
+
+
 @pytest.mark.parametrize("memory", [[], ["optim.gradient_checkpointing=true", "optim.logprob_chunk=5"]])
 def test_bf16_autocast_step(tiny_model_dir, task_file, tmp_path, memory):
     cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "dtype=bfloat16", "steps=1", *memory)
@@ -531,22 +576,50 @@ def test_resume_with_another_lr_uses_the_configs(tiny_model_dir, task_file, tmp_
     assert trainer.opt.param_groups[0]["initial_lr"] == 5e-4
 
 
+class _Layers(torch.nn.Module):
+    """A stand-in model for the checkpointing rule: `n` parameters (trainable or not) and a decoder's widths."""
+
+    def __init__(self, n, trainable=True):
+        from types import SimpleNamespace
+
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(n), requires_grad=trainable)
+        self.config = SimpleNamespace(hidden_size=10, intermediate_size=20, num_hidden_layers=2)
+
+
 def test_checkpointing_auto_turns_on_when_the_training_state_would_fill_a_quarter_of_the_memory(monkeypatch,
                                                                                                 capsys):
     from aha.training import batch
 
     monkeypatch.setattr(batch, "device_memory", lambda device: 64_000)  # bytes: a quarter is 16,000
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert batch.checkpointing_wanted("auto", 1000, "cpu") is False  # 16 bytes x 1000 = exactly a quarter
+    assert batch.checkpointing_wanted("auto", _Layers(1000), "cpu") is False  # 16 bytes x 1000 = exactly a quarter
     assert capsys.readouterr().err == ""
-    assert batch.checkpointing_wanted("auto", 1001, "cpu") is True
-    assert "gradient checkpointing on (auto" in capsys.readouterr().err  # the user is told why
-    assert batch.checkpointing_wanted(False, 10 ** 9, "cpu") is False and batch.checkpointing_wanted(True, 1, "cpu")
+    assert batch.checkpointing_wanted("auto", _Layers(1001), "cpu") is True
+    assert "auto: the training state, 0.0 GB, would take over a quarter" in capsys.readouterr().err  # told why
+    assert batch.checkpointing_wanted("auto", _Layers(10 ** 5, trainable=False), "cpu") is False  # frozen: no state
+    assert batch.checkpointing_wanted(False, _Layers(10 ** 5), "cpu") is False
+    assert batch.checkpointing_wanted(True, _Layers(1), "cpu")
     # FSDP2 over 4 processes: each holds a quarter of the state; on one CPU machine their quarters add up
-    assert batch.checkpointing_wanted("auto", 2000, "cpu", world=4) is False  # 8,000 bytes here
+    assert batch.checkpointing_wanted("auto", _Layers(2000), "cpu", world=4) is False  # 8,000 bytes here
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert batch.checkpointing_wanted("auto", 2000, "cpu", world=4) is True  # 32,000 bytes on this machine
-    assert batch.checkpointing_wanted("auto", 2000, "cuda:0", world=4) is False  # one shard a GPU
+    assert batch.checkpointing_wanted("auto", _Layers(2000), "cpu", world=4) is True  # 32,000 bytes on this machine
+    assert batch.checkpointing_wanted("auto", _Layers(2000), "cuda:0", world=4) is False  # one shard a GPU
+
+
+def test_checkpointing_auto_turns_on_when_a_micro_batchs_activations_would_fill_a_quarter(monkeypatch, capsys):
+    # 2 layers x (40 x 10 + 12 x 20) = 1,280 bytes a token; a quarter of 64,000 is 16,000: 12 tokens fit, 13 do not
+    from aha.training import batch
+
+    monkeypatch.setattr(batch, "device_memory", lambda device: 64_000)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    frozen = _Layers(10, trainable=False)  # LoRA-like: next to no training state
+    assert batch.activation_bytes(frozen, 13) == 13 * 1280
+    assert batch.checkpointing_wanted("auto", frozen, "cpu", tokens=12) is False
+    assert batch.checkpointing_wanted("auto", frozen, "cpu", tokens=13) is True
+    assert "a micro-batch's activations, up to 0.0 GB for 13 tokens" in capsys.readouterr().err
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes' micro-batches in one CPU's memory
+    assert batch.checkpointing_wanted("auto", frozen, "cpu", world=2, tokens=7) is True
 
 
 def test_device_memory_is_the_machines_memory():
@@ -568,6 +641,7 @@ def test_gradient_checkpointing_auto_follows_the_trainable_state(tiny_model_dir,
 
     n = sum(p.numel() for p in load_model(tiny_model_dir)[0].parameters())
     monkeypatch.setattr(batch, "device_memory", lambda device: 16 * n)  # full fine-tuning: 4x a quarter
+    monkeypatch.setattr(batch, "ACTIVATION_BYTES_PER_WIDTH", (0, 0))  # the state alone decides here
     trainer = GRPOTrainer(make_cfg(tiny_model_dir, task_file, tmp_path / "run", "steps=1", *extra))
     layers = (trainer.policy.get_base_model() if trainer.lora else trainer.policy).model.layers
     on = not extra

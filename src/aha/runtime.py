@@ -43,6 +43,12 @@ class RuntimeConfig:
     small-model benchmark, but the peak stays resident and grows with micro-batches of new sizes. default:
     glibc's own policy, and the trainers hand freed memory back to the system after each micro-batch
     (`release`): Qwen2.5-0.5B's LoRA training was killed at 24.3 GB resident without it (bench/README.md)."""
+    head_kernel: Literal["auto", "compiled", "eager"] = "auto"
+    """How the chunked LM head computes its log-normalisers, entropies and their gradient over the vocabulary
+    (`aha.grpo.head_kernel`). compiled: `torch.compile`d, one pass per position (needs a C++ compiler on the
+    CPU; ~20 s to compile once per process); eager: torch's ops, one memory pass over all positions per op.
+    auto: compiled for chunks of `aha.grpo.COMPILED_HEAD_MIN_SCORES` scores or more (Qwen2.5's 151,936-entry vocabulary
+    at R1 lengths), eager for small vocabularies and short rows, where compiling would cost more than it saves."""
 
 
 AUTO_TUNED_MAX_PARAMS = 300_000_000

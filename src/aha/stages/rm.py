@@ -162,9 +162,8 @@ class RMTrainer(Checkpointed):
         if model is None:
             model, tokenizer = load_backbone(cfg.model, self.device)
         self.model, self.tok = model, tokenizer
-        self.checkpointing = checkpointing_wanted(cfg.optim.gradient_checkpointing,
-                                                  sum(p.numel() for p in self.model.parameters() if p.requires_grad),
-                                                  self.device, self.dist.world)
+        self.checkpointing = checkpointing_wanted(cfg.optim.gradient_checkpointing, self.model, self.device,
+                                                  self.dist.world)
         if self.checkpointing:
             enable_gradient_checkpointing(self.model)
         if self.dist.on:

@@ -23,6 +23,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from aha import runtime
 from aha.grpo import head_logprobs, selected_logprobs
 from aha.rollout.base import Completion
 from aha.transformers_internals import (
@@ -119,7 +120,7 @@ def kept_logprobs(model, run, rows: torch.Tensor, targets: torch.Tensor, with_en
     with head_replaced(*found) as head:
         hidden = run().logits
     return head_logprobs(hidden.reshape(-1, hidden.shape[-1]), head.weight, head.bias, rows, targets, with_entropy,
-                         chunk)
+                         chunk, runtime.applied().head_kernel)
 
 
 def completion_logprobs(model, batch: Batch, with_entropy: bool = False, embed: InputEmbeddings | None = None,
@@ -369,13 +370,30 @@ def spans_forward(model, spans: list[tuple[int, int, int, int]], prefix: int, **
 TRAIN_STATE_BYTES = 16
 """Bytes a trainable parameter holds while training: its fp32 weight, its gradient and AdamW's two moments."""
 
-AUTO_CHECKPOINT_STATE_SHARE = 0.25
+AUTO_CHECKPOINT_SHARE = 0.25
 """`gradient_checkpointing: auto` turns it on when the training state (TRAIN_STATE_BYTES a trainable parameter,
-this process's share under FSDP) would take more than this share of the device's memory: what is left must
-hold the rollout copy, the activations of a micro-batch of long completions and the reward workers. Full
-fine-tuning of Qwen2.5-Coder-0.5B (630 M parameters with its untied head: 10 GB of state, 40% of a 25 GB
-machine) was killed at 24.2 GB without it and peaked at 17.3 GB with it (bench/README.md); SmolLM2-135M (2.2 GB)
-and Gemma-3-270m (4.3 GB) train without it there, and so does any LoRA run (the adapters' state is tiny)."""
+this process's share under FSDP), or the activations one micro-batch would keep for its backward pass, would
+take more than this share of the device's memory: what is left must hold the weights, the rollout copy, the
+logits of a chunk and the reward workers. Full fine-tuning of Qwen2.5-Coder-0.5B (630 M parameters with its
+untied head: 10 GB of state, 40% of a 25 GB machine) was killed at 24.2 GB without it and peaked at 17.3 GB with
+it; its LoRA training at R1 lengths (micro-batches of 8 completions of up to 512 tokens) peaked at 16.2 GB
+without and 9.1 GB with it, for 2% more time a token (bench/README.md, bench/grpo_vs_trl/README.md).
+SmolLM2-135M's main job and the short benchmark work train without it."""
+
+ACTIVATION_BYTES_PER_WIDTH = (40, 12)
+"""Bytes one token keeps for the backward pass in one decoder layer, per unit of the hidden width and per unit
+of the MLP's width, under bf16 autocast: the layer's inputs, its normalised and cast copies, the attention's
+output and the MLP's intermediates. Counted with autograd's saved-tensor hooks on Qwen2- and Llama-shaped
+layers, full fine-tuning and LoRA (bench/activation_bytes.py); an estimate for the rule above, within ~25%."""
+
+
+def activation_bytes(model, tokens: int) -> int:
+    """Estimated bytes the decoder layers keep for backward over a micro-batch of `tokens` positions."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    hidden = cfg.hidden_size
+    mlp = getattr(cfg, "intermediate_size", None) or 4 * hidden
+    per_hidden, per_mlp = ACTIVATION_BYTES_PER_WIDTH
+    return tokens * cfg.num_hidden_layers * (per_hidden * hidden + per_mlp * mlp)
 
 
 def device_memory(device) -> int:
@@ -390,20 +408,27 @@ def device_memory(device) -> int:
         return total
 
 
-def checkpointing_wanted(setting: bool | str, trainable: int, device, world: int = 1) -> bool:
-    """`optim.gradient_checkpointing` resolved: true/false as given; "auto" by AUTO_CHECKPOINT_STATE_SHARE for
-    `trainable` parameters sharded over `world` processes (FSDP2). A GPU holds one process's shard; a CPU's
-    memory holds the shards of every process on the machine (torchrun's LOCAL_WORLD_SIZE)."""
+def checkpointing_wanted(setting: bool | str, model, device, world: int = 1, tokens: int = 0) -> bool:
+    """`optim.gradient_checkpointing` resolved: true/false as given; "auto" by AUTO_CHECKPOINT_SHARE for the
+    training state of `model`'s trainable parameters sharded over `world` processes (FSDP2), and for the
+    activations of a micro-batch of up to `tokens` positions (0: not estimated). A GPU holds one process's
+    shard and micro-batch; a CPU's memory holds those of every process on the machine (LOCAL_WORLD_SIZE)."""
     if setting != "auto":
         return bool(setting)
     here = 1 if torch.device(device).type == "cuda" else int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    state, memory = TRAIN_STATE_BYTES * trainable * min(here, world) / world, device_memory(device)
-    on = state > AUTO_CHECKPOINT_STATE_SHARE * memory
-    if on and os.environ.get("RANK", "0") == "0":  # say why the step recomputes (once, not once a process)
-        print(f"gradient checkpointing on (auto: the training state, {state / 1e9:.1f} GB, is over a quarter of "
-              f"the {memory / 1e9:.1f} GB this device has; optim.gradient_checkpointing=false turns it off)",
-              file=sys.stderr)
-    return on
+    here = min(here, world)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    memory = device_memory(device)
+    state = TRAIN_STATE_BYTES * trainable * here / world
+    activations = activation_bytes(model, tokens) * here
+    limit = AUTO_CHECKPOINT_SHARE * memory
+    why = (f"the training state, {state / 1e9:.1f} GB," if state > limit else
+           f"a micro-batch's activations, up to {activations / 1e9:.1f} GB for {tokens} tokens," if activations > limit
+           else None)
+    if why and os.environ.get("RANK", "0") == "0":  # say why the step recomputes (once, not once a process)
+        print(f"gradient checkpointing on (auto: {why} would take over a quarter of the {memory / 1e9:.1f} GB this "
+              f"device has; optim.gradient_checkpointing=false turns it off)", file=sys.stderr)
+    return why is not None
 
 
 def enable_gradient_checkpointing(model) -> None:

@@ -122,9 +122,11 @@ class OptimConfig:
     """Recompute each decoder layer in the backward pass instead of keeping its activations (exact; one more
     forward pass of compute for activation memory of one layer instead of all). In GRPO it turns share_prefix
     off (a recomputed layer cannot re-read a cache it wrote to). auto: on when the training state (fp32 weights,
-    gradients and AdamW moments of the trainable parameters) would fill over a quarter of the device's memory
-    (aha.training.batch.AUTO_CHECKPOINT_STATE_SHARE): full fine-tuning of a 0.5B model on a 24 GB machine, not
-    LoRA and not the 135M main job."""
+    gradients and AdamW moments of the trainable parameters) or the activations of the largest micro-batch the
+    settings allow (micro_batch_size completions of max_new_tokens, at most pack_tokens; SFT: micro_batch_size
+    rows of max_length) would fill over a quarter of the device's memory (aha.training.batch.AUTO_CHECKPOINT_SHARE):
+    full fine-tuning of a 0.5B model on a 24 GB machine, and its LoRA training at R1 lengths (8 completions of
+    512 tokens a micro-batch); not the 135M main job."""
     logprob_chunk: NonNegInt | None = None
     """The LM head runs this many positions at a time and again in the backward pass, so that a micro-batch's
     (positions x vocabulary) logits never exist at once (exact; aha.grpo.head_logprobs): for long completions,

@@ -135,14 +135,17 @@ class GRPOTrainer(Checkpointed):
         self.policy = lora.apply(model, cfg.lora) if self.lora else model
         if self.rollout_model is model and self.lora:  # a given engine: nothing to merge into, it has its own
             self.rollout_model = self.policy
+        if self.lora and self.autocast and not self.dist.on:  # frozen weights in bf16 (exact; FSDP2 shards fp32)
+            lora.for_autocast(self.policy, torch.bfloat16)
         if self.dist.on:  # FSDP2 after the copies: the rollout model stays whole (it decodes without collectives)
             dist.shard(self.policy, bf16=self.autocast)
             if self.ref is not None:  # the frozen reference is sharded too, in its own dtype (bf16 with autocast)
                 dist.shard(self.ref, bf16=False)
         self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
-        self.checkpointing = checkpointing_wanted(cfg.optim.gradient_checkpointing,
-                                                  sum(p.numel() for p in self.trainable), self.device,
-                                                  self.dist.world)
+        o = cfg.optim  # a micro-batch's positions at most: its completions at full length, up to a packed row's
+        longest = o.micro_batch_size * cfg.rollout.max_new_tokens
+        self.checkpointing = checkpointing_wanted(o.gradient_checkpointing, self.policy, self.device, self.dist.world,
+                                                  min(longest, o.pack_tokens) if o.share_prompt else longest)
         if self.checkpointing:  # after the copies: the reference and rollout models do not train
             enable_gradient_checkpointing(self.policy)
         self.sampling = SamplingConfig(temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,

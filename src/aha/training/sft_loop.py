@@ -179,13 +179,14 @@ class SFTTrainer(Checkpointed):
         runtime.settle_malloc(sum(p.numel() for p in model.parameters()))  # malloc=auto: by the model's size
         self.policy = lora.apply(model, cfg.lora) if self.lora else model
         self.policy.train()
-        self.checkpointing = checkpointing_wanted(cfg.optim.gradient_checkpointing,
-                                                  sum(p.numel() for p in self.policy.parameters() if p.requires_grad),
-                                                  self.device, self.dist.world)
+        self.checkpointing = checkpointing_wanted(cfg.optim.gradient_checkpointing, self.policy, self.device,
+                                                  self.dist.world, cfg.optim.micro_batch_size * cfg.max_length)
         if self.checkpointing:
             enable_gradient_checkpointing(self.policy)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.autocast = resolve_dtype(cfg.dtype, self.device) == "bfloat16"
+        if self.lora and self.autocast and not self.dist.on:  # frozen weights in bf16 (exact; FSDP2 shards fp32)
+            lora.for_autocast(self.policy, torch.bfloat16)
         if self.dist.on:
             dist.shard(self.policy, bf16=self.autocast)
         self.steps = cfg.steps or math.ceil(cfg.epochs * len(train) / cfg.samples_per_step)
