@@ -383,8 +383,11 @@ SmolLM2-135M's main job and the short benchmark work train without it."""
 ACTIVATION_BYTES_PER_WIDTH = (40, 12)
 """Bytes one token keeps for the backward pass in one decoder layer, per unit of the hidden width and per unit
 of the MLP's width, under bf16 autocast: the layer's inputs, its normalised and cast copies, the attention's
-output and the MLP's intermediates. Counted with autograd's saved-tensor hooks on Qwen2- and Llama-shaped
-layers, full fine-tuning and LoRA (bench/activation_bytes.py); an estimate for the rule above, within ~25%."""
+output and the MLP's intermediates. An estimate that errs high: autograd's saved-tensor hooks count 65-80% of
+it on Qwen2-shaped layers (bench/activation_bytes.py: Qwen2.5-0.5B's widths 68 KB a token and layer in full
+fine-tuning, 58 with LoRA, against 92 here); the resident memory holds more than they count (the allocator's
+blocks, the backward pass's temporaries): Qwen2.5-0.5B's LoRA training at R1 lengths peaked 4.5-5.7 GB lower
+with checkpointing (bench/grpo_vs_trl/README.md)."""
 
 
 def activation_bytes(model, tokens: int) -> int:
