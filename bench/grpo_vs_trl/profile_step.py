@@ -25,6 +25,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from aha_worker import make_config  # noqa: E402
 
 
+def fix_rollouts(trainer, rollouts) -> None:
+    """The same completions every step from here on: only the reference and training passes run."""
+    trainer.collect = lambda: rollouts
+    trainer.engine.sync_weights = lambda *a, **k: None
+
+
 def main(argv: list[str]) -> None:
     import work
     from torch.profiler import ProfilerActivity, profile
@@ -43,9 +49,7 @@ def main(argv: list[str]) -> None:
     if what == "time":
         import resource
 
-        rollouts = trainer.collect()
-        trainer.collect = lambda: rollouts
-        trainer.engine.sync_weights = lambda *a, **k: None
+        fix_rollouts(trainer, trainer.collect())
         for i in range(3):
             m = trainer.step()
             print(f"step {i + 1}: reference passes {m['time/logprob_s']:.2f} s, training passes and update "
@@ -71,8 +75,7 @@ def main(argv: list[str]) -> None:
         n = 2 * trainer.cfg.grpo.group_size
         rollouts = (type(ro)(ro.examples[:n], ro.completions[:n], ro.rewards[:n],
                              {k: v[:n] for k, v in ro.parts.items()}, ro.advantages[:n]), info)
-    trainer.collect = lambda: rollouts  # the same completions every step: only the passes run
-    trainer.engine.sync_weights = lambda *a, **k: None
+    fix_rollouts(trainer, rollouts)
     trainer.step()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=shapes) as prof:
         m = trainer.step()

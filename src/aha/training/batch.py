@@ -376,8 +376,8 @@ this process's share under FSDP), or the activations one micro-batch would keep 
 take more than this share of the device's memory: what is left must hold the weights, the rollout copy, the
 logits of a chunk and the reward workers. Full fine-tuning of Qwen2.5-Coder-0.5B (630 M parameters with its
 untied head: 10 GB of state, 40% of a 25 GB machine) was killed at 24.2 GB without it and peaked at 17.3 GB with
-it; its LoRA training at R1 lengths (micro-batches of 8 completions of up to 512 tokens) peaked at 16.2 GB
-without and 9.1 GB with it, for 2% more time a token (bench/README.md, bench/grpo_vs_trl/README.md).
+it; its LoRA training at R1 lengths (micro-batches of 8 completions of up to 512 tokens) peaked at 14.0-14.5 GiB
+without and 8.8-9.6 GiB with it, for ~3% more time a token (bench/README.md, bench/grpo_vs_trl/README.md).
 SmolLM2-135M's main job and the short benchmark work train without it."""
 
 ACTIVATION_BYTES_PER_WIDTH = (40, 12)
