@@ -59,24 +59,30 @@ def answer_sources(samples_jsonl: Path) -> dict:
     return {k: {"share": len(v) / n, "accuracy": (sum(v) / len(v) if v else 0.0)} for k, v in seen.items()}
 
 
-def paired_gain(before_jsonl: Path, after_jsonl: Path) -> dict | None:
-    """pass@1 after minus before, problem by problem (the same problems, k samples each): the mean difference
-    with its standard error (the paired one: smaller than either side's own when problems differ in difficulty
-    more than the runs do), and how many problems went up and down."""
-    if not (before_jsonl.exists() and after_jsonl.exists()):
-        return None
-    def per_problem(path: Path) -> dict[str, float]:
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
-        return {r["id"]: sum(r["correct"]) / len(r["correct"]) for r in rows}
-    before, after = per_problem(before_jsonl), per_problem(after_jsonl)
-    ids = sorted(before.keys() & after.keys())
-    diffs = [after[i] - before[i] for i in ids]
+def correct_per_problem(samples_jsonl: Path) -> dict[str, int]:
+    """How many of each problem's k samples were correct, by problem id: kept in the results so that a later
+    run can pair its problems with these after the run folder is gone."""
+    rows = [json.loads(line) for line in samples_jsonl.read_text().splitlines()]
+    return {r["id"]: sum(c >= 1.0 for c in r["correct"]) for r in rows}
+
+
+def paired_gain(before: dict, after: dict) -> dict:
+    """pass@1 after minus before. Paired problem by problem when both sides kept their per-problem counts (the
+    same problems, k samples each): the mean difference with its standard error (smaller than either side's own
+    when problems differ in difficulty more than the runs do), and how many problems went up and down. Without
+    them, the unpaired difference with sqrt(se_before^2 + se_after^2)."""
+    b, a = before.get("correct_per_problem"), after.get("correct_per_problem")
+    same_k = before.get("samples") == after.get("samples")
+    ids = sorted(b.keys() & a.keys()) if b and a and same_k else []
+    if len(ids) < 2:
+        return {"paired": False, "problems": after["problems"], "pass@1_gain": after["pass@1"] - before["pass@1"],
+                "pass@1_gain_se": (before["pass@1_se"] ** 2 + after["pass@1_se"] ** 2) ** 0.5}
+    k = after["samples"]
+    diffs = [(a[i] - b[i]) / k for i in ids]
     n = len(diffs)
-    if n < 2:
-        return None
     mean = sum(diffs) / n
     var = sum((d - mean) ** 2 for d in diffs) / (n - 1)
-    return {"problems": n, "pass@1_gain": mean, "pass@1_gain_se": (var / n) ** 0.5,
+    return {"paired": True, "problems": n, "pass@1_gain": mean, "pass@1_gain_se": (var / n) ** 0.5,
             "problems_up": sum(d > 0 for d in diffs), "problems_down": sum(d < 0 for d in diffs)}
 
 
@@ -110,7 +116,8 @@ def held_out(model: str, cfg: TrainConfig, out: Path, samples: int, limit: int =
             "format_rate": sampled["format_rate"], "accuracy_in_format": in_format_accuracy(out / "sampled" / "samples.jsonl")[1],
             "length_mean": sampled["length_mean"], "truncated": sampled["truncated"],
             "reflection_per_1k_tokens": sampled["reflection_per_1k_tokens"],
-            "answer_sources": answer_sources(out / "sampled" / "samples.jsonl"),
+            "answer_sources": answer_sources(out / "sampled" / "samples.jsonl"), "samples": samples,
+            "correct_per_problem": correct_per_problem(out / "sampled" / "samples.jsonl"),
             "eval_seconds": greedy["seconds"] + sampled["seconds"], "greedy_seconds": greedy["seconds"],
             "sampled_seconds": sampled["seconds"], "sampled_tokens_per_s": sampled["tokens_per_s"],
             "greedy_reused": bool(greedy.get("reused"))}
@@ -191,9 +198,11 @@ def main(argv: list[str]) -> None:
     _, last = latest_checkpoint(run_dir)
     after = held_out(str(last), cfg, out / "eval_after", samples, limit)
     before_samples = out / "eval_before" / "sampled" / "samples.jsonl"
-    if "answer_sources" not in before and before_samples.exists():  # a kept before-evaluation of an older commit
-        before["answer_sources"] = answer_sources(before_samples)
-    gain = paired_gain(before_samples, out / "eval_after" / "sampled" / "samples.jsonl")
+    if before_samples.exists():  # a kept before-evaluation of an older commit: what it did not keep
+        before.setdefault("answer_sources", answer_sources(before_samples))
+        before.setdefault("samples", samples)
+        before.setdefault("correct_per_problem", correct_per_problem(before_samples))
+    gain = paired_gain(before, after)
     figures = [str(p) for p in plot_run(str(run_dir))]
     combined = Path(run_dir) / "r1_zero.png"  # accuracy, length, reflection: committed with the results
     if str(combined) in figures:
@@ -211,9 +220,10 @@ def main(argv: list[str]) -> None:
         print(f"| {name} | {r['greedy_accuracy']:.3f} | {r['pass@1']:.3f} ± {r['pass@1_se']:.3f} | "
               f"{r[f'cons@{samples}']:.3f} | {r['length_mean']:.1f} |")
     print(f"training: {spent['last_step']} steps in {train_s / 60:.1f} min")
-    if gain:
-        print(f"pass@1 gain, paired over {gain['problems']} problems: {gain['pass@1_gain']:+.3f} ± "
-              f"{gain['pass@1_gain_se']:.3f} ({gain['problems_up']} up, {gain['problems_down']} down)")
+    how = (f"paired over {gain['problems']} problems" if gain["paired"] else
+           "unpaired (the before-evaluation kept no per-problem counts)")
+    moved = f" ({gain['problems_up']} up, {gain['problems_down']} down)" if gain["paired"] else ""
+    print(f"pass@1 gain, {how}: {gain['pass@1_gain']:+.3f} ± {gain['pass@1_gain_se']:.3f}{moved}")
 
 
 if __name__ == "__main__":
