@@ -440,7 +440,8 @@ def test_dynamic_sampling_fills_batch_with_informative_groups(tiny_model_dir, ta
 
     trainer.rewards.score = score
     ro, info = trainer.collect()
-    assert info["resample_rounds"] == 1 and info["groups_sampled"] == 4
+    assert info["resample_rounds"] == 1 and info["groups_sampled"] == 4 and info["groups_informative"] == 2
+    assert info["sampled_accuracy"] == 0.25  # 0 of 8 in the flat round, 4 of 8 in the second
     assert len(ro.completions) == 8 and bool((ro.rewards.view(-1, 4).std(1) > 0).all())
 
 

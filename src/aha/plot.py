@@ -43,8 +43,11 @@ def plot_run(run: str, out: str = "") -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     train_rows = [r for r in rows if "reward" in r]
     eval_rows = [r for r in rows if "eval/accuracy" in r]
+    # dynamic sampling trains on the groups with both right and wrong answers: their accuracy is not the policy's
+    sampled = any("sampled_accuracy" in r for r in train_rows)
+    train_acc, train_label = ("sampled_accuracy", "train rollouts, all sampled") if sampled else ("accuracy", "train rollouts")
     panels = [
-        ("accuracy", "Accuracy", [("accuracy", "train rollouts", train_rows), ("eval/accuracy", "held-out (greedy)", eval_rows)]),
+        ("accuracy", "Accuracy", [(train_acc, train_label, train_rows), ("eval/accuracy", "held-out (greedy)", eval_rows)]),
         ("response_length", "Mean response length (tokens)", [("length_mean", "train rollouts", train_rows),
                                                                ("eval/length_mean", "held-out", eval_rows)]),
         ("reflection", "Reflection words per 1k tokens", [("reflection_per_1k_tokens", "train rollouts", train_rows)]),

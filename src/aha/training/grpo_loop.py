@@ -206,6 +206,14 @@ class GRPOTrainer(Checkpointed):
             info["groups_sampled"] += B
         merged = self._merge_informative(keep, flags, B)
         info["resample_rounds"] = rounds
+        info["groups_informative"] = sum(sum(f) for f in flags)
+        # the step's other metrics describe the kept groups, which dynamic sampling chose for having both right
+        # and wrong answers; the accuracy of everything sampled is the one that follows the policy
+        acc = [v for r in keep for v, e in zip(r.parts.get("accuracy", []), r.examples)
+               if "accuracy" in self.rewards.weights_for(e.kind)]
+        total, n = dist.all_reduce_sum([float(sum(acc)), float(len(acc))])
+        if n:
+            info["sampled_accuracy"] = total / n
         return merged, info
 
     def _informative(self, r: Rollouts, B: int) -> list[bool]:
