@@ -208,6 +208,61 @@ def test_lora_for_autocast_keeps_frozen_weights_in_bf16_and_computes_exactly_the
         torch.testing.assert_close(v, ref[k], atol=2e-2, rtol=1e-2, msg=k)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_lora_fuse_computes_what_peft_does_and_falls_back_where_peft_is_special(autocast):
+    """`lora.fuse`: every adapted layer's update added inside one addmm (scale folded into B) gives peft's logits
+    and adapter gradients: to fp32 rounding in fp32, and under bf16 autocast (after `for_autocast`) within bf16's
+    error of the fp32 result (peft's own bf16 path is ~1% off there too); with the adapters disabled (the KL
+    reference) it is peft's base model exactly; a layer with dropout is left to peft."""
+    import contextlib
+    import copy
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from aha.training import lora
+    from aha.training.config import LoRAConfig
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)  # q/k/v with a bias, as Qwen2's
+    model = lora.apply(Qwen2ForCausalLM(cfg), LoRAConfig(rank=4, alpha=12.0))  # scale 3: not a power of two
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)  # adapters that change the output, at a trained adapter's scale
+    reference = copy.deepcopy(model)  # peft in fp32
+    if autocast:
+        lora.for_autocast(model, torch.bfloat16)
+    plain = copy.deepcopy(model)
+    assert lora.fuse(model) == 2 * 7
+    ids = torch.randint(0, 64, (2, 9))
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else contextlib.nullcontext
+
+    def run(m, context):
+        with context():
+            logits = m(input_ids=ids).logits
+        logits.float().logsumexp(-1).sum().backward()
+        return logits.detach().float(), {n: p.grad for n, p in m.named_parameters() if p.requires_grad}
+
+    (want, want_grads), (got, got_grads) = run(reference, contextlib.nullcontext), run(model, ctx)
+    assert got_grads.keys() == want_grads.keys() and len(got_grads) == 2 * 2 * 7
+    torch.testing.assert_close(got, want, **({"atol": 0.03, "rtol": 0.0} if autocast else {}))
+    for k in want_grads:
+        error = ((got_grads[k] - want_grads[k]).norm() / want_grads[k].norm()).item()
+        assert error < (0.03 if autocast else 1e-5), (k, error)
+    assert not torch.allclose(got, lora_off(model, ctx, ids), atol=0.01)  # the adapters do change the output
+    assert torch.equal(lora_off(model, ctx, ids), lora_off(plain, ctx, ids))  # disabled: peft's own path
+    dropped = lora.apply(Qwen2ForCausalLM(cfg), LoRAConfig(rank=4, dropout=0.1))
+    assert lora.fuse(dropped) == 0
+
+
+def lora_off(model, ctx, ids):
+    from aha.training import lora
+
+    with torch.no_grad(), lora.reference(model), ctx():
+        return model(input_ids=ids).logits.float()
+
+
 @pytest.mark.parametrize("memory", [[], ["optim.gradient_checkpointing=true", "optim.logprob_chunk=5"]])
 def test_bf16_autocast_step(tiny_model_dir, task_file, tmp_path, memory):
     cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "run", "dtype=bfloat16", "steps=1", *memory)

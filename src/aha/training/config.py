@@ -148,6 +148,11 @@ class LoRAConfig:
     dropout: FractionBelowOne = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Module names to adapt (peft's `target_modules`); "all-linear": every linear layer but the LM head."""
+    fused: bool = True
+    """Each adapted layer adds its update inside one matmul (the scale folded into B, `torch.addmm` onto the base
+    output) instead of peft's separate scale and add over the output (one process, no dropout). The same
+    function up to rounding; a decoder layer's adapted linears 22-26% faster, the training passes at R1
+    lengths 5% (bench/grpo_vs_trl/README.md)."""
 
     def check(self) -> None:
         if self.rank and not self.target_modules:

@@ -57,6 +57,43 @@ def for_autocast(model, dtype: torch.dtype) -> int:
     return converted
 
 
+def fuse(model) -> int:
+    """Run every plain adapted linear layer of `model` as one fused product: base(x) + (x A^T)(s B)^T, the adapter's
+    update added onto the base output inside `torch.addmm` with the scale s folded into B's (rank x out) weight.
+    peft computes B(A x) as an output-wide tensor, scales it and adds it to the base output: two more passes
+    over a (tokens x out) tensor forward and one backward, which at R1 lengths are among the elementwise ops
+    that dominate a CPU training pass (bench/grpo_vs_trl/README.md). The same function; only the rounding of
+    the sum differs (addmm accumulates it in the matmul). A layer with dropout, a DoRA-style variant or an
+    adapter bias keeps peft's forward, and so does every call peft handles specially (adapters disabled, merged,
+    mixed-adapter batches, several active adapters). One process: FSDP2 owns the forward of sharded modules.
+    Returns the number of layers fused."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    fused = 0
+    for module in model.modules():
+        if not isinstance(module, LoraLinear) or not isinstance(module.base_layer, torch.nn.Linear):
+            continue
+        if any(not isinstance(d, torch.nn.Identity) for d in module.lora_dropout.values()):
+            continue
+        if getattr(module, "lora_variant", None) or any(b.bias is not None for b in module.lora_B.values()):
+            continue
+        module.forward = _fused_forward.__get__(module)
+        fused += 1
+    return fused
+
+
+def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    active = self.active_adapters
+    if (args or kwargs or self.disable_adapters or self.merged or len(active) != 1
+            or active[0] not in self.lora_A):
+        return type(self).forward(self, x, *args, **kwargs)
+    name = active[0]
+    flat = x.reshape(-1, x.shape[-1])
+    update = (self.lora_B[name].weight * self.scaling[name]).t()
+    out = torch.addmm(self.base_layer(flat), torch.nn.functional.linear(flat, self.lora_A[name].weight), update)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
 def is_lora(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
 
