@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from aha.rollout.base import Completion
-from aha.training.batch import collate, collate_groups, completion_logprobs, packed_groups_logprobs
+from aha.training.batch import (
+    SPAN_ATTENTION_MIN_TOKENS,
+    collate,
+    collate_groups,
+    completion_logprobs,
+    packed_groups_logprobs,
+)
 
 
 @pytest.fixture()
@@ -22,10 +28,12 @@ def model_and_group(tiny_model_dir):
     return model, tok, group
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_logprobs_and_gradients_equal_the_padded_batch(model_and_group, attn):
+@pytest.mark.parametrize("attn,mode", [("sdpa", "spans"), ("sdpa", "blocks"), ("sdpa", "auto"), ("eager", "auto")])
+def test_packed_logprobs_and_gradients_equal_the_padded_batch(model_and_group, attn, mode):
     """Two prompts' completions packed in one row (one of them empty) give the padded batch's log-probs,
-    entropies and gradients, with no padding processed."""
+    entropies and gradients, with no padding processed: with SDPA's attention one prompt or completion at a time
+    ("spans"), each prompt's run under its block mask ("blocks"), and "auto", which takes blocks for spans as
+    short as these."""
     model, tok, group = model_and_group
     model.config._attn_implementation = attn
     other = [Completion(text="", prompt_ids=group[0].prompt_ids[:-2] + (7, 8, 9), completion_ids=ids)
@@ -35,7 +43,7 @@ def test_packed_logprobs_and_gradients_equal_the_padded_batch(model_and_group, a
 
     def run(fn, batch):
         model.zero_grad(set_to_none=True)
-        logp, ent = fn(model, batch, with_entropy=True)
+        logp, ent = fn(model, batch, with_entropy=True, **({"attention": mode} if fn is packed_groups_logprobs else {}))
         (logp * batch.completion_mask * weights).sum().backward()
         return logp.detach(), ent, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -57,9 +65,11 @@ def test_packed_logprobs_and_gradients_equal_the_padded_batch(model_and_group, a
         batch_mod.sdpa_attention_forward = sdpa
     runs = [b - a for a, b in packed.blocks()]
     assert len(runs) == 2 and sum(runs) == packed.input_ids.shape[1]
-    if attn == "sdpa":  # attention one prompt or completion at a time, in every layer
-        spans = [b - a for a, b, _, _ in packed.spans()]
-        assert len(spans) == 2 + sum(bool(c.completion_ids) for c in rows) and query_lengths == spans * model.config.num_hidden_layers
+    spans = [b - a for a, b, _, _ in packed.spans()]
+    assert len(spans) == 2 + sum(bool(c.completion_ids) for c in rows)
+    assert packed.input_ids.shape[1] < SPAN_ATTENTION_MIN_TOKENS * len(spans)  # short: "auto" runs blocks
+    if attn == "sdpa":  # one call a span, or a prompt's run, in every layer
+        assert query_lengths == (spans if mode == "spans" else runs) * model.config.num_hidden_layers
     assert model.config._attn_implementation == attn
     assert torch.equal(packed.completion_mask, full.completion_mask)
     mask = packed.completion_mask.bool()
@@ -79,8 +89,9 @@ def test_packed_groups_refuse_attention_without_arbitrary_masks(model_and_group)
         packed_groups_logprobs(model, collate_groups(group, tok.pad_token_id))
 
 
-@pytest.mark.parametrize("attn,embed", [("sdpa", None), ("eager", None), ("sdpa", "tied"), ("eager", "untied")])
-def test_shared_prefix_over_micro_batches_equals_the_padded_batch(model_and_group, attn, embed):
+@pytest.mark.parametrize("attn,embed,mode", [("sdpa", None, "auto"), ("eager", None, "auto"), ("sdpa", "tied", "auto"),
+                                             ("eager", "untied", "auto"), ("sdpa", "tied", "spans")])
+def test_shared_prefix_over_micro_batches_equals_the_padded_batch(model_and_group, attn, embed, mode):
     """Two micro-batches whose prompts share a prefix, the prefix run once (SharedPrefix) and each row packed
     without it: the padded batch's log-probs and gradients, the prefix's share of the gradient included. With
     `embed`, the input embeddings' gradient is gathered and sent through the embedding layer once
@@ -116,7 +127,7 @@ def test_shared_prefix_over_micro_batches_equals_the_padded_batch(model_and_grou
         b = collate_groups(part, tok.pad_token_id, prefix_len=k)
         assert b.tokens == sum(len(p) - k for p in {c.prompt_ids for c in part}) + sum(
             len(c.completion_ids) for c in part)
-        logp, _ = packed_groups_logprobs(model, b, prefix=prefix, embed=embeddings)
+        logp, _ = packed_groups_logprobs(model, b, prefix=prefix, embed=embeddings, attention=mode)
         (logp * b.completion_mask * weights[start:start + len(part)]).sum().backward()
         logp = torch.nn.functional.pad(logp, (0, full.completion_ids.shape[1] - logp.shape[1]))
         got.append(logp.detach())

@@ -537,11 +537,22 @@ class SharedPrefix:
         self.kv = self.leaves = []
 
 
+SPAN_ATTENTION_MIN_TOKENS = 64
+"""`group_attention="auto"`: attention one span at a time when the row's prompts and completions average at least
+this many tokens, else each prompt's run under its block mask. Machine A (AMX): at R1 lengths (~240-token
+completions) spans were 28% faster than the block mask (bench/group_attention.py); at ~20-token completions the
+per-span calls, key copies and their backward cost more than the masked pairs they save (the short work of
+bench/grpo_vs_trl: training passes 9.1 -> 5.8 s a step with blocks, bench/grpo_vs_trl/README.md). The threshold
+lies between those two measured points."""
+
+
 def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = False, prefix: SharedPrefix | None = None,
-                           embed: InputEmbeddings | None = None, chunk: int = 0):
+                           embed: InputEmbeddings | None = None, chunk: int = 0, attention: str = "auto"):
     """(N, C) log-probs of the completion tokens from one packed row (and their entropy when asked). `prefix`:
     the shared prefix the row was collated without (`collate_groups(..., prefix_len)`); `embed`: the pass's
-    input embeddings (training passes); `chunk`: see `kept_logprobs`."""
+    input embeddings (training passes); `chunk`: see `kept_logprobs`; `attention`: "spans" (one prompt or
+    completion at a time), "blocks" (each prompt's run under its block mask) or "auto" (by the spans' mean
+    length, `SPAN_ATTENTION_MIN_TOKENS`); all exact."""
     impl = attention_name(model) or "sdpa"
     if impl not in ("sdpa", "eager"):  # flash-attention kernels take no arbitrary mask
         raise ValueError(f"packed groups need sdpa or eager attention, not {impl}: set optim.share_prompt=false")
@@ -560,8 +571,9 @@ def packed_groups_logprobs(model, batch: PackedGroups, with_entropy: bool = Fals
         mask = {"full_attention": mask, "sliding_attention": batch.attention_mask(dtype, window)}
     inputs = dict(**input_kwargs(batch.input_ids, embed), position_ids=batch.position_ids, attention_mask=mask,
                   logits_to_keep=batch.keep, **extra)
-    if impl == "sdpa" and not window:  # attention one prompt or completion at a time (exact)
-        run = lambda: spans_forward(model, batch.spans(), batch.prefix_len, **inputs)  # noqa: E731
+    spans = batch.spans() if impl == "sdpa" and not window and attention != "blocks" else []
+    if spans and (attention == "spans" or batch.input_ids.shape[-1] >= SPAN_ATTENTION_MIN_TOKENS * len(spans)):
+        run = lambda: spans_forward(model, spans, batch.prefix_len, **inputs)  # noqa: E731  one span at a time
     else:  # one prompt's run at a time (a sliding-window layer's mask is kept whole within it)
         blocks = batch.blocks() if impl == "sdpa" else []
         run = lambda: blocks_forward(model, blocks, **inputs)  # noqa: E731

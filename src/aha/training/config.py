@@ -133,6 +133,11 @@ class OptimConfig:
     where they outgrow the layers' activations. 0: all positions at once (one head pass fewer). Unset: chunks
     of 2^27 / vocabulary positions (512 MB of fp32 scores: 883 positions for Qwen2.5's 151,936 entries, 2,730
     for SmolLM2's 49,152), which only rows longer than that are cut into."""
+    group_attention: Literal["auto", "spans", "blocks"] = "auto"
+    """With share_prompt, how a packed row's attention runs (all exact): "spans", one prompt or completion at a
+    time against the keys it may see; "blocks", each prompt's run at once under its block mask (computing and
+    masking the pairs between a group's completions); "auto", spans when the row's prompts and completions
+    average 64 tokens or more (aha.training.batch.SPAN_ATTENTION_MIN_TOKENS), else blocks."""
     pack_tokens: PositiveInt = 4096
     """Most tokens in one packed row (its prompt and completions); a longer group is split over rows, each
     with its prompt. Bounds the row's block attention mask (L x L) and the attention it computes and masks."""

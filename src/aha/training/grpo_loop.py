@@ -253,7 +253,8 @@ class GRPOTrainer(Checkpointed):
         with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
             chunk = logprob_chunk(self.cfg.optim.logprob_chunk, model)
             if isinstance(batch, PackedGroups):
-                return packed_groups_logprobs(model, batch, with_entropy, prefix, embed, chunk)
+                return packed_groups_logprobs(model, batch, with_entropy, prefix, embed, chunk,
+                                              self.cfg.optim.group_attention)
             return completion_logprobs(model, batch, with_entropy, embed, chunk)
 
     @contextlib.contextmanager
