@@ -135,10 +135,8 @@ class GRPOTrainer(Checkpointed):
         self.policy = lora.apply(model, cfg.lora) if self.lora else model
         if self.rollout_model is model and self.lora:  # a given engine: nothing to merge into, it has its own
             self.rollout_model = self.policy
-        if self.lora and self.autocast and not self.dist.on:  # frozen weights in bf16 (exact; FSDP2 shards fp32)
-            lora.for_autocast(self.policy, torch.bfloat16)
-        if self.lora and cfg.lora.fused and not self.dist.on:  # the adapter's update inside one matmul
-            lora.fuse(self.policy)
+        if self.lora and not self.dist.on:  # frozen weights in bf16 under autocast, adapters fused (both exact)
+            lora.prepare(self.policy, self.autocast, cfg.lora.fused)
         if self.dist.on:  # FSDP2 after the copies: the rollout model stays whole (it decodes without collectives)
             dist.shard(self.policy, bf16=self.autocast)
             if self.ref is not None:  # the frozen reference is sharded too, in its own dtype (bf16 with autocast)

@@ -82,6 +82,16 @@ def fuse(model) -> int:
     return fused
 
 
+def prepare(model, autocast: bool, fused: bool) -> None:
+    """A LoRA model in one process readied to train: frozen weights in bf16 when training under bf16 autocast
+    (`for_autocast`), adapters fused into their layers' matmuls when `fused` (`fuse`). Not for FSDP2, which shards
+    the fp32 weights and owns the sharded modules' forward."""
+    if autocast:
+        for_autocast(model, torch.bfloat16)
+    if fused:
+        fuse(model)
+
+
 def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     active = self.active_adapters
     if (args or kwargs or self.disable_adapters or self.merged or len(active) != 1

@@ -185,10 +185,8 @@ class SFTTrainer(Checkpointed):
             enable_gradient_checkpointing(self.policy)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.autocast = resolve_dtype(cfg.dtype, self.device) == "bfloat16"
-        if self.lora and self.autocast and not self.dist.on:  # frozen weights in bf16 (exact; FSDP2 shards fp32)
-            lora.for_autocast(self.policy, torch.bfloat16)
-        if self.lora and cfg.lora.fused and not self.dist.on:  # the adapter's update inside one matmul
-            lora.fuse(self.policy)
+        if self.lora and not self.dist.on:  # frozen weights in bf16 under autocast, adapters fused (both exact)
+            lora.prepare(self.policy, self.autocast, cfg.lora.fused)
         if self.dist.on:
             dist.shard(self.policy, bf16=self.autocast)
         self.steps = cfg.steps or math.ceil(cfg.epochs * len(train) / cfg.samples_per_step)
