@@ -322,11 +322,11 @@ def test_prefilling_a_shared_prefix_once_samples_the_same(tiny_model_dir, fast):
     assert out[True] == out[False]
 
 
-@pytest.mark.parametrize("pack", [True, False])
-def test_bf16_decoding_gives_transformers_logits(tiny_model_dir, pack, monkeypatch):
+@pytest.mark.parametrize("pack,kernel", [(True, "eager"), (True, "compiled"), (False, "eager")])
+def test_bf16_decoding_gives_transformers_logits(tiny_model_dir, pack, kernel, monkeypatch):
     """In bf16 the decoder attends with torch's fused kernel and, on a CPU whose oneDNN has bf16, prepacks its
-    weights; its logits are transformers' bf16 forward's to bf16 rounding, with q/k/v biases (qwen2), a shared
-    prefix and rows leaving the batch."""
+    weights, and can run its layers compiled; its logits are transformers' bf16 forward's to bf16 rounding, with
+    q/k/v biases (qwen2), a shared prefix and rows leaving the batch."""
     from transformers.cache_utils import DynamicCache
 
     from aha.models import load_tokenizer
@@ -348,8 +348,8 @@ def test_bf16_decoding_gives_transformers_logits(tiny_model_dir, pack, monkeypat
         ref_cache, fast_cache = DynamicCache(), DynamicCache()
         model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=ref_cache, use_cache=True)
         model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=fast_cache, use_cache=True)
-        dec = fast_decode.Decoder(model, fast_cache, mask, max_new=6, shared=3)
-        assert dec.packed is pack and dec.fused and dec.shared == 0
+        dec = fast_decode.Decoder(model, fast_cache, mask, max_new=6, shared=3, kernel=kernel)
+        assert dec.packed is pack and dec.fused and dec.shared == 0 and dec.compiled is (kernel == "compiled")
         nxt, next_pos = torch.arange(9) + 30, pos[:, -1] + 1
         for step in range(6):
             if step == 2:
@@ -363,6 +363,7 @@ def test_bf16_decoding_gives_transformers_logits(tiny_model_dir, pack, monkeypat
             scale = want.abs().max().item()
             assert (got - want).abs().max().item() <= 0.03 * scale, (step, (got - want).abs().max(), scale)
             nxt, next_pos = want.argmax(-1), next_pos + 1
+        assert dec.compiled is (kernel == "compiled")  # no fallback to the eager layers along the way
 
 
 def test_a_prompt_admitted_into_a_finished_row_decodes_as_if_alone(tiny_model_dir):

@@ -54,7 +54,8 @@ def test_the_old_keys_say_where_the_setting_went(tmp_path, cls):
 def test_a_saved_config_carries_its_runtime_and_reads_back(tmp_path):
     path = tmp_path / "config.yaml"
     save_config(TrainConfig(steps=5), path, runtime=runtime.RuntimeConfig(malloc="default"))
-    assert yaml.safe_load(path.read_text())["runtime"] == {"threads": 0, "malloc": "default", "head_kernel": "auto"}
+    assert yaml.safe_load(path.read_text())["runtime"] == {"threads": 0, "malloc": "default", "head_kernel": "auto",
+                                                              "decode_kernel": "auto"}
     assert load_config(TrainConfig, path).steps == 5
     assert runtime.load(path).malloc == "default"
 

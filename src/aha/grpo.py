@@ -174,7 +174,7 @@ class _SelectedLogProbs(torch.autograd.Function):
         logp = x[rows, targets] - lse[rows]
         ent = None
         if with_entropy:  # H = lse - sum p * x
-            ent = lse - torch.bmm(probs.unsqueeze(1), x.unsqueeze(2)).view(-1)
+            ent = lse - torch.linalg.vecdot(probs, x)
             ctx.mark_non_differentiable(ent)
         ctx.save_for_backward(probs, rows, targets)
         ctx.in_dtype = logits.dtype

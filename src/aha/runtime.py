@@ -49,6 +49,12 @@ class RuntimeConfig:
     CPU; ~20 s to compile once per process); eager: torch's ops, one memory pass over all positions per op.
     auto: compiled for chunks of `aha.grpo.COMPILED_HEAD_MIN_SCORES` scores or more (Qwen2.5's 151,936-entry vocabulary
     at R1 lengths), eager for small vocabularies and short rows, where compiling would cost more than it saves."""
+    decode_kernel: Literal["auto", "compiled", "eager"] = "auto"
+    """How the lean decoder (`aha.rollout.fast_decode`) runs its layers where it prepacks bf16 weights for oneDNN
+    (a CPU with bf16 units). compiled: `torch.compile`d, the small ops between the matmuls fused (needs a C++
+    compiler; compiling takes ~20-60 s the first time, then inductor's disk cache serves later processes);
+    eager: torch's ops one by one. auto: compiled for models of `aha.rollout.fast_decode.DECODE_COMPILE_MIN_PARAMS`
+    parameters or more, eager for smaller ones and wherever weights are not prepacked (fp32, GPUs)."""
 
 
 AUTO_TUNED_MAX_PARAMS = 300_000_000

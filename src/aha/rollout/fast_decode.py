@@ -15,6 +15,9 @@ does not know (`supports`) decodes through transformers as before.
 
 from __future__ import annotations
 
+import functools
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -62,29 +65,91 @@ def _can_pack(dtype: torch.dtype, device: torch.device) -> bool:
         return False
 
 
-class _Packed:
+def _pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
     """A (out, in) bf16 weight reordered once into oneDNN's blocked layout for a decode-sized batch, so that
     each decode matmul streams the weight instead of reordering it first. Qwen2.5-0.5B's gate/up (896 x 9,728)
     on machine A (AMX), 2 threads: 0.85 ms at 1-16 rows and 2.2 ms at 64 rows, against 2.3-2.9 and 3.5 ms for
     `x @ W.T` (the weight read at ~20 GB/s, the memory's rate, instead of ~7 GB/s); the same numbers bit for bit
     in our measurements (the tests allow float rounding)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
 
-    def __init__(self, weight: torch.Tensor, rows: int, bias: torch.Tensor | None = None):
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
-        self.bias = None if bias is None else bias.detach()
 
-    def __rmatmul__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+def _packed_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x @ W.T + b with a weight prepacked by `_pack`."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+def _plain_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x @ w + b with an (in, out) matrix from `_transposed`."""
+    return x @ w if b is None else torch.addmm(b, x, w)
 
 
 def _weight(*weights: torch.Tensor, rows: int, pack: bool, bias: torch.Tensor | None = None):
-    """The layer's weights stacked along their output dimension, ready for `x @ w`, and the bias still to add
-    (None when there is none or the packed weight adds it): prepacked for oneDNN, or one contiguous transposed
-    matrix."""
+    """The layer's weights stacked along their output dimension, as (weight, bias) for `_packed_linear` (pack)
+    or `_plain_linear` (one contiguous transposed matrix)."""
     if not pack:
         return _transposed(*weights), bias
     w = weights[0].detach() if len(weights) == 1 else torch.cat([w.detach() for w in weights])
-    return _Packed(w, rows, bias), None
+    return _pack(w, rows), None if bias is None else bias.detach()
+
+
+def _rms_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # Plain ops: torch's fused rms_norm took ~90 us a call on 2 rows (dtype round trips), 11% of a step.
+    if h.dtype != torch.float32:  # as transformers does: normalise in float32
+        x = h.float()
+        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
+    return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True).add_(eps)) * weight
+
+
+def _layers(h, cos, sin, bias, keys, values, rows, cols, t1: int, layers, eps: float, scale: float,
+            heads: tuple[int, int, int], linear, attend=None):
+    """The decoder layers of one step: (B, H) hidden states of the new tokens -> the last layer's output; each
+    layer's new keys and values written into `keys[i]`/`values[i]` (B, n_kv, columns, D) at (`rows`, `cols`).
+    `attend(i, q, t1)` attends the (B, n_kv, g, D) grouped queries; None: torch's fused kernel over the first
+    `t1` columns under the additive `bias` (the bf16 path, and the one `torch.compile` sees)."""
+    nh, nkv, D = heads
+    B, half = h.shape[0], D // 2
+    for i, (ln1, qkv_w, qkv_b, o_w, ln2, gate_up, down) in enumerate(layers):
+        qkv = linear(_rms_norm(h, ln1, eps), qkv_w, qkv_b)
+        qk, v = qkv.view(B, nh + 2 * nkv, D).split([nh + nkv, nkv], dim=1)
+        rot = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
+        qk = qk * cos + rot * sin  # rotary on the query and key heads together
+        q, k = qk.split([nh, nkv], dim=1)
+        keys[i][rows, :, cols] = k
+        values[i][rows, :, cols] = v
+        q = q.reshape(B, nkv, nh // nkv, D)  # query heads grouped under their kv head
+        if attend is None:
+            attn = F.scaled_dot_product_attention(q.contiguous(), keys[i][:, :, :t1], values[i][:, :, :t1],
+                                                  attn_mask=bias, scale=scale)
+        else:
+            attn = attend(i, q, t1)
+        h = h + linear(attn.reshape(B, nh * D), o_w, None)
+        gate, up = linear(_rms_norm(h, ln2, eps), gate_up, None).chunk(2, dim=-1)
+        h = h + linear(F.silu(gate) * up, down, None)
+    return h
+
+
+DECODE_COMPILE_MIN_PARAMS = 50_000_000
+"""`runtime.decode_kernel=auto` compiles the decode step for models of at least this many parameters."""
+
+_compiled: dict[str, object] = {}
+
+
+def _compiled_layers():
+    """`_layers` compiled by `torch.compile` with the prepacked matmuls as an opaque operator (inductor lowers
+    oneDNN's packed linear only for weights frozen into the graph, and these change every training step): the
+    elementwise ops between the matmuls (RMSNorm, rotary, SiLU, residual adds, the cache writes) fused into a few
+    C++ loops, the step's ~40 small ops a layer no longer dispatched one by one. None where compiling failed."""
+    if "layers" not in _compiled:
+        lib = torch.library.Library("aha_decode", "DEF")
+        lib.define("packed_linear(Tensor x, Tensor w, Tensor? b) -> Tensor")
+        for key in ("CPU", "MkldnnCPU"):
+            lib.impl("packed_linear", _packed_linear, key)
+        lib.impl("packed_linear", lambda x, w, b: x.new_empty((x.shape[0], w.shape[0])), "Meta")
+        _compiled["lib"] = lib  # the operator lives as long as its library object
+        _compiled["linear"] = torch.ops.aha_decode.packed_linear
+        _compiled["layers"] = torch.compile(_layers)
+    return _compiled["layers"]
 
 
 class Decoder:
@@ -101,10 +166,10 @@ class Decoder:
 
     cascade_rows = 24
     pack = True
-    """Prepack bf16 weights for oneDNN where it can (`_Packed`); False: plain transposed matrices."""
+    """Prepack bf16 weights for oneDNN where it can (`_pack`); False: plain transposed matrices."""
 
     def __init__(self, model, prefill_cache, key_mask: torch.Tensor, max_new: int, shared: int = 0,
-                 width: int | None = None):
+                 width: int | None = None, kernel: str = "auto"):
         cfg = model.config
         inner = model.model
         self.model = model
@@ -116,7 +181,7 @@ class Decoder:
         # Weights transposed to (in, out), contiguous: oneDNN picks a poor kernel for F.linear(x, W) at 4-16
         # rows (a decode step at 4 rows: 46 vs 70 ms, at 12: 75 vs 92 ms; equal at 1-3 rows). The copy costs
         # ~0.15 s a generation for SmolLM2-135M.
-        # In bf16 on a CPU whose oneDNN has bf16, the weights are prepacked instead (`_Packed`, 2-3x faster
+        # In bf16 on a CPU whose oneDNN has bf16, the weights are prepacked instead (`_pack`, 2-3x faster
         # decode matmuls on AMX).
         B = key_mask.shape[0]
         W = max(width or 0, key_mask.shape[1])  # prompt columns: the widest prompt that may join
@@ -144,21 +209,32 @@ class Decoder:
                                 _weight(mlp.down_proj.weight, rows=B, pack=pack)[0]))
         self.head, self.head_bias = _weight(model.lm_head.weight, rows=B, pack=pack,
                                             bias=getattr(model.lm_head, "bias", None))
+        self.linear = _packed_linear if pack else _plain_linear
+        # kernel (`runtime.decode_kernel`): the layers' step compiled where the weights are prepacked (auto: for
+        # models of DECODE_COMPILE_MIN_PARAMS or more, where the ~40 small ops a layer cost more than the
+        # compiling; tiny models decode eagerly).
+        big = sum(p.numel() for p in model.parameters()) >= DECODE_COMPILE_MIN_PARAMS
+        self.compiled = pack and (kernel == "compiled" or (kernel == "auto" and big))
         n_layers = len(self.layers)
         layer0 = prefill_cache.layers[0]
         self.width = W
         # Zeros, not empty memory: a row shorter than the widest reads columns it has not written (masked, but a
         # NaN left there by the allocator would survive the mask's zero weight).
-        self.kv = layer0.keys.new_zeros((n_layers, 2, B, self.n_kv, W + max_new, self.head_dim))
+        # One buffer per layer for the keys and one for the values (not views of one tensor: a compiled step
+        # writing into views of a shared base copied the base per layer).
+        self.keys = [layer0.keys.new_zeros((B, self.n_kv, W + max_new, self.head_dim)) for _ in range(n_layers)]
+        self.values = [k.clone() for k in self.keys]
+        dev = layer0.keys.device
         # Additive key bias: 0 where a key may be attended to, -inf for left padding and unwritten columns.
-        self.bias = torch.full((B, W + max_new), float("-inf"), dtype=self.kv.dtype, device=self.kv.device)
-        self.lengths = torch.full((B,), W, dtype=torch.long, device=self.kv.device)
+        self.bias = torch.full((B, W + max_new), float("-inf"), dtype=layer0.keys.dtype, device=dev)
+        self.lengths = torch.full((B,), W, dtype=torch.long, device=dev)
         """Per row: the columns written (its prompt's W, then one per token fed); rows that joined later or
         were held (`step(active=...)`) are shorter."""
         self.admit(list(range(B)), prefill_cache, key_mask)
         self.shared = shared if B >= self.cascade_rows and not self.fused else 0
         if self.shared:  # the prefix's keys and values once (from row 0), (n_layers, 2, n_kv, S, D)
-            self.prefix = self.kv[:, :, 0, :, :shared].clone()
+            self.prefix = torch.stack([torch.stack([k[0, :, :shared], v[0, :, :shared]])
+                                       for k, v in zip(self.keys, self.values)])
 
     def admit(self, slots: list[int], prefill_cache, key_mask: torch.Tensor) -> None:
         """Rows `slots` start over with new prompts: the transformers cache of their prefill (len(slots) rows
@@ -169,12 +245,12 @@ class Decoder:
         W, S = self.width, self.prefix_len
         if m != len(slots) or w > W or w < S:
             raise ValueError(f"admit: key mask {tuple(key_mask.shape)} for {len(slots)} rows of {W} columns")
-        idx = torch.tensor(slots, device=self.kv.device)
-        cols = torch.cat([torch.arange(S), torch.arange(W - (w - S), W)]).to(self.kv.device)
+        idx = torch.tensor(slots, device=self.bias.device)
+        cols = torch.cat([torch.arange(S), torch.arange(W - (w - S), W)]).to(self.bias.device)
         rows, at = idx[:, None], cols[None, :]
         for i, cl in enumerate(prefill_cache.layers[:len(self.layers)]):
-            self.kv[i, 0][rows, :, at] = cl.keys.transpose(1, 2)  # indexed as (m, w, nkv, D)
-            self.kv[i, 1][rows, :, at] = cl.values.transpose(1, 2)
+            self.keys[i][rows, :, at] = cl.keys.transpose(1, 2)  # indexed as (m, w, nkv, D)
+            self.values[i][rows, :, at] = cl.values.transpose(1, 2)
         bias = torch.full((m, self.bias.shape[1]), float("-inf"), dtype=self.bias.dtype, device=self.bias.device)
         bias[:, cols] = torch.where(key_mask.bool(), 0.0, float("-inf")).to(bias.dtype)
         self.bias[idx] = bias
@@ -189,22 +265,17 @@ class Decoder:
         movers = [r for r in idx if r >= n]
         order = list(range(n))
         for hole, row in zip(holes, movers):
-            self.kv[:, :, hole, :, :t] = self.kv[:, :, row, :, :t]
+            for buf in (*self.keys, *self.values):
+                buf[hole, :, :t] = buf[row, :, :t]
             self.bias[hole] = self.bias[row]
             self.lengths[hole] = self.lengths[row]
             order[hole] = row
-        self.kv, self.bias, self.lengths = self.kv[:, :, :n], self.bias[:n], self.lengths[:n]
+        self.keys, self.values = [k[:n] for k in self.keys], [v[:n] for v in self.values]
+        self.bias, self.lengths = self.bias[:n], self.lengths[:n]
         if self.shared and n < self.cascade_rows:
             self.shared = 0  # the plain path reads the prefix from every row's own columns (still there)
             self.prefix = None
         return order
-
-    def _rms_norm(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        # Four plain ops: torch's fused rms_norm took ~90 us a call on 2 rows (dtype round trips), 11% of a step.
-        if h.dtype != torch.float32:  # as transformers does: normalise in float32
-            x = h.float()
-            return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(h.dtype)
-        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True).add_(self.eps)) * weight
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, positions: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
@@ -216,7 +287,7 @@ class Decoder:
         cols = self.lengths
         rows = torch.arange(B, device=cols.device)
         t = int(cols.max())  # the widest row's new column; shorter rows' later columns are masked
-        nh, nkv, D = self.n_heads, self.n_kv, self.head_dim
+        D = self.head_dim
         h = inner.embed_tokens(ids)  # (B, H)
         cos, sin = inner.rotary_emb(h, positions.unsqueeze(-1))  # (B, 1, D) each
         cos, sin = cos.view(B, 1, D), sin.view(B, 1, D)
@@ -224,34 +295,37 @@ class Decoder:
         bias = self.bias[:, None, None, :t + 1]
         if self.fused:  # the fused kernel reads a contiguous mask (a strided one costs a copy per layer)
             bias = bias.contiguous()
-        half, S = D // 2, self.shared
-        for i, (ln1, qkv_w, qkv_b, o_w, ln2, gate_up, down) in enumerate(self.layers):
-            x = self._rms_norm(h, ln1)
-            qkv = x @ qkv_w if qkv_b is None else torch.addmm(qkv_b, x, qkv_w)
-            qk, v = qkv.view(B, nh + 2 * nkv, D).split([nh + nkv, nkv], dim=1)
-            rot = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
-            qk = qk * cos + rot * sin  # rotary on the query and key heads together
-            q, k = qk.split([nh, nkv], dim=1)
-            self.kv[i, 0, rows, :, cols] = k
-            self.kv[i, 1, rows, :, cols] = v
-            q = q.reshape(B, nkv, nh // nkv, D)  # query heads grouped under their kv head
-            if self.fused:
-                attn = F.scaled_dot_product_attention(q.contiguous(), self.kv[i, 0, :, :, :t + 1], self.kv[i, 1, :, :, :t + 1],
-                                                      attn_mask=bias, scale=self.scale).reshape(B, nh * D)
-            elif S:
-                attn = self._cascade(i, q, bias, t)
-            else:
-                keys, values = self.kv[i, 0, :, :, :t + 1], self.kv[i, 1, :, :, :t + 1]  # (B, nkv, t+1, D)
-                scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(self.scale)
-                probs = torch.softmax(scores.add_(bias), dim=-1, dtype=torch.float32).to(scores.dtype)
-                attn = torch.matmul(probs, values).reshape(B, nh * D)
-            h = h + attn @ o_w
-            x = self._rms_norm(h, ln2)
-            gate, up = (x @ gate_up).chunk(2, dim=-1)
-            h = h + (F.silu(gate) * up) @ down
+        h = self._layers(h, cos, sin, bias, rows, cols, t + 1)
         self.lengths = cols + (1 if active is None else active.to(cols.dtype))
-        h = inner.norm(h)
-        return h @ self.head if self.head_bias is None else torch.addmm(self.head_bias, h, self.head)
+        return self.linear(inner.norm(h), self.head, self.head_bias)
+
+    def _layers(self, h, cos, sin, bias, rows, cols, t1: int) -> torch.Tensor:
+        """The decoder layers of this step: compiled (`_compiled_layers`) or eager; in bf16 attention is torch's
+        fused kernel, in fp32 two batched matmuls (`_attend`)."""
+        args = (h, cos, sin, bias, self.keys, self.values, rows, cols, t1, self.layers, self.eps, self.scale,
+                (self.n_heads, self.n_kv, self.head_dim))
+        # one row: eager (torch.compile specialises a batch of one, and a third compile costs more than it saves)
+        kernel = _compiled_layers() if self.compiled and h.shape[0] > 1 else None
+        if kernel is not None:
+            try:
+                return kernel(*args, _compiled["linear"])
+            except Exception as e:  # noqa: BLE001 - any compiler failure: the eager layers compute the same
+                self.compiled = False
+                _compiled["layers"] = None
+                print(f"warning: the compiled decode step failed ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:200] if str(e) else ''}); decoding eagerly "
+                      f"(runtime.decode_kernel=eager skips compiling)", file=sys.stderr)
+        return _layers(*args, self.linear, None if self.fused else functools.partial(self._attend, bias=bias))
+
+    def _attend(self, i: int, q: torch.Tensor, t1: int, bias: torch.Tensor) -> torch.Tensor:
+        """fp32 attention of (B, n_kv, g, D) queries over the first `t1` columns: two batched matmuls, or the
+        cascade over a shared prefix while enough rows decode."""
+        if self.shared:
+            return self._cascade(i, q, bias, t1 - 1)
+        keys, values = self.keys[i][:, :, :t1], self.values[i][:, :, :t1]  # (B, nkv, t1, D)
+        scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(self.scale)
+        probs = torch.softmax(scores.add_(bias), dim=-1, dtype=torch.float32).to(scores.dtype)
+        return torch.matmul(probs, values)
 
     def _cascade(self, i: int, q: torch.Tensor, bias: torch.Tensor, t: int) -> torch.Tensor:
         """Attention of (B, n_kv, g, D) queries over the shared prefix (stored once) and each row's own columns
@@ -259,7 +333,7 @@ class Decoder:
         B, nkv, g, D = q.shape
         S = self.shared
         pk, pv = self.prefix[i, 0], self.prefix[i, 1]  # (nkv, S, D)
-        keys, values = self.kv[i, 0, :, :, S:t + 1], self.kv[i, 1, :, :, S:t + 1]  # (B, nkv, t+1-S, D)
+        keys, values = self.keys[i][:, :, S:t + 1], self.values[i][:, :, S:t + 1]  # (B, nkv, t+1-S, D)
         qt = q.transpose(0, 1).reshape(nkv, B * g, D)  # every row's queries under their kv head
         pre = torch.matmul(qt, pk.transpose(-1, -2)).view(nkv, B, g, S).transpose(0, 1)  # (B, nkv, g, S)
         own = torch.matmul(q, keys.transpose(-1, -2))
@@ -268,4 +342,4 @@ class Decoder:
         attn = torch.matmul(probs[..., S:], values)  # (B, nkv, g, D)
         p_pre = probs[..., :S].transpose(0, 1).reshape(nkv, B * g, S)
         attn += torch.matmul(p_pre, pv).view(nkv, B, g, D).transpose(0, 1)
-        return attn.reshape(B, nkv * g * D)
+        return attn

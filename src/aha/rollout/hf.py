@@ -16,6 +16,7 @@ import copy
 import torch
 from transformers.cache_utils import DynamicCache
 
+from aha import runtime
 from aha.rollout import fast_decode
 from aha.rollout.base import Completion, SamplingConfig, shared_prefix_len
 from aha.transformers_internals import cache_kwarg
@@ -123,7 +124,8 @@ class _Lean:
     refills = True
 
     def __init__(self, model, cache, key_mask: torch.Tensor, max_new: int, shared: int, width: int):
-        self.decoder = fast_decode.Decoder(model, cache, key_mask, max_new, shared=shared, width=width)
+        self.decoder = fast_decode.Decoder(model, cache, key_mask, max_new, shared=shared, width=width,
+                                           kernel=runtime.applied().decode_kernel)
 
     def step(self, ids: torch.Tensor, positions: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         return self.decoder.step(ids, positions, active=active)
