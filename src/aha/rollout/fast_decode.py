@@ -148,6 +148,11 @@ def _compiled_layers():
         lib.impl("packed_linear", lambda x, w, b: x.new_empty((x.shape[0], w.shape[0])), "Meta")
         _compiled["lib"] = lib  # the operator lives as long as its library object
         _compiled["linear"] = torch.ops.aha_decode.packed_linear
+        from torch._inductor import lowering
+
+        native = lowering.fallback_handler(torch.ops.mkldnn._linear_pointwise.default, add_to_fallback_set=False)
+        lowering.register_lowering(torch.ops.aha_decode.packed_linear, type_promotion_kind=None)(
+            lambda x, w, b: native(x, w, b, "none", [], ""))
         _compiled["layers"] = torch.compile(_layers)
     return _compiled["layers"]
 
