@@ -52,7 +52,8 @@ class RuntimeConfig:
     decode_kernel: Literal["auto", "compiled", "eager"] = "auto"
     """How the lean decoder (`aha.rollout.fast_decode`) runs its layers where it prepacks bf16 weights for oneDNN
     (a CPU with bf16 units). compiled: `torch.compile`d, the small ops between the matmuls fused (needs a C++
-    compiler; compiling takes ~20-60 s the first time, then inductor's disk cache serves later processes);
+    compiler; on 2 cores compiling took ~75 s for SmolLM2's step the first time, in up to four shape classes
+    as rows leave and prompt widths change, then a few seconds a process from inductor's disk cache);
     eager: torch's ops one by one. auto: compiled for models of `aha.rollout.fast_decode.DECODE_COMPILE_MIN_PARAMS`
     parameters or more, eager for smaller ones and wherever weights are not prepacked (fp32, GPUs)."""
 
