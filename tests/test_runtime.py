@@ -3,6 +3,7 @@ stage's config, applied once by the command line and the Python API, recorded in
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,9 +56,21 @@ def test_a_saved_config_carries_its_runtime_and_reads_back(tmp_path):
     path = tmp_path / "config.yaml"
     save_config(TrainConfig(steps=5), path, runtime=runtime.RuntimeConfig(malloc="default"))
     assert yaml.safe_load(path.read_text())["runtime"] == {"threads": 0, "malloc": "default", "head_kernel": "auto",
-                                                              "decode_kernel": "auto"}
+                                                              "decode_kernel": "auto", "kernel_cache": 128}
     assert load_config(TrainConfig, path).steps == 5
     assert runtime.load(path).malloc == "default"
+
+
+def test_apply_bounds_onednns_kernel_caches_unless_the_environment_says(monkeypatch):
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "1024")  # set by the user before the process started: kept
+    monkeypatch.setattr(runtime, "_applied", runtime.applied())
+    runtime.apply(runtime.load(None, ["runtime.kernel_cache=64"]))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
+    assert os.environ["LRU_CACHE_CAPACITY"] == "1024"
+    assert runtime.applied().kernel_cache == 64
+    with pytest.raises(AhaError, match=r"runtime.kernel_cache"):
+        runtime.load(None, ["runtime.kernel_cache=0"])
 
 
 @dataclass

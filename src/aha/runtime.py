@@ -19,11 +19,12 @@ import ctypes
 import ctypes.util
 import dataclasses
 import functools
+import os
 import platform
 from dataclasses import dataclass
 from typing import Literal
 
-from aha.config import NonNegInt, load_runtime
+from aha.config import NonNegInt, PositiveInt, load_runtime
 from aha.errors import AhaError
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
@@ -56,7 +57,20 @@ class RuntimeConfig:
     as rows leave and prompt widths change, then a few seconds a process from inductor's disk cache);
     eager: torch's ops one by one. auto: compiled for models of `aha.rollout.fast_decode.DECODE_COMPILE_MIN_PARAMS`
     parameters or more, eager for smaller ones and wherever weights are not prepacked (fp32, GPUs)."""
+    kernel_cache: PositiveInt = 128
+    """Most kernels oneDNN keeps for reuse in each of its two caches (its primitive cache and ideep's, the
+    environment's ONEDNN_PRIMITIVE_CACHE_CAPACITY and LRU_CACHE_CAPACITY; 1024 each by default). Each matmul shape
+    gets kernels of its own and a training pass makes new shapes every micro-batch (its token count), so with
+    1024 the caches held ~50 MB more every step for 20 steps and more, and their long-lived blocks among the
+    step's freed activations kept the heap from being reused: SmolLM2's GRPO step on the CPU benchmark's short work
+    grew from 7.0 to 9.3 GiB resident between steps 4 and 20 (`bench/grpo_vs_trl/memory_steps.py`); with 128 the
+    resident memory stays flat and the kernels still reused (a decode step's five matmul shapes, a micro-batch's
+    forward and backward) are kept. oneDNN reads the variables once, at its first matmul: `apply` sets them (where
+    the environment has not) before aha's commands run anything."""
 
+
+KERNEL_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+"""oneDNN's primitive cache and ideep's kernel cache: their capacities (`RuntimeConfig.kernel_cache`)."""
 
 AUTO_TUNED_MAX_PARAMS = 300_000_000
 """`malloc=auto` keeps freed memory (tuned) for models below this size: their whole step fits many times over."""
@@ -76,6 +90,8 @@ def apply(settings: RuntimeConfig) -> None:
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    for var in KERNEL_CACHE_VARIABLES:  # the environment's own value wins (read by oneDNN at its first use)
+        os.environ.setdefault(var, str(settings.kernel_cache))
     if settings.malloc == "tuned" and not torch.cuda.is_available():
         tune_malloc()
     _applied = settings
