@@ -45,9 +45,10 @@ def heap_gib() -> tuple[float, float]:
 
 def worker(steps: int, overrides: list[str]) -> None:
     """One run in this process: prints one JSON line."""
+    from aha_worker import make_config
+
     from aha import runtime
     from aha.training.grpo_loop import GRPOTrainer
-    from aha_worker import make_config
 
     overrides = [*work.AHA_SETTINGS, *overrides]
     runtime.apply(runtime.load(None, overrides))
