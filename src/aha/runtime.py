@@ -61,11 +61,12 @@ class RuntimeConfig:
     """Most kernels oneDNN keeps for reuse in each of its two caches (its primitive cache and ideep's, the
     environment's ONEDNN_PRIMITIVE_CACHE_CAPACITY and LRU_CACHE_CAPACITY; 1024 each by default). Each matmul shape
     gets kernels of its own and a training pass makes new shapes every micro-batch (its token count), so with
-    1024 the caches held ~50 MB more every step for 20 steps and more, and their long-lived blocks among the
-    step's freed activations kept the heap from being reused: SmolLM2's GRPO step on the CPU benchmark's short work
-    grew from 7.0 to 9.3 GiB resident between steps 4 and 20 (`bench/grpo_vs_trl/memory_steps.py`); with 128 the
-    resident memory stays flat and the kernels still reused (a decode step's five matmul shapes, a micro-batch's
-    forward and backward) are kept. oneDNN reads the variables once, at its first matmul: `apply` sets them (where
+    1024 the caches held ~35 MB more a step (20 steps and still growing), and their long-lived blocks among the
+    step's freed activations kept the heap from being reused: SmolLM2's GRPO run on the CPU benchmark's short work
+    grew from 7.1 to 9.4-9.7 GiB resident between steps 4 and 20 (`bench/grpo_vs_trl/memory_steps.py`); with 128 it
+    stays within 0.35 GB of step 4's 6.4-6.5 GiB, at the same speed, and the kernels still reused (a decode step's
+    five matmul shapes, a micro-batch's forward and backward) are kept. At R1 lengths (Qwen2.5-0.5B, LoRA) the
+    peak fell 9.56 -> 8.97 GiB. oneDNN reads the variables once, at its first matmul: `apply` sets them (where
     the environment has not) before aha's commands run anything."""
 
 
