@@ -34,12 +34,13 @@ class _MallInfo2(ctypes.Structure):
 
 def heap_gib() -> tuple[float, float]:
     """glibc's heap: bytes in use and bytes free but kept (GiB); zeros where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = _MallInfo2
-        info = libc.mallinfo2()
-    except (OSError, AttributeError):
+    from aha import runtime
+
+    libc = runtime._glibc()  # looked up once, None off glibc
+    if libc is None or not hasattr(libc, "mallinfo2"):
         return 0.0, 0.0
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
     return info.uordblks / 2**30, info.fordblks / 2**30
 
 
