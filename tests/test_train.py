@@ -1,6 +1,7 @@
 """The GRPO trainer on a tiny random model: one step with the scripted engine, real steps with the HF
 engine (loss finite, parameters changed), resume equality, and the fault cases."""
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -277,6 +278,67 @@ def test_bf16_autocast_step(tiny_model_dir, task_file, tmp_path, memory):
     assert math.isfinite(m["loss"]) and changed(before, trainer.policy)
     p, r = next(trainer.policy.parameters()), next(trainer.rollout_model.parameters())
     assert torch.equal(p.detach().to(torch.bfloat16), r)  # rollout copy re-synced
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_shared_casts_compute_exactly_what_autocast_does_with_the_twins(family):
+    """Under SharedCasts the linear layers compute with the given bf16 twins: with twins that are the master
+    weights rounded, loss and every gradient (tied head, biases) equal autocast's bit for bit; a changed twin
+    changes the output, so the twins are what runs."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from aha.training.shared_casts import SharedCasts, linear_twins
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, tie_word_embeddings=True)
+    model = LlamaForCausalLM(LlamaConfig(**kw)) if family == "llama" else Qwen2ForCausalLM(Qwen2Config(**kw))
+    rounded = copy.deepcopy(model).to(torch.bfloat16).requires_grad_(False)
+    ids = torch.randint(0, 97, (3, 11))
+
+    def run(mode):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16), mode:
+            loss = model(ids).logits.float().log_softmax(-1)[..., 5].sum()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    twins = linear_twins(model, rounded)
+    assert len(twins) == 7 * 2 + 1  # every linear layer and the tied head
+    want, want_grads = run(contextlib.nullcontext())
+    got, got_grads = run(SharedCasts(twins))
+    assert torch.equal(got, want)
+    assert all(torch.equal(got_grads[n], want_grads[n]) for n in want_grads)
+    if family == "qwen2":
+        assert got_grads["model.layers.0.self_attn.q_proj.bias"].abs().sum() > 0
+    with torch.no_grad():
+        rounded.model.layers[1].mlp.down_proj.weight.mul_(2)
+    assert not torch.equal(run(SharedCasts(twins))[0], want)
+
+
+@pytest.mark.parametrize("extra", [["grpo.mu=2"], ["optim.gradient_checkpointing=true"]])
+def test_shared_casts_take_the_same_step_as_autocast(tiny_model_dir, task_file, tmp_path, extra):
+    """The GRPO trainer under bf16 shares the rollout copy's weights as its casts (on by default) and takes the
+    very step autocast takes, with mu=2 too (the copy is re-synced between the updates) and with gradient
+    checkpointing; not with LoRA or in fp32."""
+    def one_step(shared):
+        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / f"run{shared}", "dtype=bfloat16", "steps=1",
+                       "optim.lr=1e-2", f"optim.shared_casts={shared}", *extra)
+        trainer = GRPOTrainer(cfg)
+        assert (trainer.casts is not None) == shared
+        trainer.rewards.score = lambda comps, exs, step=0: ([float(i % 2) for i in range(len(comps))],
+                                                            {"accuracy": [0.0] * len(comps)})
+        torch.manual_seed(0)
+        trainer.step()
+        return snapshot(trainer.policy)
+
+    plain, shared = one_step(False), one_step(True)
+    assert all(torch.equal(plain[k], shared[k]) for k in plain)
+    for other in (["dtype=float32"], ["lora.rank=4"]):
+        cfg = make_cfg(tiny_model_dir, task_file, tmp_path / "other", "dtype=bfloat16", *other)
+        assert GRPOTrainer(cfg).casts is None
 
 
 @pytest.mark.parametrize("cap", [2.0, 0.0])

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.overrides import _get_current_function_mode_stack
+from torch.utils._device import DeviceContext
 from transformers.cache_utils import DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -442,18 +444,29 @@ def enable_gradient_checkpointing(model) -> None:
 
     The layer runs again after `blocks_forward` has restored the model's attention setting, and the plain
     kernel would attend across the samples of a packed row; so each checkpoint notes the attention
-    implementation its forward ran with and the recompute runs with the same one."""
+    implementation its forward ran with and the recompute runs with the same one; likewise the torch function
+    modes the forward ran within (`aha.training.shared_casts.SharedCasts`: the recompute must save what the
+    forward saved), which the backward pass does not run within."""
     config = model.config
 
     def context_fn():
         name = attention_name(config)  # read when the layer's forward runs
-        return contextlib.nullcontext(), attention_implementation(config, name)
+        modes = [m for m in _get_current_function_mode_stack() if not isinstance(m, DeviceContext)]  # torch's own
+        return contextlib.nullcontext(), _within(attention_implementation(config, name), *modes)
 
     kwargs = {"use_reentrant": False, "context_fn": context_fn}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+@contextlib.contextmanager
+def _within(*contexts):
+    with contextlib.ExitStack() as stack:
+        for c in contexts:
+            stack.enter_context(c)
+        yield
 
 
 class InputEmbeddings:

@@ -118,6 +118,11 @@ class OptimConfig:
     """Training passes look their input embeddings up as leaf tensors and send the gathered gradient through
     the embedding layer once per step (sparse into the tied LM head's gradient), instead of a dense
     vocabulary-sized embedding gradient per micro-batch (exact; aha.training.batch.InputEmbeddings)."""
+    shared_casts: bool = True
+    """GRPO under bf16 autocast in one process without LoRA: the training passes' linear layers compute with the
+    rollout copy's bf16 weights, which are the master weights rounded, instead of casting the fp32 weights
+    afresh every micro-batch (the same forward numbers; no cast copies held during the pass; a weight used
+    several times in a pass has its gradient summed in fp32; aha.training.shared_casts)."""
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     """Recompute each decoder layer in the backward pass instead of keeping its activations (exact; one more
     forward pass of compute for activation memory of one layer instead of all). In GRPO it turns share_prefix

@@ -52,6 +52,7 @@ from aha.training.batch import (
 from aha.training.config import TrainConfig
 from aha.training.loop import Checkpointed, HeldInterrupt, LoopSettings, PromptSampler, lr_schedule, run_loop
 from aha.training.metrics import component_means, kind_metrics, reflection_count
+from aha.training.shared_casts import SharedCasts, linear_twins
 
 
 def load_examples(cfg: TrainConfig, split: str) -> list[Example]:
@@ -142,6 +143,11 @@ class GRPOTrainer(Checkpointed):
             if self.ref is not None:  # the frozen reference is sharded too, in its own dtype (bf16 with autocast)
                 dist.shard(self.ref, bf16=False)
         self.trainable = [p for p in self.policy.parameters() if p.requires_grad]
+        # the training passes' linear layers compute with the rollout copy's bf16 weights (the master weights
+        # rounded, as autocast would cast them): one process, full fine-tuning, a bf16 copy of aha's own
+        self.casts = (SharedCasts(linear_twins(self.policy, self.rollout_model))
+                      if cfg.optim.shared_casts and self.autocast and not self.lora and not self.dist.on
+                      and self.rollout_model is not model else None)
         o = cfg.optim  # a micro-batch's positions at most: its completions at full length, up to a packed row's
         longest = o.micro_batch_size * cfg.rollout.max_new_tokens
         self.checkpointing = checkpointing_wanted(o.gradient_checkpointing, self.policy, self.device, self.dist.world,
@@ -248,7 +254,8 @@ class GRPOTrainer(Checkpointed):
     # ----------------------------------------------------------------------------------------- step
     def forward_logprobs(self, model, batch, with_entropy=False, prefix: SharedPrefix | None = None,
                          embed: InputEmbeddings | None = None):
-        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast), \
+                self.casts_for(model):
             chunk = logprob_chunk(self.cfg.optim.logprob_chunk, model)
             if isinstance(batch, PackedGroups):
                 return packed_groups_logprobs(model, batch, with_entropy, prefix, embed, chunk,
@@ -279,8 +286,14 @@ class GRPOTrainer(Checkpointed):
         """The step's shared prompt prefix run through `model` (with a graph when gradients are enabled)."""
         if not ids:
             return None
-        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast), \
+                self.casts_for(model):
             return SharedPrefix(model, ids, self.device, embed)
+
+    def casts_for(self, model):
+        """The policy's forward passes take their bf16 linear weights from the rollout copy (`SharedCasts`),
+        where the trainer shares them; any other model's run as they are."""
+        return self.casts if self.casts is not None and model is self.policy else contextlib.nullcontext()
 
     def micro_batches(self, completions: list[Completion]) -> list[list[int]]:
         """Indices of each micro-batch. Shared prompts: the completions of one prompt (a group), in chunks of
@@ -340,8 +353,10 @@ class GRPOTrainer(Checkpointed):
         skip = not informative and not self.uses_ref
         stats["skipped_backward"] = float(skip)
         with HeldInterrupt() as held:  # from the first update on, Ctrl-C waits for the step's end
-            for _ in range(self.cfg.grpo.mu):
+            for k in range(self.cfg.grpo.mu):
                 self.update(ro, plan, old, ref, skip, stats, held)
+                if self.casts is not None and k + 1 < self.cfg.grpo.mu:  # the next update's casts: these weights
+                    self.sync_rollout_model()
             self.sync_rollout_model()
             self.engine.sync_weights(self.rollout_model)
             t_train = time.perf_counter() - t1
