@@ -53,8 +53,8 @@ from aha.stages import STAGES, stage_entry
 
 MANIFEST = "manifest.json"
 NOT_HASHED = ("resume", "progress", "log.progress", "optim.share_prompt", "optim.pack_tokens",
-              "optim.share_prefix", "optim.merge_groups", "optim.embedding_grad_once",
-              "optim.shared_casts",               "save_rejected", "sample.save_rejected")
+              "optim.share_prefix", "optim.merge_groups", "optim.embedding_grad_once", "optim.shared_casts",
+              "save_rejected", "sample.save_rejected")
 """Config keys that do not change what a stage produces, only how fast or what else it writes (dotted for
 nested ones). Process settings (threads, the allocator) are not in stage configs at all (`aha.runtime`)."""
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
