@@ -62,9 +62,9 @@ class SharedCasts(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def linear_twins(model: torch.nn.Module, copy: torch.nn.Module) -> dict[torch.Tensor, torch.Tensor]:
-    """Each trainable linear weight of `model` -> the same weight in `copy` (a bf16 copy of `model`), by name."""
-    theirs = dict(copy.named_parameters(remove_duplicate=False))
+def linear_twins(model: torch.nn.Module, rounded: torch.nn.Module) -> dict[torch.Tensor, torch.Tensor]:
+    """Each trainable linear weight of `model` -> the same weight in `rounded` (a bf16 copy of `model`), by name."""
+    theirs = dict(rounded.named_parameters(remove_duplicate=False))
     twins = {}
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and module.weight.requires_grad:
