@@ -52,14 +52,15 @@ class SharedCasts(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.linear:
-            weight = args[1] if len(args) > 1 else kwargs.get("weight")
-            twin = self.twins.get(weight) if isinstance(weight, torch.Tensor) else None
-            if twin is not None and torch.is_autocast_enabled(weight.device.type):
-                x = args[0] if args else kwargs["input"]
-                bias = args[2] if len(args) > 2 else kwargs.get("bias")
-                return _TwinLinear.apply(x, weight, twin, bias)
-        return func(*args, **kwargs)
+        if func is not F.linear:  # every op of the pass comes through here: the others straight on
+            return func(*args, **kwargs)
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")
+        twin = self.twins.get(weight) if isinstance(weight, torch.Tensor) else None
+        if twin is None or not torch.is_autocast_enabled(weight.device.type):
+            return func(*args, **kwargs)
+        x = args[0] if args else kwargs["input"]
+        bias = args[2] if len(args) > 2 else kwargs.get("bias")
+        return _TwinLinear.apply(x, weight, twin, bias)
 
 
 def linear_twins(model: torch.nn.Module, rounded: torch.nn.Module) -> dict[torch.Tensor, torch.Tensor]:
